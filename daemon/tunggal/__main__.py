@@ -1,0 +1,3 @@
+from tunggal.cli import main
+
+main()

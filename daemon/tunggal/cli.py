@@ -1,0 +1,198 @@
+"""The `tunggal` command: wires click to the runner. No logic of its own lives here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from tunggal.errors import ConfigError, FatalError, TunggalError
+
+log = logging.getLogger("tunggal")
+
+CONFIG_OPTION = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    default="tunggal.yaml", show_default=True, envvar="TUNGGAL_CONFIG",
+    help="The daemon's configuration file.")
+
+
+def _fail(exc: TunggalError) -> NoReturn:
+    """Config problems are listed for the admin, without a traceback."""
+    if isinstance(exc, ConfigError):
+        click.secho(exc.render(), fg="red", err=True)
+        sys.exit(2)
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(1)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunggalError as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the batch in hand and stop. Second: stop at once.
+
+    The handler only sets a flag (dlt): no logging, no I/O in signal context.
+    """
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", envvar="TUNGGAL_LOG_LEVEL",
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default=None, envvar="TUNGGAL_LOG_FORMAT",
+              type=click.Choice(["text", "json"]), help="Default: the config's logging.format.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
+    """Tunggal: stream changes from many source databases into one (basis data tunggal)."""
+    from tunggal import logs
+
+    ctx.obj = {"log_format": log_format}
+    logs.configure(log_level.upper(), log_format or "text")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--once", is_flag=True, help="Exit once every source is idle (tests, backfills).")
+@_guard
+def run(config_path: Path, once: bool) -> None:
+    """Run the sync daemon until SIGTERM."""
+    _run(config_path, replay=None, once=once)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--source", required=True, help="Source name the events belong to.")
+@click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_guard
+def replay(config_path: Path, source: str, events: Path) -> None:
+    """Apply a file of Debezium events (JSON lines) through the mappings, then exit."""
+    _run(config_path, replay=(source, events), once=True)
+
+
+def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> None:
+    from tunggal import logs
+    from tunggal.config import load_config
+    from tunggal.metrics import Metrics
+    from tunggal.runtime.app import build_runner
+    from tunggal.runtime.http import StatusServer
+
+    config = load_config(config_path)
+    ctx = click.get_current_context()
+    logs.configure(logging.getLevelName(logging.getLogger().level),
+                   ctx.obj.get("log_format") or config.logging.format)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    metrics = Metrics()
+    runner = build_runner(config, metrics=metrics, stop=stop, replay=replay)
+    server = None
+    if config.metrics.enabled and replay is None:
+        server = StatusServer(metrics, config.metrics.host, config.metrics.port,
+                              ready=lambda: runner.started,
+                              healthy=lambda: not runner._failed).start()
+        log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
+    try:
+        runner.run(until_idle=once)
+    finally:
+        if server is not None:
+            server.close()
+    if replay is not None:
+        click.echo(f"replayed {runner.totals['events']} events in {runner.totals['batches']} "
+                   f"batches; {runner.totals['dead_letters']} dead-lettered")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--db/--no-db", "check_db", default=False,
+              help="Also check tables, columns, keys and types in the target database.")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@_guard
+def validate(config_path: Path, check_db: bool, files: tuple[Path, ...]) -> None:
+    """Check mapping files (given, or those of the config) and report every problem at once."""
+    from tunggal.mapping import load_mappings
+
+    if files:
+        mappings = load_mappings(list(files))
+        if check_db:
+            raise FatalError("--db needs --config (the target's DSN), not a list of files")
+    else:
+        from tunggal.config import load_config
+        from tunggal.runtime.app import load_all, open_sink
+
+        config = load_config(config_path)
+        mappings, _ = load_all(config)
+        if check_db:
+            open_sink(config, mappings).close()
+    targets = mappings.targets()
+    click.echo(f"ok: {len(mappings.files)} mapping file(s), {len(targets)} target table(s), "
+               f"hash {mappings.content_hash[:12]}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--apply", "apply_", is_flag=True, help="Execute the DDL instead of printing it.")
+@_guard
+def schema(config_path: Path, apply_: bool) -> None:
+    """Print (or apply) the DDL that readies the target: bookkeeping columns, missing tables."""
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all, open_sink
+    from tunggal.sink.schema import apply_schema, plan_schema
+
+    config = load_config(config_path)
+    mappings, _ = load_all(config)
+    sink = open_sink(config, mappings, check=False)
+    try:
+        plan = plan_schema(mappings.targets(), sink.introspect())
+        for problem in plan.unresolved:
+            click.secho(f"cannot fix automatically: {problem}", fg="yellow", err=True)
+        if apply_:
+            apply_schema(sink.engine, plan)
+            click.echo(f"applied {len(plan.statements)} statement(s)")
+        else:
+            for statement in plan.statements:
+                click.echo(statement.strip() + ";")
+    finally:
+        sink.close()
+    if plan.unresolved:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to keep the throwaway databases (default: a temp dir, removed after).")
+@click.option("--rate", default=20.0, show_default=True, help="Source changes per second.")
+@click.option("--duration", default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
+@_guard
+def demo(workdir: Path | None, rate: float, duration: float) -> None:
+    """Four source systems and one target on throwaway PostgreSQL, with live changes."""
+    from tunggal.demo.run import run_demo
+
+    sys.exit(run_demo(workdir=workdir, rate=rate, duration=duration))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,208 @@
+"""Realistic-looking data for the demo's source systems, generated from their live schemas.
+
+The generator reads each table's columns, keys and foreign keys from the catalog, so the
+example schemas in `mappings/sql/` can change without touching this file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("e_planning", "e_budgeting", "e_kontrak", "sipkd")
+
+_WORDS = ("pembangunan jalan lingkungan", "rehabilitasi gedung sekolah", "pengadaan alat kesehatan",
+          "peningkatan kapasitas aparatur", "pemeliharaan drainase", "penyediaan air bersih",
+          "sosialisasi perencanaan", "pengembangan UMKM", "penataan taman kota",
+          "digitalisasi layanan publik", "bantuan sosial", "operasional kantor")
+_PLACES = ("Kelurahan Manguharjo", "Kelurahan Kartoharjo", "Kelurahan Taman", "Kecamatan Taman",
+           "Kelurahan Nambangan Lor", "Kelurahan Oro-oro Ombo", "Balai Kota")
+_COMPANIES = ("CV Maju Jaya", "PT Karya Madiun", "CV Sumber Rejeki", "PT Bangun Persada",
+              "CV Mitra Sejahtera", "PT Delta Konstruksi")
+
+
+@dataclass
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    max_length: int | None
+    has_default: bool
+
+
+@dataclass
+class TableShape:
+    name: str
+    columns: list[Column]
+    key: list[str]
+    foreign: dict[str, tuple[str, str]] = field(default_factory=dict)  # col -> (table, col)
+
+
+def introspect(conn: psycopg.Connection[Any]) -> list[TableShape]:
+    shapes: dict[str, TableShape] = {}
+    for table, col, ctype, nullable, maxlen, default in conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable = 'YES', "
+            "character_maximum_length, column_default IS NOT NULL FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"):
+        shapes.setdefault(table, TableShape(table, [], [])).columns.append(
+            Column(col, ctype, nullable, maxlen, default))
+    for table, col in conn.execute(
+            "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
+            "JOIN information_schema.key_column_usage kcu USING (constraint_schema, "
+            "constraint_name) WHERE tc.constraint_type = 'PRIMARY KEY' "
+            "AND tc.table_schema = 'public' ORDER BY kcu.ordinal_position"):
+        if table in shapes:
+            shapes[table].key.append(col)
+    for table, col, ref_table, ref_col in conn.execute(
+            "SELECT cl.relname, a.attname, rc.relname, ra.attname FROM pg_constraint c "
+            "JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class rc ON rc.oid = c.confrelid "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+            "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
+            "WHERE c.contype = 'f'"):
+        if table in shapes:
+            shapes[table].foreign[col] = (ref_table, ref_col)
+    ordered: list[TableShape] = []
+    pending = dict(shapes)
+    while pending:  # parents before children, so foreign keys find their rows
+        ready = [t for t in pending.values()
+                 if all(ref == t.name or ref not in pending for ref, _ in t.foreign.values())]
+        for t in ready or list(pending.values()):
+            ordered.append(t)
+            pending.pop(t.name)
+    return ordered
+
+
+def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
+    name, ctype = col.name.lower(), col.type
+    if ctype in ("integer", "bigint", "smallint"):
+        if "tahun" in name:
+            return rnd.choice((2024, 2025, 2026))
+        if "bulan" in name:
+            return rnd.randint(1, 12)
+        return rnd.randint(1, 500)
+    if ctype == "numeric":
+        return Decimal(rnd.randint(5_000_000, 2_500_000_000)).scaleb(-2).quantize(Decimal("0.01"))
+    if ctype in ("double precision", "real"):
+        return round(rnd.uniform(0, 100), 2)
+    if ctype == "boolean":
+        return rnd.random() < 0.8
+    if ctype == "date":
+        return dt.date(2025, 1, 1) + dt.timedelta(days=rnd.randint(0, 600))
+    if ctype.startswith("timestamp"):
+        now = dt.datetime.now(dt.UTC)
+        return now if "with time zone" in ctype else now.replace(tzinfo=None)
+    if ctype in ("json", "jsonb"):
+        return orjson.dumps({"catatan": rnd.choice(_WORDS), "versi": serial}).decode()
+    if ctype == "uuid":
+        return f"{rnd.getrandbits(128):032x}"
+    text: str
+    if "kode" in name or name.startswith(("kd_", "no", "id_")):
+        text = f"{table[:3].upper()}.{serial:05d}"
+    elif "penyedia" in name or "rekanan" in name or "perusahaan" in name:
+        text = rnd.choice(_COMPANIES)
+    elif "lokasi" in name or "alamat" in name:
+        text = rnd.choice(_PLACES)
+    elif "status" in name:
+        text = rnd.choice(("1", "2", "3"))
+    else:
+        text = f"  {rnd.choice(_WORDS)} {serial}  " if "nama" in name else rnd.choice(_WORDS)
+    return text[: col.max_length] if col.max_length else text
+
+
+def _row(rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape,
+         serial: int) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for col in shape.columns:
+        if col.name in shape.foreign:
+            ref_table, ref_col = shape.foreign[col.name]
+            found = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
+                sql.Identifier(ref_col), sql.Identifier(ref_table))).fetchone()
+            row[col.name] = found[0] if found else None
+        elif col.has_default and col.name in shape.key:
+            continue  # serial key
+        else:
+            row[col.name] = _value(rnd, col, shape.name, serial)
+    return row
+
+
+def _insert(conn: psycopg.Connection[Any], shape: TableShape, row: dict[str, Any]) -> None:
+    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+        sql.Identifier(shape.name), sql.SQL(", ").join(map(sql.Identifier, row)),
+        sql.SQL(", ").join(sql.Placeholder() * len(row))), list(row.values()))
+
+
+def seed(conn: psycopg.Connection[Any], system: str, rows_per_table: int = 40) -> None:
+    rnd = random.Random(system)
+    for shape in introspect(conn):
+        for i in range(1, rows_per_table + 1):
+            try:
+                _insert(conn, shape, _row(rnd, conn, shape, i))
+            except psycopg.Error as exc:
+                log.debug("seed %s.%s: %s", system, shape.name, exc)
+
+
+class ChangeGenerator(threading.Thread):
+    """Inserts, updates and deletes spread over every source table, at a steady rate."""
+
+    def __init__(self, dsns: dict[str, str], rate: float, stop: threading.Event) -> None:
+        super().__init__(name="demo-changes", daemon=True)
+        self.dsns = dsns
+        self.rate = rate
+        self.stop = stop
+        self.changes = 0
+
+    def run(self) -> None:
+        rnd = random.Random(42)
+        conns = {s: psycopg.connect(dsn, autocommit=True) for s, dsn in self.dsns.items()}
+        shapes = {s: introspect(c) for s, c in conns.items()}
+        serial = 10_000
+        try:
+            while not self.stop.wait(1.0 / self.rate if self.rate > 0 else 1.0):
+                system = rnd.choice(list(conns))
+                conn, shape = conns[system], rnd.choice(shapes[system])
+                serial += 1
+                try:
+                    self._change(rnd, conn, shape, serial)
+                    self.changes += 1
+                except psycopg.Error as exc:
+                    log.debug("demo change on %s.%s: %s", system, shape.name, exc)
+        finally:
+            for c in conns.values():
+                c.close()
+
+    def _change(self, rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape,
+                serial: int) -> None:
+        roll = rnd.random()
+        if roll < 0.35 or not shape.key:
+            _insert(conn, shape, _row(rnd, conn, shape, serial))
+            return
+        keys = sql.SQL(", ").join(map(sql.Identifier, shape.key))
+        found = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
+            keys, sql.Identifier(shape.name))).fetchone()
+        if found is None:
+            return
+        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k))
+                                      for k in shape.key)
+        if roll < 0.92:
+            editable = [c for c in shape.columns
+                        if c.name not in shape.key and c.name not in shape.foreign]
+            if not editable:
+                return
+            col = rnd.choice(editable)
+            conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(
+                sql.Identifier(shape.name), sql.Identifier(col.name), where),
+                [_value(rnd, col, shape.name, serial), *found])
+        else:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+                sql.Identifier(shape.name), where), list(found))

@@ -1,0 +1,211 @@
+"""`tunggal demo`: the four city systems and the consolidated database on throwaway PostgreSQL.
+
+It starts two PostgreSQL servers (sources, target), loads the example schemas from
+`mappings/sql/`, seeds them, runs the real daemon (`tunggal run`, embedded Debezium) in a
+subprocess, keeps changing the sources, and shows rows synced per source and table with lag.
+Ctrl-C stops the daemon gracefully and removes everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from tunggal.demo.data import SYSTEMS, ChangeGenerator, seed
+from tunggal.devtools.pgcluster import PgCluster, free_port
+
+REPO_MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
+
+
+def _mappings_dir() -> Path:
+    # Running from a checkout: the repo's example mappings. Installed elsewhere: a copy
+    # next to the current directory.
+    for candidate in (REPO_MAPPINGS, Path.cwd() / "mappings"):
+        if (candidate / "sql").is_dir():
+            return candidate
+    raise SystemExit("cannot find the example mappings/ directory; run from the repository")
+
+
+def _write_config(work: Path, mappings: Path, sources: PgCluster, target_dsn: str,
+                  metrics_port: int) -> Path:
+    for system in SYSTEMS:
+        (work / f"{system}.connector.yaml").write_text(
+            f"name: {system}\nkind: postgresql\ndatabase:\n  host: 127.0.0.1\n"
+            f"  port: {sources.port}\n  dbname: {system}\n  user: postgres\n"
+            "  password: ${TUNGGAL_DEMO_PASSWORD}\nproperties:\n  poll.interval.ms: '100'\n")
+    config = work / "tunggal.yaml"
+    lines = [
+        "target:", f"  dsn: {target_dsn}",
+        "mappings:", *[f"  - {mappings / (s + '.yaml')}" for s in SYSTEMS],
+        f"state_dir: {work / 'state'}",
+        "batch:", "  max_size: 2000", "  max_age_ms: 200",
+        "metrics:", "  host: 127.0.0.1", f"  port: {metrics_port}",
+        "java:", "  heap: 384m",
+        "sources:",
+    ]
+    for system in SYSTEMS:
+        lines += [f"  - name: {system}", f"    connector: {work / (system + '.connector.yaml')}"]
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as resp:
+            data: dict[str, Any] = orjson.loads(resp.read())
+            return data
+    except OSError:
+        return None
+
+
+def _lag_quantiles(port: int) -> tuple[float | None, float | None]:
+    """p50/p99 of end-to-end lag from the daemon's histogram (upper bucket bounds)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None, None
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tunggal_end_to_end_lag_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return None, None
+    total = buckets[max(buckets)]
+    if not total:
+        return None, None
+
+    def quantile(q: float) -> float:
+        return next(b for b in sorted(buckets) if buckets[b] >= q * total)
+
+    return quantile(0.5), quantile(0.99)
+
+
+def _view(target_dsn: str, port: int, changes: int) -> Table:
+    table = Table(title="Tunggal demo — basis data tunggal", caption="Ctrl-C to stop")
+    for col in ("source", "target table", "rows", "state", "lag (s)", "events/s"):
+        table.add_column(col, justify="right" if col in ("rows", "lag (s)", "events/s") else "left")
+    status = _status(port) or {"sources": []}
+    by_source = {s["name"]: s for s in status.get("sources", [])}
+    counts: list[tuple[str, str, int]] = []
+    with contextlib.suppress(psycopg.Error), psycopg.connect(target_dsn, connect_timeout=2) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.columns "
+            "WHERE column_name = '_tunggal_source' ORDER BY 1")]
+        for name in tables:
+            schema, tbl = name.split(".", 1)
+            for source, n in conn.execute(
+                    f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" '  # noqa: S608
+                    "GROUP BY 1 ORDER BY 1"):
+                counts.append((source, name, n))
+    for source, name, n in counts:
+        s = by_source.get(source, {})
+        lag = s.get("lag_seconds")
+        table.add_row(source, name, str(n), s.get("state", "?"),
+                      f"{lag:.2f}" if isinstance(lag, float) else "-",
+                      str(s.get("events_per_second", "-")))
+    table.caption = f"{changes} source changes made · Ctrl-C to stop"
+    return table
+
+
+def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 0.0) -> int:
+    console = Console(stderr=False)
+    own_dir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="tunggal-demo-")) if workdir is None else workdir
+    work.mkdir(parents=True, exist_ok=True)
+    mappings = _mappings_dir()
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    clusters: list[PgCluster] = []
+    daemon: subprocess.Popen[bytes] | None = None
+    generator: ChangeGenerator | None = None
+    try:
+        console.print("[bold]Starting PostgreSQL for the four source systems and the target…")
+        sources = PgCluster(name="demo-sources", base_dir=work / "pg-sources").start()
+        clusters.append(sources)
+        target_pg = PgCluster(name="demo-target", base_dir=work / "pg-target").start()
+        clusters.append(target_pg)
+        for system in SYSTEMS:
+            dsn = sources.create_database(system)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute((mappings / "sql" / f"{system}.sql").read_text())
+                seed(conn, system)
+        target_dsn = target_pg.create_database("tunggal")
+        metrics_port = free_port()
+        config = _write_config(work, mappings, sources, target_dsn, metrics_port)
+        env = {**os.environ, "TUNGGAL_DEMO_PASSWORD": "demo"}
+        tunggal = [sys.executable, "-m", "tunggal"]
+        schema = subprocess.run([*tunggal, "schema", "--apply", "--config", str(config)],
+                                env=env, capture_output=True, text=True)
+        if schema.returncode != 0:
+            console.print(f"[red]tunggal schema failed:[/]\n{schema.stderr}")
+            return 1
+        log_path = work / "daemon.log"
+        console.print(f"[bold]Starting the daemon[/] (log: {log_path}, metrics: "
+                      f"http://127.0.0.1:{metrics_port}/metrics, status: `tunggal status` "
+                      f"or http://127.0.0.1:{metrics_port}/status)")
+        with open(log_path, "ab") as log_file:
+            daemon = subprocess.Popen([*tunggal, "run", "--config", str(config)], env=env,
+                                      stdout=log_file, stderr=subprocess.STDOUT)
+        generator = ChangeGenerator({s: sources.dsn(s) for s in SYSTEMS}, rate=rate, stop=stop)
+        generator.start()
+        started = time.monotonic()
+        interactive = console.is_terminal
+        with Live(console=console, refresh_per_second=2, auto_refresh=False) if interactive \
+                else contextlib.nullcontext() as live:
+            last_print = 0.0
+            while not stop.is_set():
+                if daemon.poll() is not None:
+                    console.print(f"[red]the daemon exited with {daemon.returncode}; "
+                                  f"see {log_path}[/]")
+                    console.print(log_path.read_text(errors="replace")[-3000:])
+                    return 1
+                if duration and time.monotonic() - started >= duration:
+                    break
+                view = _view(target_dsn, metrics_port, generator.changes)
+                if live is not None:
+                    live.update(view, refresh=True)
+                elif time.monotonic() - last_print > 5:
+                    console.print(view)
+                    last_print = time.monotonic()
+                stop.wait(1.0)
+        p50, p99 = _lag_quantiles(metrics_port)
+        console.print(_view(target_dsn, metrics_port, generator.changes))
+        if p50 is not None:
+            console.print(f"end-to-end lag: p50 ≤ {p50}s, p99 ≤ {p99}s (histogram bucket bounds)")
+        return 0
+    finally:
+        stop.set()
+        if generator is not None:
+            generator.join()
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(timeout=30)
+                console.print(f"daemon stopped (exit {code})")
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        for cluster in clusters:
+            cluster.destroy()
+        if own_dir:
+            shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,68 @@
+"""The typed change event every source produces and the mapping consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+
+class Op(StrEnum):
+    READ = "r"  # a row read by the initial snapshot
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    TRUNCATE = "t"
+
+
+class _Unavailable:
+    """Marks a column whose value Debezium did not send (unchanged TOASTed value).
+
+    The sink never writes it: the target keeps the value it has.
+    """
+
+    _instance: _Unavailable | None = None
+
+    def __new__(cls) -> _Unavailable:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+    def __reduce__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Final = _Unavailable()
+# What Debezium puts in place of an unchanged TOASTed column (`unavailable.value.placeholder`).
+UNAVAILABLE_PLACEHOLDER: Final = "__debezium_unavailable_value"
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One message as the source delivered it: Kafka-style key/value JSON text."""
+
+    destination: str  # topic name, e.g. "e_planning.public.kegiatan"
+    key: str | bytes | None
+    value: str | bytes | None  # None is a tombstone
+    partition: int = 0
+    offset: int | None = None  # Kafka offset, or line number for replay files
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    source: str  # source system name from tunggal.yaml, e.g. "e_planning"
+    table: str  # source table as "schema.table" (PostgreSQL) or "db.table" (MySQL)
+    op: Op
+    key: dict[str, Any] | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    # Monotonic per source and per row: the PostgreSQL LSN of the change, MySQL's binlog
+    # coordinates, SQL Server's commit+change LSN. Replays compare it to stay idempotent.
+    position: int
+    commit_ts_us: int  # source commit time, microseconds since the epoch (UTC)
+    txid: str | None = None
+    snapshot: bool = False
+    raw: RawEvent | None = field(default=None, compare=False, repr=False)

@@ -1,0 +1,40 @@
+"""What mapping produces and the sink consumes: operations on target rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    table: str  # qualified target table, "schema.table"
+    key: tuple[Any, ...]  # values of the target key columns, in the declared key order
+    values: dict[str, Any]  # every mapped target column (key columns included); may hold UNAVAILABLE
+    source: str
+    position: int
+    commit_ts_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    table: str
+    key: tuple[Any, ...]
+    source: str
+    position: int
+    commit_ts_us: int
+    soft: bool  # soft: set the table's soft-delete column instead of removing the row
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """Remove (or soft-delete) every row of `table` that `source` wrote before `position`."""
+
+    table: str
+    source: str
+    position: int
+    commit_ts_us: int
+    soft: bool
+
+
+RowOp = Upsert | Delete | Truncate

@@ -1,0 +1,80 @@
+"""Assemble a runner from validated configuration: the only place that knows every part."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from tunggal.config import TunggalConfig
+from tunggal.connectors import ConnectorSpec, load_connector
+from tunggal.errors import ConfigError
+from tunggal.events.decode import ConnectorModes
+from tunggal.mapping import MappingSet, check_against_database, load_mappings
+from tunggal.metrics import Metrics
+from tunggal.runtime.pipeline import Pipeline
+from tunggal.runtime.runner import Runner
+from tunggal.sink.postgres import PostgresSink
+from tunggal.sources.base import Source
+
+
+def load_all(config: TunggalConfig) -> tuple[MappingSet, dict[str, ConnectorSpec]]:
+    """Mappings and connector definitions, every problem of every file reported together."""
+    problems = []
+    mappings = None
+    try:
+        mappings = load_mappings(config.mapping_paths())
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    connectors: dict[str, ConnectorSpec] = {}
+    for source in config.sources:
+        try:
+            spec = load_connector(config.resolve(source.connector))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        connectors[source.name] = spec
+    if problems:
+        raise ConfigError(problems)
+    assert mappings is not None
+    return mappings, connectors
+
+
+def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True) -> PostgresSink:
+    sink = PostgresSink(config.target.dsn, mappings.targets(),
+                        connect_timeout_s=config.target.connect_timeout_s,
+                        mapping_hash=mappings.content_hash)
+    if check:
+        problems = check_against_database(mappings, sink.introspect())
+        if problems:
+            sink.close()
+            raise ConfigError(problems)
+    return sink
+
+
+def build_runner(config: TunggalConfig, *, metrics: Metrics, stop: threading.Event,
+                 replay: tuple[str, Path] | None = None) -> Runner:
+    mappings, connectors = load_all(config)
+    sink = open_sink(config, mappings)
+    modes = {name: spec.modes() for name, spec in connectors.items()}
+    sources: list[Source] = []
+    if replay is not None:
+        from tunggal.sources.replay import ReplaySource
+
+        name, path = replay
+        modes.setdefault(name, ConnectorModes())
+        sources.append(ReplaySource(name, path, chunk_size=config.batch.max_size))
+    else:
+        from tunggal.sources.embedded import EmbeddedSource
+
+        for source in config.sources:
+            spec = connectors[source.name]
+            sources.append(EmbeddedSource(
+                source.name, spec.render(mappings.source_tables(source.name)),
+                config.resolve(config.state_dir), jvm_path=config.java.jvm_path,
+                heap=config.java.heap, max_batch_size=config.batch.max_size,
+                poll_interval_ms=min(config.batch.max_age_ms, 500)))
+    pipeline = Pipeline(mappings, modes, {t: i.columns for t, i in sink.tables.items()})
+    metrics.mapping.info({"hash": mappings.content_hash[:12],
+                          "files": ",".join(str(f) for f in mappings.files)})
+    return Runner(sources, pipeline, sink, metrics, batch=config.batch, retry=config.retry,
+                  stop=stop)

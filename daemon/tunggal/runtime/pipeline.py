@@ -1,0 +1,82 @@
+"""Decode and map raw events: the pure middle of the daemon, with no I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tunggal.errors import PoisonEventError
+from tunggal.events.decode import ConnectorModes, decode
+from tunggal.events.model import RawEvent
+from tunggal.mapping import MappingSet
+from tunggal.mapping.ops import RowOp
+from tunggal.sink.postgres import DeadLetter, SourceProgress
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = "__debezium-heartbeat"
+
+
+@dataclass
+class Processed:
+    ops: list[tuple[RowOp, RawEvent | None]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    progress: dict[str, SourceProgress] = field(default_factory=dict)
+    # (source, table, op, outcome) -> count, for the events metric
+    counts: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+
+    def count(self, key: tuple[str, str, str, str], n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+class Pipeline:
+    def __init__(self, mappings: MappingSet, modes: Mapping[str, ConnectorModes],
+                 target_types: Mapping[str, Mapping[str, str]]) -> None:
+        self.mappings = mappings
+        self.modes = dict(modes)
+        self.target_types = target_types
+        self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
+
+    def _hint_lookup(self, source: str) -> object:
+        def lookup(table: str) -> Mapping[str, str] | None:
+            key = (source, table)
+            if key not in self._hints:
+                self._hints[key] = self.mappings.hints(source, table, self.target_types)
+            return self._hints[key]
+        return lookup
+
+    def process(self, source: str, raws: list[RawEvent], into: Processed | None = None) -> Processed:
+        out = into if into is not None else Processed()
+        modes = self.modes.get(source, ConnectorModes())
+        hints = self._hint_lookup(source)
+        for raw in raws:
+            if raw.destination.startswith(HEARTBEAT_PREFIX):
+                continue
+            try:
+                event = decode(raw, source=source, modes=modes, hints=hints)  # type: ignore[arg-type]
+                if event is None:  # tombstone: the delete before it did the work
+                    continue
+                ops = self.mappings.map_event(event)
+            except PoisonEventError as exc:
+                table = exc.table or raw.destination or "?"
+                log.error("poison event from %s (%s, offset %s): %s", source, table,
+                          raw.offset, exc)
+                out.dead_letters.append(DeadLetter(
+                    source=source, error_class=type(exc).__name__, error=str(exc), raw=raw,
+                    source_table=exc.table))
+                out.count((source, table, "?", "dead_letter"))
+                continue
+            progress = out.progress.get(source)
+            if progress is None:
+                progress = out.progress[source] = SourceProgress(event.position,
+                                                                 event.commit_ts_us)
+            progress.position = max(progress.position, event.position)
+            progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
+            progress.events += 1
+            if not ops:
+                out.count((source, event.table, event.op.value, "skipped"))
+                continue
+            out.count((source, event.table, event.op.value, "applied"))
+            out.ops.extend((op, raw) for op in ops)
+        return out

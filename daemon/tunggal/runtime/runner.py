@@ -1,0 +1,246 @@
+"""The main loop: take chunks from the sources, batch, write, then acknowledge.
+
+Shape (arq/huey): `start()`, `run_once()`, `run()`, with `close()` in a `finally`. Sources run
+in their own threads and hand chunks over through one bounded queue; decoding, mapping and
+writing happen here, on one thread, so the order of one source's events is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import tenacity
+
+from tunggal.config import BatchConfig, RetryConfig
+from tunggal.errors import FatalError, TransientError
+from tunggal.metrics import Metrics
+from tunggal.runtime.pipeline import Pipeline, Processed
+from tunggal.sink.collapse import collapse
+from tunggal.sink.postgres import BatchResult, PostgresSink
+from tunggal.sources.base import Chunk, Source, SourceFailure
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    def __init__(self, sources: Sequence[Source], pipeline: Pipeline, sink: PostgresSink,
+                 metrics: Metrics, *, batch: BatchConfig | None = None,
+                 retry: RetryConfig | None = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic, shutdown_grace_s: float = 8.0,
+                 on_batch: Callable[[], None] | None = None) -> None:
+        self.sources = list(sources)
+        self.pipeline = pipeline
+        self.sink = sink
+        self.metrics = metrics
+        self.batch = batch or BatchConfig()
+        self.retry = retry or RetryConfig()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.shutdown_grace_s = shutdown_grace_s
+        self.on_batch = on_batch
+        self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
+        self._closing = threading.Event()
+        self._chunks: list[Chunk] = []
+        self._pending = Processed()
+        self._pending_events = 0
+        self._oldest: float | None = None
+        self.started = False
+        self._failed = False
+        self.totals = {"events": 0, "batches": 0, "dead_letters": 0}
+
+    # -- wiring ------------------------------------------------------------------------
+    def deliver(self, item: Chunk | SourceFailure) -> None:
+        """Called by source threads. Blocks while the runner is behind (back-pressure)."""
+        while not self._closing.is_set():
+            try:
+                self.inbox.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        if isinstance(item, Chunk):
+            # Never settled, so never acknowledged: the source delivers it again next start.
+            item.settle(FatalError("shutting down"))
+
+    def start(self) -> None:
+        self.sink.check_ready()
+        for source in self.sources:
+            self.metrics.source(source.name)
+            source.start(self.deliver)
+        self.started = True
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, *, until_idle: bool = False) -> None:
+        try:
+            self.start()
+            while not self.stop.is_set():
+                self.run_once()
+                if until_idle and self._idle():
+                    break
+        except BaseException:
+            # A fatal error acknowledges nothing: don't try to commit the batch in hand again.
+            self._failed = True
+            raise
+        finally:
+            self.close()
+
+    def _idle(self) -> bool:
+        return (all(s.finished() for s in self.sources) and self.inbox.empty()
+                and not self._chunks)
+
+    def run_once(self) -> None:
+        timeout = 0.1
+        if self._oldest is not None:
+            age_left = self._oldest + self.batch.max_age_ms / 1000 - self.clock()
+            timeout = max(0.0, min(timeout, age_left))
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            item = None
+        if isinstance(item, SourceFailure):
+            self.metrics.set_state(item.source, "failed", item.message)
+            raise FatalError(f"source {item.source}: {item.message}")
+        if item is not None:
+            self._take(item)
+        if self._due():
+            self.flush()
+
+    def _take(self, chunk: Chunk) -> None:
+        state = self.metrics.source(chunk.source)
+        if state.state != "streaming":
+            self.metrics.set_state(chunk.source, "streaming")
+        self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        self._chunks.append(chunk)
+        self._pending_events += len(chunk.events)
+        if self._oldest is None:
+            self._oldest = chunk.received_at
+
+    def _due(self) -> bool:
+        if not self._chunks:
+            return False
+        if self._pending_events >= self.batch.max_size:
+            return True
+        if self._oldest is not None and (
+                self.clock() - self._oldest >= self.batch.max_age_ms / 1000):
+            return True
+        # A source that waits for our answer cannot send more: don't wait for a fuller batch.
+        return any(c.holds_source for c in self._chunks) and self.inbox.empty()
+
+    # -- writing ----------------------------------------------------------------------------
+    def _retrying(self, deadline: float | None) -> tenacity.Retrying:
+        def give_up(state: tenacity.RetryCallState) -> bool:
+            if deadline is not None:
+                return self.clock() >= deadline
+            return self.stop.is_set()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.metrics.retries.labels("target").inc()
+            log.warning("target write failed (%s); retry %d in %.1fs", exc,
+                        state.attempt_number, state.upcoming_sleep)
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_delay_s,
+                                                  max=self.retry.max_delay_s),
+            stop=give_up,
+            # Event.wait, so that SIGTERM ends a backoff sleep at once (dlt).
+            sleep=(lambda s: time.sleep(min(s, 0.5))) if deadline is not None else self.stop.wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def flush(self, *, deadline: float | None = None) -> None:
+        if not self._chunks:
+            return
+        pending, chunks = self._pending, self._chunks
+        steps = collapse(pending.ops)
+        started = time.perf_counter()
+        result: BatchResult = self._retrying(deadline)(
+            self.sink.write, steps, pending.progress, pending.dead_letters)
+        elapsed = time.perf_counter() - started
+        # Committed: only now may the sources acknowledge upstream.
+        for chunk in chunks:
+            chunk.settle()
+        self._pending, self._chunks = Processed(), []
+        self._pending_events, self._oldest = 0, None
+        self._record(pending, result, elapsed, sum(len(c.events) for c in chunks))
+        if self.on_batch is not None:
+            self.on_batch()
+
+    def _record(self, pending: Processed, result: BatchResult, elapsed: float,
+                events: int) -> None:
+        m = self.metrics
+        m.batch_seconds.observe(elapsed)
+        m.batch_size.observe(events)
+        for (source, table, op, outcome), n in pending.counts.items():
+            m.events.labels(source, table, op, outcome).inc(n)
+        for table, n in result.upserted.items():
+            m.table_rows(table, "upsert", n)
+        for table, n in result.deleted.items():
+            m.table_rows(table, "delete", n)
+        dead = [*pending.dead_letters, *result.dead_letters]
+        for letter in dead:
+            m.dead_letters.labels(letter.source).inc()
+        for source, progress in pending.progress.items():
+            m.committed(source, progress.events, progress.position, progress.commit_ts_us)
+        self.totals["events"] += events
+        self.totals["batches"] += 1
+        self.totals["dead_letters"] += len(dead)
+        log.debug("batch of %d events committed in %.3fs", events, elapsed)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish the work in hand, then stop the sources. Safe to call more than once."""
+        if self._closing.is_set():
+            return
+        try:
+            if self.started and not self._failed:
+                self._drain_inbox()
+                if self._chunks:
+                    try:
+                        self.flush(deadline=self.clock() + self.shutdown_grace_s)
+                    except Exception as exc:
+                        n = sum(len(c.events) for c in self._chunks)
+                        log.error("could not commit the last %d events before stopping (%s); "
+                                  "they were not acknowledged and will be delivered again", n, exc)
+                        for chunk in self._chunks:
+                            chunk.settle(exc)
+                        self._chunks = []
+                        raise
+        finally:
+            self._closing.set()
+            for chunk in [*self._chunks, *self._drain_unsettled()]:
+                chunk.settle(FatalError("shutting down"))
+            for source in self.sources:
+                try:
+                    source.close()
+                except Exception:  # noqa: BLE001 - keep closing the others
+                    log.exception("error while closing source %s", source.name)
+                self.metrics.set_state(source.name, "stopped")
+            self.sink.close()
+            log.info("stopped: %d events in %d batches, %d dead-lettered",
+                     self.totals["events"], self.totals["batches"], self.totals["dead_letters"])
+
+    def _drain_inbox(self) -> None:
+        """Chunks already handed over by a source that is blocked on them get committed too."""
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Chunk):
+                self._take(item)
+
+    def _drain_unsettled(self) -> list[Chunk]:
+        out = []
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(item, Chunk):
+                out.append(item)

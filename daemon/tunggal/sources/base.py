@@ -1,0 +1,57 @@
+"""What every event source hands the runner, and how the runner answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tunggal.events.model import RawEvent
+
+
+@dataclass
+class Chunk:
+    """Raw events from one source. The source learns through `done` whether they were
+    committed downstream (`error is None`) and may acknowledge them upstream only then."""
+
+    source: str
+    events: list[RawEvent]
+    # True when the source is blocked until this chunk is settled (the embedded engine is):
+    # waiting for more events to fill a batch would only add latency.
+    holds_source: bool = False
+    received_at: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    on_settled: Callable[[Chunk], None] | None = None
+
+    def settle(self, error: BaseException | None = None) -> None:
+        self.error = error
+        if self.on_settled is not None:
+            self.on_settled(self)
+        self.done.set()
+
+
+@dataclass
+class SourceFailure:
+    """A source stopped on its own: the runner turns this into a fatal error."""
+
+    source: str
+    message: str
+
+
+Deliver = Callable[[Chunk | SourceFailure], None]
+
+
+class Source(Protocol):
+    name: str
+
+    def start(self, deliver: Deliver) -> None:
+        """Begin producing; call `deliver` from any thread."""
+
+    def finished(self) -> bool:
+        """True once a bounded source (a replay file) has delivered everything."""
+
+    def close(self) -> None:
+        """Stop producing; events not yet settled will be delivered again next time."""

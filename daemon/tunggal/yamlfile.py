@@ -1,0 +1,44 @@
+"""YAML loading that remembers where every value was, so errors can name the line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _walk(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(
+                key_node, yaml.ScalarNode) else key_node.value
+            child = f"{path}.{key}" if path else str(key)
+            lines[child] = key_node.start_mark.line + 1
+            out[key] = _walk(value_node, child, lines)
+            lines[child] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(item, f"{path}[{i}]", lines) for i, item in enumerate(node.value)]
+    return None
+
+
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[str, int]]:
+    """Parse `path`; return the data and a map from dotted location to 1-based line."""
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[str, int] = {}
+    if node is not None:
+        _walk(node, "", lines)
+    return data, lines
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest valid name, for "did you mean ...?" hints."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None

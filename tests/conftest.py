@@ -1,0 +1,159 @@
+"""Shared fixtures: real PostgreSQL clusters started by the suite itself, on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tunggal.devtools.pgcluster import PgCluster, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """One throwaway cluster; every test makes its own databases in it."""
+    cluster = PgCluster(name="tests").start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def new_db(pg: PgCluster) -> Callable[[str], str]:
+    def make(prefix: str) -> str:
+        return pg.create_database(f"{prefix}_{uuid.uuid4().hex[:8]}")
+
+    return make
+
+
+def sql(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25,
+               message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def tunggal_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tunggal", *args]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tunggal_cmd(*args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class Daemon:
+    """`tunggal run` in a subprocess, as an operator runs it."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        self._logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(tunggal_cmd("run", "--config", str(self.config)),
+                                     stdout=self._logfile, stderr=subprocess.STDOUT,
+                                     cwd=self.config.parent)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 20) -> tuple[int, float]:
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.terminate()
+        code = self.proc.wait(timeout=timeout)
+        self._logfile.close()
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+        self._logfile.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(config: Path) -> Daemon:
+        d = Daemon(config, tmp_path / f"daemon-{len(daemons)}.log")
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        if d.alive():
+            d.kill()
+
+
+def write_config(tmp_path: Path, target_dsn: str, sources: dict[str, str],
+                 mappings: list[str], *, batch_age_ms: int = 200) -> Path:
+    """A tunggal.yaml for the test; sources maps source name -> connector file path."""
+    lines = [
+        "target:",
+        f"  dsn: {target_dsn}",
+        "mappings:",
+        *[f"  - {m}" for m in mappings],
+        f"state_dir: {tmp_path / 'state'}",
+        "batch:",
+        "  max_size: 2000",
+        f"  max_age_ms: {batch_age_ms}",
+        "retry:",
+        "  initial_delay_s: 0.2",
+        "  max_delay_s: 2",
+        "metrics:",
+        f"  port: {free_port()}",
+        "java:",
+        "  heap: 384m",
+        "sources:",
+    ]
+    for name, connector in sources.items():
+        lines += [f"  - name: {name}", f"    connector: {connector}"]
+    if not sources:
+        lines[-1] = "sources: []"
+    path = tmp_path / "tunggal.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_connector(tmp_path: Path, name: str, port: int, dbname: str) -> Path:
+    path = tmp_path / f"connector-{name}.yaml"
+    path.write_text(
+        f"name: {name}\nkind: postgresql\ndatabase:\n  host: 127.0.0.1\n  port: {port}\n"
+        f"  dbname: {dbname}\n  user: postgres\n  password: ${{TEST_PG_PASSWORD}}\n"
+        "properties:\n  poll.interval.ms: '100'\n")
+    return path
+
+
+os.environ.setdefault("TEST_PG_PASSWORD", "unused-trust-auth")
