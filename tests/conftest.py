@@ -44,8 +44,12 @@ def sql(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    interval: float = 0.25,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -60,10 +64,17 @@ def tunggal_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tunggal", *args]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(tunggal_cmd(*args), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        tunggal_cmd(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 class Daemon:
@@ -76,9 +87,12 @@ class Daemon:
 
     def start(self) -> Daemon:
         self._logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(tunggal_cmd("run", "--config", str(self.config)),
-                                     stdout=self._logfile, stderr=subprocess.STDOUT,
-                                     cwd=self.config.parent)
+        self.proc = subprocess.Popen(
+            tunggal_cmd("run", "--config", str(self.config)),
+            stdout=self._logfile,
+            stderr=subprocess.STDOUT,
+            cwd=self.config.parent,
+        )
         return self
 
     def alive(self) -> bool:
@@ -117,8 +131,14 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
             d.kill()
 
 
-def write_config(tmp_path: Path, target_dsn: str, sources: dict[str, str],
-                 mappings: list[str], *, batch_age_ms: int = 200) -> Path:
+def write_config(
+    tmp_path: Path,
+    target_dsn: str,
+    sources: dict[str, str],
+    mappings: list[str],
+    *,
+    batch_age_ms: int = 200,
+) -> Path:
     """A tunggal.yaml for the test; sources maps source name -> connector file path."""
     lines = [
         "target:",
@@ -152,7 +172,8 @@ def write_connector(tmp_path: Path, name: str, port: int, dbname: str) -> Path:
     path.write_text(
         f"name: {name}\nkind: postgresql\ndatabase:\n  host: 127.0.0.1\n  port: {port}\n"
         f"  dbname: {dbname}\n  user: postgres\n  password: ${{TEST_PG_PASSWORD}}\n"
-        "properties:\n  poll.interval.ms: '100'\n")
+        "properties:\n  poll.interval.ms: '100'\n"
+    )
     return path
 
 

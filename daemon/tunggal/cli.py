@@ -19,9 +19,15 @@ from tunggal.errors import ConfigError, FatalError, TunggalError
 log = logging.getLogger("tunggal")
 
 CONFIG_OPTION = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-    default="tunggal.yaml", show_default=True, envvar="TUNGGAL_CONFIG",
-    help="The daemon's configuration file.")
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="tunggal.yaml",
+    show_default=True,
+    envvar="TUNGGAL_CONFIG",
+    help="The daemon's configuration file.",
+)
 
 
 def _fail(exc: TunggalError) -> NoReturn:
@@ -62,10 +68,19 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", envvar="TUNGGAL_LOG_LEVEL",
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--log-format", default=None, envvar="TUNGGAL_LOG_FORMAT",
-              type=click.Choice(["text", "json"]), help="Default: the config's logging.format.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    envvar="TUNGGAL_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    default=None,
+    envvar="TUNGGAL_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    help="Default: the config's logging.format.",
+)
 @click.pass_context
 def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     """Tunggal: stream changes from many source databases into one (basis data tunggal)."""
@@ -103,17 +118,23 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
 
     config = load_config(config_path)
     ctx = click.get_current_context()
-    logs.configure(logging.getLevelName(logging.getLogger().level),
-                   ctx.obj.get("log_format") or config.logging.format)
+    logs.configure(
+        logging.getLevelName(logging.getLogger().level),
+        ctx.obj.get("log_format") or config.logging.format,
+    )
     stop = threading.Event()
     install_signal_handlers(stop)
     metrics = Metrics()
     runner = build_runner(config, metrics=metrics, stop=stop, replay=replay)
     server = None
     if config.metrics.enabled and replay is None:
-        server = StatusServer(metrics, config.metrics.host, config.metrics.port,
-                              ready=lambda: runner.started,
-                              healthy=lambda: not runner._failed).start()
+        server = StatusServer(
+            metrics,
+            config.metrics.host,
+            config.metrics.port,
+            ready=lambda: runner.started,
+            healthy=lambda: not runner._failed,
+        ).start()
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
     try:
         runner.run(until_idle=once)
@@ -121,14 +142,20 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         if server is not None:
             server.close()
     if replay is not None:
-        click.echo(f"replayed {runner.totals['events']} events in {runner.totals['batches']} "
-                   f"batches; {runner.totals['dead_letters']} dead-lettered")
+        click.echo(
+            f"replayed {runner.totals['events']} events in {runner.totals['batches']} "
+            f"batches; {runner.totals['dead_letters']} dead-lettered"
+        )
 
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--db/--no-db", "check_db", default=False,
-              help="Also check tables, columns, keys and types in the target database.")
+@click.option(
+    "--db/--no-db",
+    "check_db",
+    default=False,
+    help="Also check tables, columns, keys and types in the target database.",
+)
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @_guard
 def validate(config_path: Path, check_db: bool, files: tuple[Path, ...]) -> None:
@@ -148,8 +175,10 @@ def validate(config_path: Path, check_db: bool, files: tuple[Path, ...]) -> None
         if check_db:
             open_sink(config, mappings).close()
     targets = mappings.targets()
-    click.echo(f"ok: {len(mappings.files)} mapping file(s), {len(targets)} target table(s), "
-               f"hash {mappings.content_hash[:12]}")
+    click.echo(
+        f"ok: {len(mappings.files)} mapping file(s), {len(targets)} target table(s), "
+        f"hash {mappings.content_hash[:12]}"
+    )
 
 
 @main.command()
@@ -182,8 +211,12 @@ def schema(config_path: Path, apply_: bool) -> None:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to keep the throwaway databases (default: a temp dir, removed after).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to keep the throwaway databases (default: a temp dir, removed after).",
+)
 @click.option("--rate", default=20.0, show_default=True, help="Source changes per second.")
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
 @_guard

@@ -27,8 +27,10 @@ class _Frozen(BaseModel):
 
 
 class TargetConfig(_Frozen):
-    dsn: str = Field(description="SQLAlchemy/libpq URL of the consolidated database, "
-                     "e.g. postgresql://tunggal:${TUNGGAL_TARGET_PASSWORD}@db:5432/tunggal")
+    dsn: str = Field(
+        description="SQLAlchemy/libpq URL of the consolidated database, "
+        "e.g. postgresql://tunggal:${TUNGGAL_TARGET_PASSWORD}@db:5432/tunggal"
+    )
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
 
     @field_validator("dsn")
@@ -41,8 +43,9 @@ class TargetConfig(_Frozen):
 
 class BatchConfig(_Frozen):
     max_size: int = Field(5000, ge=1, le=100_000, description="Flush after this many events.")
-    max_age_ms: int = Field(500, ge=10, le=60_000,
-                            description="Flush when the oldest event in hand is this old.")
+    max_age_ms: int = Field(
+        500, ge=10, le=60_000, description="Flush when the oldest event in hand is this old."
+    )
 
 
 class RetryConfig(_Frozen):
@@ -67,8 +70,10 @@ class JavaConfig(_Frozen):
 
 
 class SourceConfig(_Frozen):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$",
-                      description="Source system name; also the Debezium topic prefix.")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,40}$",
+        description="Source system name; also the Debezium topic prefix.",
+    )
     engine: Literal["embedded"] = Field("embedded", description="How change events arrive.")
     connector: str = Field(description="Connector definition file (connectors/*.yaml).")
 
@@ -77,8 +82,9 @@ class TunggalConfig(_Frozen):
     target: TargetConfig
     mappings: tuple[str, ...] = Field(description="Mapping files or globs, relative to this file.")
     sources: tuple[SourceConfig, ...] = Field(default=(), description="Source systems to stream.")
-    state_dir: str = Field("/var/lib/tunggal",
-                           description="Durable local state: Debezium offsets per source.")
+    state_dir: str = Field(
+        "/var/lib/tunggal", description="Durable local state: Debezium offsets per source."
+    )
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -110,8 +116,16 @@ def expand_secrets(text: str, *, file: str, location: str) -> str:
             return read_secret_file(Path(ref[5:]), file=file, location=location)
         value = os.environ.get(ref)
         if value is None:
-            raise ConfigError([Problem(file, location, f"environment variable {ref} is not set",
-                                       hint=f"export {ref}=... or use ${{file:/path}}")])
+            raise ConfigError(
+                [
+                    Problem(
+                        file,
+                        location,
+                        f"environment variable {ref} is not set",
+                        hint=f"export {ref}=... or use ${{file:/path}}",
+                    )
+                ]
+            )
         return value
 
     return _REF.sub(one, text)
@@ -122,11 +136,20 @@ def read_secret_file(path: Path, *, file: str, location: str) -> str:
         mode = path.stat().st_mode
         content = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError([Problem(file, location, f"cannot read secret file {path}: "
-                                   f"{exc.strerror}")]) from None
+        raise ConfigError(
+            [Problem(file, location, f"cannot read secret file {path}: {exc.strerror}")]
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError([Problem(file, location, f"secret file {path} is readable by others",
-                                   hint=f"chmod 600 {path}")])
+        raise ConfigError(
+            [
+                Problem(
+                    file,
+                    location,
+                    f"secret file {path} is readable by others",
+                    hint=f"chmod 600 {path}",
+                )
+            ]
+        )
     return content
 
 
@@ -134,15 +157,18 @@ def _expand_tree(node: Any, *, file: str, path: str = "") -> Any:
     if isinstance(node, str):
         return expand_secrets(node, file=file, location=path) if "${" in node else node
     if isinstance(node, dict):
-        return {k: _expand_tree(v, file=file, path=f"{path}.{k}" if path else str(k))
-                for k, v in node.items()}
+        return {
+            k: _expand_tree(v, file=file, path=f"{path}.{k}" if path else str(k))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_expand_tree(v, file=file, path=f"{path}[{i}]") for i, v in enumerate(node)]
     return node
 
 
-def pydantic_problems(exc: ValidationError, *, file: str, lines: dict[str, int],
-                      model: type[BaseModel]) -> list[Problem]:
+def pydantic_problems(
+    exc: ValidationError, *, file: str, lines: dict[str, int], model: type[BaseModel]
+) -> list[Problem]:
     """Turn pydantic's errors into located, fixable Problems (no traceback for admins)."""
     problems = []
     for err in exc.errors():
@@ -174,8 +200,9 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
         candidates = [annotation, *args]
-        current = next((c for c in candidates if isinstance(c, type)
-                        and issubclass(c, BaseModel)), None)
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if current is None:
             return []
     return sorted(getattr(current, "model_fields", {}))
@@ -190,8 +217,9 @@ def load_config(path: str | Path) -> TunggalConfig:
         raise ConfigError([Problem(file, "", f"cannot read config file: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([Problem(file, "", f"YAML syntax error: {exc}",
-                                   line=mark.line + 1 if mark else None)]) from None
+        raise ConfigError(
+            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "expected a mapping of settings at the top level")])
     data = _expand_tree(data, file=file)
@@ -199,5 +227,6 @@ def load_config(path: str | Path) -> TunggalConfig:
     try:
         return TunggalConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_problems(exc, file=file, lines=lines,
-                                            model=TunggalConfig)) from None
+        raise ConfigError(
+            pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
+        ) from None

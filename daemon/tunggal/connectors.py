@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunggal.config import _expand_tree, pydantic_problems
 from tunggal.errors import ConfigError, Problem
-from tunggal.events.decode import ConnectorModes
+from tunggal.events.modes import ConnectorModes
 from tunggal.yamlfile import load_yaml_with_lines
 
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
@@ -32,18 +32,25 @@ class DatabaseSpec(BaseModel):
 
 class ConnectorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$",
-                      description="Source name; the topic prefix and the slot name derive from it.")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,40}$",
+        description="Source name; the topic prefix and the slot name derive from it.",
+    )
     kind: Literal["postgresql", "mysql", "sqlserver"] = Field("postgresql")
     database: DatabaseSpec
-    tables: tuple[str, ...] = Field((), description="schema.table to capture; default: every "
-                                    "table the mappings read from this source.")
+    tables: tuple[str, ...] = Field(
+        (),
+        description="schema.table to capture; default: every "
+        "table the mappings read from this source.",
+    )
     snapshot: Literal["initial", "no_data", "when_needed", "always", "initial_only"] = Field(
-        "initial", description="Debezium snapshot.mode.")
+        "initial", description="Debezium snapshot.mode."
+    )
     schemas: bool = Field(True, description="Send Connect schemas with each event (exact types).")
     server_id: int | None = Field(None, description="MySQL: unique replica server id.")
-    properties: dict[str, str] = Field(default_factory=dict,
-                                       description="Extra Debezium properties; these win.")
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="Extra Debezium properties; these win."
+    )
 
     @property
     def slot_name(self) -> str:
@@ -59,10 +66,12 @@ class ConnectorSpec(BaseModel):
         return ConnectorModes(
             connector=self.kind,
             decimal_handling=props.get("decimal.handling.mode", "string"),  # type: ignore[arg-type]
-            time_precision=props.get("time.precision.mode",  # type: ignore[arg-type]
-                                     "adaptive_time_microseconds"),
+            time_precision=props.get(
+                "time.precision.mode",  # type: ignore[arg-type]
+                "adaptive_time_microseconds",
+            ),
             binary_handling=props.get("binary.handling.mode", "bytes"),  # type: ignore[arg-type]
-            interval_handling=props.get("interval.handling.mode", "numeric"),  # type: ignore[arg-type]
+            interval_handling=props.get("interval.handling.mode", "string"),  # type: ignore[arg-type]
         )
 
     def render(self, mapped_tables: Iterable[str]) -> dict[str, str]:
@@ -81,6 +90,8 @@ class ConnectorSpec(BaseModel):
             # Our decoder is exact with these; `precise` decimals need schemas to be decoded.
             "decimal.handling.mode": "string",
             "time.precision.mode": "adaptive_time_microseconds",
+            # Numeric intervals count a month as 30.4375 days; ISO 8601 strings keep months exact.
+            "interval.handling.mode": "string",
             # Debezium 3.6 skips truncates by default; the mapping decides what they mean.
             "skipped.operations": "none",
             "tombstones.on.delete": "true",
@@ -94,29 +105,35 @@ class ConnectorSpec(BaseModel):
         if tables:
             props["table.include.list"] = ",".join(_regex_literal(t) for t in tables)
         if self.kind == "postgresql":
-            props.update({
-                "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-                "database.dbname": db.dbname,
-                "plugin.name": "pgoutput",
-                "slot.name": self.slot_name,
-                "publication.name": self.publication_name,
-                "publication.autocreate.mode": "filtered",
-            })
+            props.update(
+                {
+                    "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+                    "database.dbname": db.dbname,
+                    "plugin.name": "pgoutput",
+                    "slot.name": self.slot_name,
+                    "publication.name": self.publication_name,
+                    "publication.autocreate.mode": "filtered",
+                }
+            )
         elif self.kind == "mysql":
-            props.update({
-                "connector.class": "io.debezium.connector.mysql.MySqlConnector",
-                "database.include.list": db.dbname,
-                "database.server.id": str(self.server_id or 5400 + sum(map(ord, self.name))),
-                "bigint.unsigned.handling.mode": "precise",
-                "include.schema.changes": "false",
-            })
+            props.update(
+                {
+                    "connector.class": "io.debezium.connector.mysql.MySqlConnector",
+                    "database.include.list": db.dbname,
+                    "database.server.id": str(self.server_id or 5400 + sum(map(ord, self.name))),
+                    "bigint.unsigned.handling.mode": "precise",
+                    "include.schema.changes": "false",
+                }
+            )
         else:
-            props.update({
-                "connector.class": "io.debezium.connector.sqlserver.SqlServerConnector",
-                "database.names": db.dbname,
-                "database.encrypt": "false",
-                "include.schema.changes": "false",
-            })
+            props.update(
+                {
+                    "connector.class": "io.debezium.connector.sqlserver.SqlServerConnector",
+                    "database.names": db.dbname,
+                    "database.encrypt": "false",
+                    "include.schema.changes": "false",
+                }
+            )
         props.update(self.properties)
         return props
 
@@ -128,8 +145,10 @@ def _regex_literal(table: str) -> str:
 
 def mask(props: Mapping[str, str]) -> dict[str, str]:
     """A copy safe to print or log: every secret-looking value replaced."""
-    return {k: ("********" if any(s in k.lower() for s in SECRET_KEYS) and v else v)
-            for k, v in props.items()}
+    return {
+        k: ("********" if any(s in k.lower() for s in SECRET_KEYS) and v else v)
+        for k, v in props.items()
+    }
 
 
 def load_connector(path: Path) -> ConnectorSpec:
@@ -137,17 +156,20 @@ def load_connector(path: Path) -> ConnectorSpec:
     try:
         data, lines = load_yaml_with_lines(path)
     except OSError as exc:
-        raise ConfigError([Problem(file, "", f"cannot read connector file: {exc.strerror}")]) \
-            from None
+        raise ConfigError(
+            [Problem(file, "", f"cannot read connector file: {exc.strerror}")]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([Problem(file, "", f"YAML syntax error: {exc}",
-                                   line=mark.line + 1 if mark else None)]) from None
+        raise ConfigError(
+            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "expected a mapping at the top level")])
     data = _expand_tree(data, file=file)
     try:
         return ConnectorSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_problems(exc, file=file, lines=lines,
-                                            model=ConnectorSpec)) from None
+        raise ConfigError(
+            pydantic_problems(exc, file=file, lines=lines, model=ConnectorSpec)
+        ) from None

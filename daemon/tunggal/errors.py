@@ -57,7 +57,11 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        text = f"{where}: {self.location}: {self.message}" if self.location else f"{where}: {self.message}"
+        text = (
+            f"{where}: {self.location}: {self.message}"
+            if self.location
+            else f"{where}: {self.message}"
+        )
         if self.hint:
             text += f" ({self.hint})"
         return text

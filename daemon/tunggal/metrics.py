@@ -36,31 +36,50 @@ class SourceState:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.clock = clock
         self.sources: dict[str, SourceState] = {}
         self.tables: dict[str, dict[str, int]] = {}
         self.lock = threading.Lock()
         r = self.registry
-        self.events = Counter("tunggal_events", "Change events by source, table, op and outcome",
-                              ["source", "table", "op", "outcome"], registry=r)
-        self.rows = Counter("tunggal_rows_applied", "Target rows changed by table and action",
-                            ["table", "action"], registry=r)
-        self.batch_seconds = Histogram("tunggal_batch_apply_seconds",
-                                       "Time to write one batch into the target",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("tunggal_batch_size", "Events per batch",
-                                    buckets=SIZE_BUCKETS, registry=r)
-        self.lag = Histogram("tunggal_end_to_end_lag_seconds",
-                             "Source commit to target commit, per applied event batch",
-                             ["source"], buckets=LATENCY_BUCKETS, registry=r)
+        self.events = Counter(
+            "tunggal_events",
+            "Change events by source, table, op and outcome",
+            ["source", "table", "op", "outcome"],
+            registry=r,
+        )
+        self.rows = Counter(
+            "tunggal_rows_applied",
+            "Target rows changed by table and action",
+            ["table", "action"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tunggal_batch_apply_seconds",
+            "Time to write one batch into the target",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tunggal_batch_size", "Events per batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.lag = Histogram(
+            "tunggal_end_to_end_lag_seconds",
+            "Source commit to target commit, per applied event batch",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.up = Gauge("tunggal_source_up", "1 while the source streams", ["source"], registry=r)
-        self.retries = Counter("tunggal_retries", "Transient failures retried", ["reason"],
-                               registry=r)
-        self.dead_letters = Counter("tunggal_dead_letters", "Events set aside as poison",
-                                    ["source"], registry=r)
+        self.retries = Counter(
+            "tunggal_retries", "Transient failures retried", ["reason"], registry=r
+        )
+        self.dead_letters = Counter(
+            "tunggal_dead_letters", "Events set aside as poison", ["source"], registry=r
+        )
         self.mapping = Info("tunggal_mapping", "The active mapping set", registry=r)
         r.register(_LagCollector(self))
 
@@ -77,8 +96,9 @@ class Metrics:
         s.state, s.error = state, error
         self.up.labels(name).set(1 if state in ("snapshot", "streaming") else 0)
 
-    def committed(self, source: str, events: int, position: int | None,
-                  commit_ts_us: int | None) -> None:
+    def committed(
+        self, source: str, events: int, position: int | None, commit_ts_us: int | None
+    ) -> None:
         now = self.clock()
         s = self.source(source)
         with self.lock:
@@ -108,18 +128,30 @@ class Metrics:
             sources = []
             for s in self.sources.values():
                 lag = (now - s.last_event_commit_ts_us / 1e6) if s.last_event_commit_ts_us else None
-                sources.append({
-                    "name": s.name, "engine": s.engine, "state": s.state, "error": s.error,
-                    "position": s.position, "lag_seconds": lag,
-                    "last_commit": s.last_target_commit,
-                    "seconds_since_commit": (now - s.last_target_commit)
-                    if s.last_target_commit else None,
-                    "events_applied": s.events_applied, "events_per_second": round(s.rate, 1),
-                })
+                sources.append(
+                    {
+                        "name": s.name,
+                        "engine": s.engine,
+                        "state": s.state,
+                        "error": s.error,
+                        "position": s.position,
+                        "lag_seconds": lag,
+                        "last_commit": s.last_target_commit,
+                        "seconds_since_commit": (now - s.last_target_commit)
+                        if s.last_target_commit
+                        else None,
+                        "events_applied": s.events_applied,
+                        "events_per_second": round(s.rate, 1),
+                    }
+                )
             tables = {t: dict(c) for t, c in self.tables.items()}
         dead = _counter_total(self.dead_letters)
-        return {"sources": sources, "tables": tables, "dead_letters": dead,
-                "mapping": _info_value(self.mapping)}
+        return {
+            "sources": sources,
+            "tables": tables,
+            "dead_letters": dead,
+            "mapping": _info_value(self.mapping),
+        }
 
 
 def _counter_total(counter: Counter) -> float:
@@ -139,12 +171,16 @@ class _LagCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         now = self.metrics.clock()
-        lag = GaugeMetricFamily("tunggal_source_lag_seconds",
-                                "Now minus the source commit time of the newest applied change",
-                                labels=["source"])
-        since = GaugeMetricFamily("tunggal_seconds_since_last_commit",
-                                  "Seconds since the last target transaction for the source",
-                                  labels=["source"])
+        lag = GaugeMetricFamily(
+            "tunggal_source_lag_seconds",
+            "Now minus the source commit time of the newest applied change",
+            labels=["source"],
+        )
+        since = GaugeMetricFamily(
+            "tunggal_seconds_since_last_commit",
+            "Seconds since the last target transaction for the source",
+            labels=["source"],
+        )
         with self.metrics.lock:
             for s in self.metrics.sources.values():
                 if s.last_event_commit_ts_us:

@@ -15,8 +15,11 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(
-                key_node, yaml.ScalarNode) else key_node.value
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if not isinstance(key_node, yaml.ScalarNode)
+                else key_node.value
+            )
             child = f"{path}.{key}" if path else str(key)
             lines[child] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, child, lines)

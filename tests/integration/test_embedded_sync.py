@@ -32,27 +32,54 @@ CREATE TABLE {name} (
   tm time, iv interval, j jsonb, u uuid, b bytea, arr int[], tarr text[], e mood,
   f8 float8, big bigint, bo boolean, txt text, doc text);
 """
-TYPE_COLUMNS = ["id", "n", "nv", "d", "ts", "tstz", "tm", "iv", "j", "u", "b", "arr", "tarr", "e",
-                "f8", "big", "bo", "txt", "doc"]
+TYPE_COLUMNS = [
+    "id",
+    "n",
+    "nv",
+    "d",
+    "ts",
+    "tstz",
+    "tm",
+    "iv",
+    "j",
+    "u",
+    "b",
+    "arr",
+    "tarr",
+    "e",
+    "f8",
+    "big",
+    "bo",
+    "txt",
+    "doc",
+]
 
-SOURCE_A = TYPES_DDL.format(name="barang") + """
+SOURCE_A = (
+    TYPES_DDL.format(name="barang")
+    + """
 CREATE TABLE kv (id int PRIMARY KEY, v text);
 CREATE TABLE opd (kode text PRIMARY KEY, nama text NOT NULL);
 """
+)
 SOURCE_B = "CREATE TABLE ref_opd (kd_opd text PRIMARY KEY, nm_opd text NOT NULL);"
 
-TARGET = TYPES_DDL.format(name="barang") + """
+TARGET = (
+    TYPES_DDL.format(name="barang")
+    + """
 CREATE TABLE kv (id int PRIMARY KEY, v text);
 CREATE TABLE opd (kode_opd text PRIMARY KEY, nama_opd text NOT NULL, sumber text);
 """
+)
 
-MAPPING_A = """
+TYPE_COLUMNS_YAML = ", ".join(f"{c}: {c}" for c in TYPE_COLUMNS)
+MAPPING_A = (
+    """
 source: sys_a
 tables:
   - from: public.barang
     to: public.barang
     key: [id]
-    columns: {%s}
+    columns: {TYPE_COLUMNS}
   - from: public.kv
     to: public.kv
     key: [id]
@@ -65,7 +92,8 @@ tables:
       kode_opd: kode
       nama_opd: {from: nama, transform: [trim, upper]}
       sumber: {const: sys_a}
-""" % ", ".join(f"{c}: {c}" for c in TYPE_COLUMNS)
+"""
+).replace("{TYPE_COLUMNS}", "{" + TYPE_COLUMNS_YAML + "}")
 
 MAPPING_B = """
 source: sys_b
@@ -108,16 +136,18 @@ def setup(pg: PgCluster, new_db: Any, tmp_path: Path) -> dict[str, Any]:
     (tmp_path / "mappings" / "sys_b.yaml").write_text(MAPPING_B)
     conn_a = write_connector(tmp_path, "sys_a", pg.port, src_a.rsplit("/", 1)[1])
     conn_b = write_connector(tmp_path, "sys_b", pg.port, src_b.rsplit("/", 1)[1])
-    config = write_config(tmp_path, target, {"sys_a": str(conn_a), "sys_b": str(conn_b)},
-                          ["mappings/*.yaml"])
+    config = write_config(
+        tmp_path, target, {"sys_a": str(conn_a), "sys_b": str(conn_b)}, ["mappings/*.yaml"]
+    )
     return {"src_a": src_a, "src_b": src_b, "target": target, "config": config}
 
 
 def test_run_refuses_target_without_bookkeeping(setup: dict[str, Any]) -> None:
     result = run_cli("run", "--config", str(setup["config"]), timeout=60)
-    assert result.returncode == 1, result.stderr
-    assert "lacks bookkeeping columns _tunggal_source" in result.stderr
-    assert "tunggal schema --apply" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "sys_a.yaml:5: tables[0].to: public.barang lacks tunggal's bookkeeping" in result.stderr
+    assert "run `tunggal schema --apply` to add them" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None:
@@ -134,8 +164,9 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     sql(src_b, "INSERT INTO ref_opd VALUES ('1.02', 'dinas kesehatan')")
 
     daemon: Daemon = daemon_factory(config).start()
-    wait_until(lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 50, 90,
-               message="snapshot of kv")
+    wait_until(
+        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 50, 90, message="snapshot of kv"
+    )
     wait_until(lambda: len(sql(target, "SELECT 1 FROM barang")) == 3, 30, message="barang rows")
 
     # Every type arrives exactly, including jsonb 'null' (not SQL NULL).
@@ -145,7 +176,9 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     # Two sources write one table, each with its transforms.
     wait_until(lambda: len(sql(target, "SELECT 1 FROM opd")) == 2, 30, message="opd rows")
     assert sql(target, "SELECT kode_opd, nama_opd, sumber FROM opd ORDER BY 1") == [
-        ("1.01", "DINAS PENDIDIKAN", "sys_a"), ("1.02", "DINAS KESEHATAN", "sys_b")]
+        ("1.01", "DINAS PENDIDIKAN", "sys_a"),
+        ("1.02", "DINAS KESEHATAN", "sys_b"),
+    ]
 
     # Streaming: update, TOAST-unchanged update, key change, delete, insert, truncate.
     sql(src_a, "UPDATE barang SET n = 1.5, txt = 'diubah' WHERE id = 1")
@@ -155,17 +188,32 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     sql(src_a, "DELETE FROM barang WHERE id = 2")
     sql(src_a, "INSERT INTO kv VALUES (51, 'baru')")
     sql(src_b, "UPDATE ref_opd SET nm_opd = 'Dinas Kesehatan Kota' WHERE kd_opd = '1.02'")
-    wait_until(lambda: rows(target, "barang", TYPE_COLUMNS, "id")
-               == rows(src_a, "barang", TYPE_COLUMNS, "id"), 30, message="barang streamed")
+    wait_until(
+        lambda: (
+            rows(target, "barang", TYPE_COLUMNS, "id") == rows(src_a, "barang", TYPE_COLUMNS, "id")
+        ),
+        30,
+        message="barang streamed",
+    )
     assert sql(target, "SELECT doc = %s FROM barang WHERE id = 3", (big_text(3),)) == [(True,)]
-    wait_until(lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
-               30, message="kv streamed")
-    wait_until(lambda: sql(target, "SELECT nama_opd FROM opd WHERE kode_opd = '1.02'")
-               == [("DINAS KESEHATAN KOTA",)], 30, message="opd update from sys_b")
+    wait_until(
+        lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
+        30,
+        message="kv streamed",
+    )
+    wait_until(
+        lambda: (
+            sql(target, "SELECT nama_opd FROM opd WHERE kode_opd = '1.02'")
+            == [("DINAS KESEHATAN KOTA",)]
+        ),
+        30,
+        message="opd update from sys_b",
+    )
 
     sql(src_a, "TRUNCATE kv")
-    wait_until(lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 0, 30,
-               message="truncate applied")
+    wait_until(
+        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 0, 30, message="truncate applied"
+    )
 
     # Graceful stop under SIGTERM: flush, commit, exit 0 quickly.
     code, took = daemon.terminate()
@@ -176,10 +224,18 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     sql(src_a, "INSERT INTO kv SELECT g, 'lagi' || g FROM generate_series(1, 20) g")
     sql(src_a, "UPDATE barang SET big = big + 1 WHERE id = 1")
     daemon = daemon_factory(config).start()
-    wait_until(lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
-               60, message="changes made while stopped")
-    wait_until(lambda: rows(target, "barang", TYPE_COLUMNS, "id")
-               == rows(src_a, "barang", TYPE_COLUMNS, "id"), 30, message="barang after restart")
+    wait_until(
+        lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
+        60,
+        message="changes made while stopped",
+    )
+    wait_until(
+        lambda: (
+            rows(target, "barang", TYPE_COLUMNS, "id") == rows(src_a, "barang", TYPE_COLUMNS, "id")
+        ),
+        30,
+        message="barang after restart",
+    )
 
     # kill -9 in the middle of a stream, then restart: the target equals the source.
     stop = threading.Event()
@@ -193,13 +249,19 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
                 k = rnd.randint(1, 400)
                 action = rnd.random()
                 if action < 0.6:
-                    conn.execute("INSERT INTO kv VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
-                                 "SET v = EXCLUDED.v", (k, f"w{i}"))
+                    conn.execute(
+                        "INSERT INTO kv VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
+                        "SET v = EXCLUDED.v",
+                        (k, f"w{i}"),
+                    )
                 elif action < 0.8:
                     conn.execute("DELETE FROM kv WHERE id = %s", (k,))
                 else:
-                    conn.execute("UPDATE kv SET id = %s WHERE id = %s AND NOT EXISTS "
-                                 "(SELECT 1 FROM kv WHERE id = %s)", (k + 1000, k, k + 1000))
+                    conn.execute(
+                        "UPDATE kv SET id = %s WHERE id = %s AND NOT EXISTS "
+                        "(SELECT 1 FROM kv WHERE id = %s)",
+                        (k + 1000, k, k + 1000),
+                    )
 
     writer = threading.Thread(target=write_stream)
     writer.start()
@@ -209,8 +271,11 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     writer.join(timeout=120)
     stop.set()
     daemon = daemon_factory(config).start()
-    wait_until(lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
-               120, message="target equal to source after kill -9")
+    wait_until(
+        lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
+        120,
+        message="target equal to source after kill -9",
+    )
     code, _ = daemon.terminate()
     assert code == 0, daemon.output()[-3000:]
 
@@ -220,7 +285,8 @@ def test_bad_source_dsn_is_a_clear_error(pg: PgCluster, new_db: Any, tmp_path: P
     sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
     (tmp_path / "m.yaml").write_text(
         "source: sys_x\ntables:\n  - from: public.kv\n    to: public.kv\n    key: [id]\n"
-        "    columns: {id: id, v: v}\n")
+        "    columns: {id: id, v: v}\n"
+    )
     connector = write_connector(tmp_path, "sys_x", pg.port, "no_such_database")
     config = write_config(tmp_path, target, {"sys_x": str(connector)}, ["m.yaml"])
     assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0

@@ -22,14 +22,37 @@ log = logging.getLogger(__name__)
 
 SYSTEMS = ("e_planning", "e_budgeting", "e_kontrak", "sipkd")
 
-_WORDS = ("pembangunan jalan lingkungan", "rehabilitasi gedung sekolah", "pengadaan alat kesehatan",
-          "peningkatan kapasitas aparatur", "pemeliharaan drainase", "penyediaan air bersih",
-          "sosialisasi perencanaan", "pengembangan UMKM", "penataan taman kota",
-          "digitalisasi layanan publik", "bantuan sosial", "operasional kantor")
-_PLACES = ("Kelurahan Manguharjo", "Kelurahan Kartoharjo", "Kelurahan Taman", "Kecamatan Taman",
-           "Kelurahan Nambangan Lor", "Kelurahan Oro-oro Ombo", "Balai Kota")
-_COMPANIES = ("CV Maju Jaya", "PT Karya Madiun", "CV Sumber Rejeki", "PT Bangun Persada",
-              "CV Mitra Sejahtera", "PT Delta Konstruksi")
+_WORDS = (
+    "pembangunan jalan lingkungan",
+    "rehabilitasi gedung sekolah",
+    "pengadaan alat kesehatan",
+    "peningkatan kapasitas aparatur",
+    "pemeliharaan drainase",
+    "penyediaan air bersih",
+    "sosialisasi perencanaan",
+    "pengembangan UMKM",
+    "penataan taman kota",
+    "digitalisasi layanan publik",
+    "bantuan sosial",
+    "operasional kantor",
+)
+_PLACES = (
+    "Kelurahan Manguharjo",
+    "Kelurahan Kartoharjo",
+    "Kelurahan Taman",
+    "Kecamatan Taman",
+    "Kelurahan Nambangan Lor",
+    "Kelurahan Oro-oro Ombo",
+    "Balai Kota",
+)
+_COMPANIES = (
+    "CV Maju Jaya",
+    "PT Karya Madiun",
+    "CV Sumber Rejeki",
+    "PT Bangun Persada",
+    "CV Mitra Sejahtera",
+    "PT Delta Konstruksi",
+)
 
 
 @dataclass
@@ -52,31 +75,38 @@ class TableShape:
 def introspect(conn: psycopg.Connection[Any]) -> list[TableShape]:
     shapes: dict[str, TableShape] = {}
     for table, col, ctype, nullable, maxlen, default in conn.execute(
-            "SELECT table_name, column_name, data_type, is_nullable = 'YES', "
-            "character_maximum_length, column_default IS NOT NULL FROM information_schema.columns "
-            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"):
+        "SELECT table_name, column_name, data_type, is_nullable = 'YES', "
+        "character_maximum_length, column_default IS NOT NULL FROM information_schema.columns "
+        "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+    ):
         shapes.setdefault(table, TableShape(table, [], [])).columns.append(
-            Column(col, ctype, nullable, maxlen, default))
+            Column(col, ctype, nullable, maxlen, default)
+        )
     for table, col in conn.execute(
-            "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
-            "JOIN information_schema.key_column_usage kcu USING (constraint_schema, "
-            "constraint_name) WHERE tc.constraint_type = 'PRIMARY KEY' "
-            "AND tc.table_schema = 'public' ORDER BY kcu.ordinal_position"):
+        "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
+        "JOIN information_schema.key_column_usage kcu USING (constraint_schema, "
+        "constraint_name) WHERE tc.constraint_type = 'PRIMARY KEY' "
+        "AND tc.table_schema = 'public' ORDER BY kcu.ordinal_position"
+    ):
         if table in shapes:
             shapes[table].key.append(col)
     for table, col, ref_table, ref_col in conn.execute(
-            "SELECT cl.relname, a.attname, rc.relname, ra.attname FROM pg_constraint c "
-            "JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class rc ON rc.oid = c.confrelid "
-            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-            "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
-            "WHERE c.contype = 'f'"):
+        "SELECT cl.relname, a.attname, rc.relname, ra.attname FROM pg_constraint c "
+        "JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class rc ON rc.oid = c.confrelid "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+        "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
+        "WHERE c.contype = 'f'"
+    ):
         if table in shapes:
             shapes[table].foreign[col] = (ref_table, ref_col)
     ordered: list[TableShape] = []
     pending = dict(shapes)
     while pending:  # parents before children, so foreign keys find their rows
-        ready = [t for t in pending.values()
-                 if all(ref == t.name or ref not in pending for ref, _ in t.foreign.values())]
+        ready = [
+            t
+            for t in pending.values()
+            if all(ref == t.name or ref not in pending for ref, _ in t.foreign.values())
+        ]
         for t in ready or list(pending.values()):
             ordered.append(t)
             pending.pop(t.name)
@@ -120,14 +150,18 @@ def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
     return text[: col.max_length] if col.max_length else text
 
 
-def _row(rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape,
-         serial: int) -> dict[str, Any]:
+def _row(
+    rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape, serial: int
+) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for col in shape.columns:
         if col.name in shape.foreign:
             ref_table, ref_col = shape.foreign[col.name]
-            found = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
-                sql.Identifier(ref_col), sql.Identifier(ref_table))).fetchone()
+            found = conn.execute(
+                sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
+                    sql.Identifier(ref_col), sql.Identifier(ref_table)
+                )
+            ).fetchone()
             row[col.name] = found[0] if found else None
         elif col.has_default and col.name in shape.key:
             continue  # serial key
@@ -137,9 +171,14 @@ def _row(rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape,
 
 
 def _insert(conn: psycopg.Connection[Any], shape: TableShape, row: dict[str, Any]) -> None:
-    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-        sql.Identifier(shape.name), sql.SQL(", ").join(map(sql.Identifier, row)),
-        sql.SQL(", ").join(sql.Placeholder() * len(row))), list(row.values()))
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+            sql.Identifier(shape.name),
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        ),
+        list(row.values()),
+    )
 
 
 def seed(conn: psycopg.Connection[Any], system: str, rows_per_table: int = 40) -> None:
@@ -181,28 +220,39 @@ class ChangeGenerator(threading.Thread):
             for c in conns.values():
                 c.close()
 
-    def _change(self, rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape,
-                serial: int) -> None:
+    def _change(
+        self, rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape, serial: int
+    ) -> None:
         roll = rnd.random()
         if roll < 0.35 or not shape.key:
             _insert(conn, shape, _row(rnd, conn, shape, serial))
             return
         keys = sql.SQL(", ").join(map(sql.Identifier, shape.key))
-        found = conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
-            keys, sql.Identifier(shape.name))).fetchone()
+        found = conn.execute(
+            sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
+                keys, sql.Identifier(shape.name)
+            )
+        ).fetchone()
         if found is None:
             return
-        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k))
-                                      for k in shape.key)
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in shape.key
+        )
         if roll < 0.92:
-            editable = [c for c in shape.columns
-                        if c.name not in shape.key and c.name not in shape.foreign]
+            editable = [
+                c for c in shape.columns if c.name not in shape.key and c.name not in shape.foreign
+            ]
             if not editable:
                 return
             col = rnd.choice(editable)
-            conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(
-                sql.Identifier(shape.name), sql.Identifier(col.name), where),
-                [_value(rnd, col, shape.name, serial), *found])
+            conn.execute(
+                sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(
+                    sql.Identifier(shape.name), sql.Identifier(col.name), where
+                ),
+                [_value(rnd, col, shape.name, serial), *found],
+            )
         else:
-            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
-                sql.Identifier(shape.name), where), list(found))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(shape.name), where),
+                list(found),
+            )

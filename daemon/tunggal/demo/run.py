@@ -42,21 +42,30 @@ def _mappings_dir() -> Path:
     raise SystemExit("cannot find the example mappings/ directory; run from the repository")
 
 
-def _write_config(work: Path, mappings: Path, sources: PgCluster, target_dsn: str,
-                  metrics_port: int) -> Path:
+def _write_config(
+    work: Path, mappings: Path, sources: PgCluster, target_dsn: str, metrics_port: int
+) -> Path:
     for system in SYSTEMS:
         (work / f"{system}.connector.yaml").write_text(
             f"name: {system}\nkind: postgresql\ndatabase:\n  host: 127.0.0.1\n"
             f"  port: {sources.port}\n  dbname: {system}\n  user: postgres\n"
-            "  password: ${TUNGGAL_DEMO_PASSWORD}\nproperties:\n  poll.interval.ms: '100'\n")
+            "  password: ${TUNGGAL_DEMO_PASSWORD}\nproperties:\n  poll.interval.ms: '100'\n"
+        )
     config = work / "tunggal.yaml"
     lines = [
-        "target:", f"  dsn: {target_dsn}",
-        "mappings:", *[f"  - {mappings / (s + '.yaml')}" for s in SYSTEMS],
+        "target:",
+        f"  dsn: {target_dsn}",
+        "mappings:",
+        *[f"  - {mappings / (s + '.yaml')}" for s in SYSTEMS],
         f"state_dir: {work / 'state'}",
-        "batch:", "  max_size: 2000", "  max_age_ms: 200",
-        "metrics:", "  host: 127.0.0.1", f"  port: {metrics_port}",
-        "java:", "  heap: 384m",
+        "batch:",
+        "  max_size: 2000",
+        "  max_age_ms: 200",
+        "metrics:",
+        "  host: 127.0.0.1",
+        f"  port: {metrics_port}",
+        "java:",
+        "  heap: 384m",
         "sources:",
     ]
     for system in SYSTEMS:
@@ -107,21 +116,31 @@ def _view(target_dsn: str, port: int, changes: int) -> Table:
     by_source = {s["name"]: s for s in status.get("sources", [])}
     counts: list[tuple[str, str, int]] = []
     with contextlib.suppress(psycopg.Error), psycopg.connect(target_dsn, connect_timeout=2) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_schema || '.' || table_name FROM information_schema.columns "
-            "WHERE column_name = '_tunggal_source' ORDER BY 1")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_schema || '.' || table_name FROM information_schema.columns "
+                "WHERE column_name = '_tunggal_source' ORDER BY 1"
+            )
+        ]
         for name in tables:
             schema, tbl = name.split(".", 1)
             for source, n in conn.execute(
-                    f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" '  # noqa: S608
-                    "GROUP BY 1 ORDER BY 1"):
+                f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" '
+                "GROUP BY 1 ORDER BY 1"
+            ):
                 counts.append((source, name, n))
     for source, name, n in counts:
         s = by_source.get(source, {})
         lag = s.get("lag_seconds")
-        table.add_row(source, name, str(n), s.get("state", "?"),
-                      f"{lag:.2f}" if isinstance(lag, float) else "-",
-                      str(s.get("events_per_second", "-")))
+        table.add_row(
+            source,
+            name,
+            str(n),
+            s.get("state", "?"),
+            f"{lag:.2f}" if isinstance(lag, float) else "-",
+            str(s.get("events_per_second", "-")),
+        )
     table.caption = f"{changes} source changes made · Ctrl-C to stop"
     return table
 
@@ -154,29 +173,43 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
         config = _write_config(work, mappings, sources, target_dsn, metrics_port)
         env = {**os.environ, "TUNGGAL_DEMO_PASSWORD": "demo"}
         tunggal = [sys.executable, "-m", "tunggal"]
-        schema = subprocess.run([*tunggal, "schema", "--apply", "--config", str(config)],
-                                env=env, capture_output=True, text=True)
+        schema = subprocess.run(
+            [*tunggal, "schema", "--apply", "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if schema.returncode != 0:
             console.print(f"[red]tunggal schema failed:[/]\n{schema.stderr}")
             return 1
         log_path = work / "daemon.log"
-        console.print(f"[bold]Starting the daemon[/] (log: {log_path}, metrics: "
-                      f"http://127.0.0.1:{metrics_port}/metrics, status: `tunggal status` "
-                      f"or http://127.0.0.1:{metrics_port}/status)")
+        console.print(
+            f"[bold]Starting the daemon[/] (log: {log_path}, metrics: "
+            f"http://127.0.0.1:{metrics_port}/metrics, status: `tunggal status` "
+            f"or http://127.0.0.1:{metrics_port}/status)"
+        )
         with open(log_path, "ab") as log_file:
-            daemon = subprocess.Popen([*tunggal, "run", "--config", str(config)], env=env,
-                                      stdout=log_file, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [*tunggal, "run", "--config", str(config)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         generator = ChangeGenerator({s: sources.dsn(s) for s in SYSTEMS}, rate=rate, stop=stop)
         generator.start()
         started = time.monotonic()
         interactive = console.is_terminal
-        with Live(console=console, refresh_per_second=2, auto_refresh=False) if interactive \
-                else contextlib.nullcontext() as live:
+        with (
+            Live(console=console, refresh_per_second=2, auto_refresh=False)
+            if interactive
+            else contextlib.nullcontext() as live
+        ):
             last_print = 0.0
             while not stop.is_set():
                 if daemon.poll() is not None:
-                    console.print(f"[red]the daemon exited with {daemon.returncode}; "
-                                  f"see {log_path}[/]")
+                    console.print(
+                        f"[red]the daemon exited with {daemon.returncode}; see {log_path}[/]"
+                    )
                     console.print(log_path.read_text(errors="replace")[-3000:])
                     return 1
                 if duration and time.monotonic() - started >= duration:

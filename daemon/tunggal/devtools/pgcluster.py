@@ -7,7 +7,6 @@ cluster runs as an unprivileged OS user that owns the data and socket directorie
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -94,9 +93,7 @@ class PgCluster:
             os.chown(path, self._uid, self._gid)
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self._as_user, *args], check=check, capture_output=True, text=True
-        )
+        return subprocess.run([*self._as_user, *args], check=check, capture_output=True, text=True)
 
     def init(self) -> PgCluster:
         assert self.base_dir is not None
@@ -109,8 +106,10 @@ class PgCluster:
         if not (self.datadir / "PG_VERSION").exists():
             self._run(
                 str(self.bindir / "initdb"),
-                "-D", str(self.datadir),
-                "-U", "postgres",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
@@ -145,10 +144,15 @@ class PgCluster:
             self.init()
         self._run(
             str(self.bindir / "pg_ctl"),
-            "-D", str(self.datadir),
-            "-l", str(self.logfile),
-            "-o", f"-p {self.port}",
-            "-w", "-t", str(int(timeout)),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            f"-p {self.port}",
+            "-w",
+            "-t",
+            str(int(timeout)),
             "start",
         )
         return self
@@ -156,7 +160,13 @@ class PgCluster:
     def stop(self, mode: str = "fast") -> None:
         if (self.datadir / "postmaster.pid").exists():
             self._run(
-                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-m",
+                mode,
+                "-w",
+                "stop",
                 check=False,
             )
 
@@ -198,13 +208,3 @@ class PgCluster:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def running_cluster(name: str = "pg", **kwargs: object) -> object:
-    cluster = PgCluster(name=name, **kwargs)  # type: ignore[arg-type]
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()

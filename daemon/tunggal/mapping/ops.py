@@ -10,7 +10,8 @@ from typing import Any
 class Upsert:
     table: str  # qualified target table, "schema.table"
     key: tuple[Any, ...]  # values of the target key columns, in the declared key order
-    values: dict[str, Any]  # every mapped target column (key columns included); may hold UNAVAILABLE
+    # Every mapped target column, key columns included; may hold UNAVAILABLE.
+    values: dict[str, Any]
     source: str
     position: int
     commit_ts_us: int

@@ -8,7 +8,7 @@ from pathlib import Path
 from tunggal.config import TunggalConfig
 from tunggal.connectors import ConnectorSpec, load_connector
 from tunggal.errors import ConfigError
-from tunggal.events.decode import ConnectorModes
+from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
 from tunggal.runtime.pipeline import Pipeline
@@ -40,9 +40,12 @@ def load_all(config: TunggalConfig) -> tuple[MappingSet, dict[str, ConnectorSpec
 
 
 def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True) -> PostgresSink:
-    sink = PostgresSink(config.target.dsn, mappings.targets(),
-                        connect_timeout_s=config.target.connect_timeout_s,
-                        mapping_hash=mappings.content_hash)
+    sink = PostgresSink(
+        config.target.dsn,
+        mappings.targets(),
+        connect_timeout_s=config.target.connect_timeout_s,
+        mapping_hash=mappings.content_hash,
+    )
     if check:
         problems = check_against_database(mappings, sink.introspect())
         if problems:
@@ -51,8 +54,13 @@ def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True
     return sink
 
 
-def build_runner(config: TunggalConfig, *, metrics: Metrics, stop: threading.Event,
-                 replay: tuple[str, Path] | None = None) -> Runner:
+def build_runner(
+    config: TunggalConfig,
+    *,
+    metrics: Metrics,
+    stop: threading.Event,
+    replay: tuple[str, Path] | None = None,
+) -> Runner:
     mappings, connectors = load_all(config)
     sink = open_sink(config, mappings)
     modes = {name: spec.modes() for name, spec in connectors.items()}
@@ -68,13 +76,21 @@ def build_runner(config: TunggalConfig, *, metrics: Metrics, stop: threading.Eve
 
         for source in config.sources:
             spec = connectors[source.name]
-            sources.append(EmbeddedSource(
-                source.name, spec.render(mappings.source_tables(source.name)),
-                config.resolve(config.state_dir), jvm_path=config.java.jvm_path,
-                heap=config.java.heap, max_batch_size=config.batch.max_size,
-                poll_interval_ms=min(config.batch.max_age_ms, 500)))
+            sources.append(
+                EmbeddedSource(
+                    source.name,
+                    spec.render(mappings.source_tables(source.name)),
+                    config.resolve(config.state_dir),
+                    jvm_path=config.java.jvm_path,
+                    heap=config.java.heap,
+                    max_batch_size=config.batch.max_size,
+                    poll_interval_ms=min(config.batch.max_age_ms, 500),
+                )
+            )
     pipeline = Pipeline(mappings, modes, {t: i.columns for t, i in sink.tables.items()})
-    metrics.mapping.info({"hash": mappings.content_hash[:12],
-                          "files": ",".join(str(f) for f in mappings.files)})
-    return Runner(sources, pipeline, sink, metrics, batch=config.batch, retry=config.retry,
-                  stop=stop)
+    metrics.mapping.info(
+        {"hash": mappings.content_hash[:12], "files": ",".join(str(f) for f in mappings.files)}
+    )
+    return Runner(
+        sources, pipeline, sink, metrics, batch=config.batch, retry=config.retry, stop=stop
+    )

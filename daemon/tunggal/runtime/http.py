@@ -13,13 +13,20 @@ from tunggal.metrics import Metrics
 
 
 class StatusServer:
-    def __init__(self, metrics: Metrics, host: str, port: int,
-                 ready: Callable[[], bool], healthy: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        healthy: Callable[[], bool],
+    ) -> None:
         handler = _make_handler(metrics, ready, healthy)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="tunggal-http",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="tunggal-http", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -34,10 +41,11 @@ class StatusServer:
         self.httpd.server_close()
 
 
-def _make_handler(metrics: Metrics, ready: Callable[[], bool],
-                  healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    metrics: Metrics, ready: Callable[[], bool], healthy: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
@@ -59,7 +67,7 @@ def _make_handler(metrics: Metrics, ready: Callable[[], bool],
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             # Scrapes every few seconds would drown the daemon's own log.
             pass
 

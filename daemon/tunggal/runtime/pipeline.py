@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import ConnectorModes, decode
+from tunggal.events.decode import decode
 from tunggal.events.model import RawEvent
+from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
 from tunggal.mapping.ops import RowOp
 from tunggal.sink.postgres import DeadLetter, SourceProgress
@@ -31,8 +32,12 @@ class Processed:
 
 
 class Pipeline:
-    def __init__(self, mappings: MappingSet, modes: Mapping[str, ConnectorModes],
-                 target_types: Mapping[str, Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        mappings: MappingSet,
+        modes: Mapping[str, ConnectorModes],
+        target_types: Mapping[str, Mapping[str, str]],
+    ) -> None:
         self.mappings = mappings
         self.modes = dict(modes)
         self.target_types = target_types
@@ -44,9 +49,12 @@ class Pipeline:
             if key not in self._hints:
                 self._hints[key] = self.mappings.hints(source, table, self.target_types)
             return self._hints[key]
+
         return lookup
 
-    def process(self, source: str, raws: list[RawEvent], into: Processed | None = None) -> Processed:
+    def process(
+        self, source: str, raws: list[RawEvent], into: Processed | None = None
+    ) -> Processed:
         out = into if into is not None else Processed()
         modes = self.modes.get(source, ConnectorModes())
         hints = self._hint_lookup(source)
@@ -60,17 +68,23 @@ class Pipeline:
                 ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
                 table = exc.table or raw.destination or "?"
-                log.error("poison event from %s (%s, offset %s): %s", source, table,
-                          raw.offset, exc)
-                out.dead_letters.append(DeadLetter(
-                    source=source, error_class=type(exc).__name__, error=str(exc), raw=raw,
-                    source_table=exc.table))
+                log.error(
+                    "poison event from %s (%s, offset %s): %s", source, table, raw.offset, exc
+                )
+                out.dead_letters.append(
+                    DeadLetter(
+                        source=source,
+                        error_class=type(exc).__name__,
+                        error=str(exc),
+                        raw=raw,
+                        source_table=exc.table,
+                    )
+                )
                 out.count((source, table, "?", "dead_letter"))
                 continue
             progress = out.progress.get(source)
             if progress is None:
-                progress = out.progress[source] = SourceProgress(event.position,
-                                                                 event.commit_ts_us)
+                progress = out.progress[source] = SourceProgress(event.position, event.commit_ts_us)
             progress.position = max(progress.position, event.position)
             progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
             progress.events += 1

@@ -27,11 +27,20 @@ log = logging.getLogger(__name__)
 
 
 class Runner:
-    def __init__(self, sources: Sequence[Source], pipeline: Pipeline, sink: PostgresSink,
-                 metrics: Metrics, *, batch: BatchConfig | None = None,
-                 retry: RetryConfig | None = None, stop: threading.Event | None = None,
-                 clock: Callable[[], float] = time.monotonic, shutdown_grace_s: float = 8.0,
-                 on_batch: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        pipeline: Pipeline,
+        sink: PostgresSink,
+        metrics: Metrics,
+        *,
+        batch: BatchConfig | None = None,
+        retry: RetryConfig | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        shutdown_grace_s: float = 8.0,
+        on_batch: Callable[[], None] | None = None,
+    ) -> None:
         self.sources = list(sources)
         self.pipeline = pipeline
         self.sink = sink
@@ -88,8 +97,7 @@ class Runner:
             self.close()
 
     def _idle(self) -> bool:
-        return (all(s.finished() for s in self.sources) and self.inbox.empty()
-                and not self._chunks)
+        return all(s.finished() for s in self.sources) and self.inbox.empty() and not self._chunks
 
     def run_once(self) -> None:
         timeout = 0.1
@@ -124,7 +132,8 @@ class Runner:
         if self._pending_events >= self.batch.max_size:
             return True
         if self._oldest is not None and (
-                self.clock() - self._oldest >= self.batch.max_age_ms / 1000):
+            self.clock() - self._oldest >= self.batch.max_age_ms / 1000
+        ):
             return True
         # A source that waits for our answer cannot send more: don't wait for a fuller batch.
         return any(c.holds_source for c in self._chunks) and self.inbox.empty()
@@ -139,19 +148,33 @@ class Runner:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.metrics.retries.labels("target").inc()
-            log.warning("target write failed (%s); retry %d in %.1fs", exc,
-                        state.attempt_number, state.upcoming_sleep)
+            log.warning(
+                "target write failed (%s); retry %d in %.1fs",
+                exc,
+                state.attempt_number,
+                state.upcoming_sleep,
+            )
 
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
-            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_delay_s,
-                                                  max=self.retry.max_delay_s),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self.retry.initial_delay_s, max=self.retry.max_delay_s
+            ),
             stop=give_up,
-            # Event.wait, so that SIGTERM ends a backoff sleep at once (dlt).
-            sleep=(lambda s: time.sleep(min(s, 0.5))) if deadline is not None else self.stop.wait,
+            sleep=self._sleep_for(deadline),
             before_sleep=before_sleep,
             reraise=True,
         )
+
+    def _sleep_for(self, deadline: float | None) -> Callable[[float], None]:
+        def sleep(seconds: float) -> None:
+            if deadline is None:
+                self.stop.wait(seconds)  # Event.wait: SIGTERM ends a backoff sleep at once (dlt)
+            else:
+                # Shutting down: the stop flag is already set, so sleep for real, briefly.
+                time.sleep(max(0.0, min(seconds, deadline - self.clock())))
+
+        return sleep
 
     def flush(self, *, deadline: float | None = None) -> None:
         if not self._chunks:
@@ -160,7 +183,8 @@ class Runner:
         steps = collapse(pending.ops)
         started = time.perf_counter()
         result: BatchResult = self._retrying(deadline)(
-            self.sink.write, steps, pending.progress, pending.dead_letters)
+            self.sink.write, steps, pending.progress, pending.dead_letters
+        )
         elapsed = time.perf_counter() - started
         # Committed: only now may the sources acknowledge upstream.
         for chunk in chunks:
@@ -171,8 +195,7 @@ class Runner:
         if self.on_batch is not None:
             self.on_batch()
 
-    def _record(self, pending: Processed, result: BatchResult, elapsed: float,
-                events: int) -> None:
+    def _record(self, pending: Processed, result: BatchResult, elapsed: float, events: int) -> None:
         m = self.metrics
         m.batch_seconds.observe(elapsed)
         m.batch_size.observe(events)
@@ -205,8 +228,12 @@ class Runner:
                         self.flush(deadline=self.clock() + self.shutdown_grace_s)
                     except Exception as exc:
                         n = sum(len(c.events) for c in self._chunks)
-                        log.error("could not commit the last %d events before stopping (%s); "
-                                  "they were not acknowledged and will be delivered again", n, exc)
+                        log.error(
+                            "could not commit the last %d events before stopping (%s); "
+                            "they were not acknowledged and will be delivered again",
+                            n,
+                            exc,
+                        )
                         for chunk in self._chunks:
                             chunk.settle(exc)
                         self._chunks = []
@@ -218,12 +245,16 @@ class Runner:
             for source in self.sources:
                 try:
                     source.close()
-                except Exception:  # noqa: BLE001 - keep closing the others
+                except Exception:
                     log.exception("error while closing source %s", source.name)
                 self.metrics.set_state(source.name, "stopped")
             self.sink.close()
-            log.info("stopped: %d events in %d batches, %d dead-lettered",
-                     self.totals["events"], self.totals["batches"], self.totals["dead_letters"])
+            log.info(
+                "stopped: %d events in %d batches, %d dead-lettered",
+                self.totals["events"],
+                self.totals["batches"],
+                self.totals["dead_letters"],
+            )
 
     def _drain_inbox(self) -> None:
         """Chunks already handed over by a source that is blocked on them get committed too."""
@@ -236,7 +267,7 @@ class Runner:
                 self._take(item)
 
     def _drain_unsettled(self) -> list[Chunk]:
-        out = []
+        out: list[Chunk] = []
         while True:
             try:
                 item = self.inbox.get_nowait()

@@ -24,8 +24,14 @@ from tunggal.events.model import UNAVAILABLE, RawEvent
 from tunggal.mapping.ops import Delete, RowOp, Truncate, Upsert
 
 
-def is_newer(source: str, position: int, ts: int, than_source: str | None,
-             than_position: int | None, than_ts: int | None) -> bool:
+def is_newer(
+    source: str,
+    position: int,
+    ts: int,
+    than_source: str | None,
+    than_position: int | None,
+    than_ts: int | None,
+) -> bool:
     """Does a change (source, position, ts) supersede what a row currently holds?
 
     Within one source, the log position decides. Across sources, the later source commit wins,
@@ -57,10 +63,12 @@ Step = Segment | Truncate
 
 
 def _supersedes(new: Upsert | Delete, old: Upsert | Delete) -> bool:
-    return is_newer(new.source, new.position, new.commit_ts_us,
-                    old.source, old.position, old.commit_ts_us) or (
+    return is_newer(
+        new.source, new.position, new.commit_ts_us, old.source, old.position, old.commit_ts_us
+    ) or (
         # Equal positions inside one source: the later one in stream order wins.
-        new.source == old.source and new.position == old.position)
+        new.source == old.source and new.position == old.position
+    )
 
 
 def _merge_unavailable(new: Upsert, old: Upsert | Delete) -> Upsert:

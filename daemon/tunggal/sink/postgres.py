@@ -6,6 +6,7 @@ deletes leave a tombstone, so replaying any prefix of a source's events is a no-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,10 +20,11 @@ from psycopg import sql
 
 from tunggal.errors import FatalError, PoisonEventError, TransientError
 from tunggal.events.model import UNAVAILABLE, RawEvent
+from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
 from tunggal.mapping.ops import Delete, Truncate, Upsert
 from tunggal.sink.collapse import Pending, Segment, Step
-from tunggal.sink.schema import BOOKKEEPING, introspect, missing_bookkeeping
+from tunggal.sink.schema import introspect, missing_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,8 @@ def _newer(v_src: str, v_pos: str, v_ts: str, t: str) -> sql.Composable:
     return sql.SQL(
         "({t}._tunggal_source IS NULL"
         " OR ({t}._tunggal_source = {src} AND {t}._tunggal_position < {pos})"
-        " OR ({t}._tunggal_source <> {src} AND ({t}._tunggal_ts, {t}._tunggal_source) < ({ts}, {src})))"
+        " OR ({t}._tunggal_source <> {src}"
+        " AND ({t}._tunggal_ts, {t}._tunggal_source) < ({ts}, {src})))"
     ).format(t=sql.Identifier(t), src=sql.SQL(v_src), pos=sql.SQL(v_pos), ts=sql.SQL(v_ts))
 
 
@@ -110,14 +113,23 @@ def key_json(key: Sequence[Any]) -> str:
 
 
 class PostgresSink:
-    def __init__(self, dsn: str, targets: Mapping[str, TargetSpec], *, connect_timeout_s: float = 10,
-                 mapping_hash: str = "") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        targets: Mapping[str, TargetSpec],
+        *,
+        connect_timeout_s: float = 10,
+        mapping_hash: str = "",
+    ) -> None:
         url = dsn.replace("postgresql://", "postgresql+psycopg://", 1).replace(
-            "postgres://", "postgresql+psycopg://", 1)
+            "postgres://", "postgresql+psycopg://", 1
+        )
         self.engine = sa.create_engine(
-            url, pool_pre_ping=True, pool_size=2, max_overflow=0,
-            connect_args={"connect_timeout": int(connect_timeout_s),
-                          "options": "-c TimeZone=UTC"},
+            url,
+            pool_pre_ping=True,
+            pool_size=2,
+            max_overflow=0,
+            connect_args={"connect_timeout": int(connect_timeout_s), "options": "-c TimeZone=UTC"},
         )
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
@@ -140,8 +152,10 @@ class PostgresSink:
         reasons = missing_bookkeeping(self.targets, self.introspect())
         if reasons:
             raise FatalError(
-                "the target database is not ready:\n  - " + "\n  - ".join(reasons)
-                + "\nrun `tunggal schema --apply --config <tunggal.yaml>` to add them")
+                "the target database is not ready:\n  - "
+                + "\n  - ".join(reasons)
+                + "\nrun `tunggal schema --apply --config <tunggal.yaml>` to add them"
+            )
 
     def set_targets(self, targets: Mapping[str, TargetSpec], mapping_hash: str) -> None:
         self.targets = dict(targets)
@@ -161,26 +175,26 @@ class PostgresSink:
     def reset(self) -> None:
         """Drop the connection after a failure; the next batch reconnects."""
         if self._dbapi is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._dbapi.invalidate()
-            except Exception:  # noqa: BLE001 - the connection is already broken
-                pass
         self._conn = None
         self._dbapi = None
 
     def close(self) -> None:
         if self._dbapi is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._dbapi.close()
-            except Exception:  # noqa: BLE001
-                pass
         self._conn = None
         self._dbapi = None
         self.engine.dispose()
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, steps: Sequence[Step], progress: Mapping[str, SourceProgress],
-              dead_letters: Sequence[DeadLetter]) -> BatchResult:
+    def write(
+        self,
+        steps: Sequence[Step],
+        progress: Mapping[str, SourceProgress],
+        dead_letters: Sequence[DeadLetter],
+    ) -> BatchResult:
         """Apply one batch atomically. Rows the database rejects are isolated and dead-lettered."""
         try:
             return self._write(steps, progress, dead_letters, isolate=False)
@@ -189,8 +203,14 @@ class PostgresSink:
             log.warning("a row in the batch was rejected; retrying row by row to isolate it")
             return self._write(steps, progress, dead_letters, isolate=True)
 
-    def _write(self, steps: Sequence[Step], progress: Mapping[str, SourceProgress],
-               dead_letters: Sequence[DeadLetter], *, isolate: bool) -> BatchResult:
+    def _write(
+        self,
+        steps: Sequence[Step],
+        progress: Mapping[str, SourceProgress],
+        dead_letters: Sequence[DeadLetter],
+        *,
+        isolate: bool,
+    ) -> BatchResult:
         conn = self._connection()
         result = BatchResult()
         try:
@@ -208,7 +228,7 @@ class PostgresSink:
         except BaseException as exc:
             try:
                 conn.rollback()
-            except Exception:  # noqa: BLE001 - the connection may be gone
+            except Exception:
                 self.reset()
             if isinstance(exc, Exception):
                 mapped = classify(exc)
@@ -229,13 +249,18 @@ class PostgresSink:
                 upserts[op.table].append(op)
             else:
                 deletes[op.table].append(op)
-        for table, rows in deletes.items():
-            self._deletes(cur, table, rows, result)
-        for table, rows in upserts.items():
-            self._upserts(cur, table, rows, result)
+        for table, deleted in deletes.items():
+            self._deletes(cur, table, deleted, result)
+        for table, upserted in upserts.items():
+            self._upserts(cur, table, upserted, result)
 
-    def _segment_isolated(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any],
-                          segment: Segment, result: BatchResult) -> None:
+    def _segment_isolated(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        segment: Segment,
+        result: BatchResult,
+    ) -> None:
         for pending in segment.rows.values():
             one = Segment(rows={(pending.op.table, pending.op.key): pending})
             try:
@@ -249,9 +274,16 @@ class PostgresSink:
         message = f"{op.table} key {list(op.key)}: {classify(exc)}"
         log.error("dead-lettering %d event(s): %s", len(pending.raws), message)
         for raw in pending.raws:
-            result.dead_letters.append(DeadLetter(
-                source=op.source, error_class="PoisonEventError", error=message, raw=raw,
-                source_table=None, position=op.position))
+            result.dead_letters.append(
+                DeadLetter(
+                    source=op.source,
+                    error_class="PoisonEventError",
+                    error=message,
+                    raw=raw,
+                    source_table=None,
+                    position=op.position,
+                )
+            )
 
     def _types(self, table: str) -> Mapping[str, str]:
         info = self.tables.get(table)
@@ -268,12 +300,15 @@ class PostgresSink:
     def _cast(self, table: str, column: str) -> sql.Composable:
         ctype = self._types(table).get(column)
         if ctype is None:
-            raise FatalError(f"target table {table} has no column {column}; "
-                             f"fix the mapping or run `tunggal schema --apply`")
+            raise FatalError(
+                f"target table {table} has no column {column}; "
+                f"fix the mapping or run `tunggal schema --apply`"
+            )
         return sql.SQL("%s::{}").format(sql.SQL(ctype))
 
-    def _upserts(self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert],
-                 result: BatchResult) -> None:
+    def _upserts(
+        self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert], result: BatchResult
+    ) -> None:
         # Rows whose unchanged-TOAST columns differ need different UPDATE lists.
         groups: dict[tuple[tuple[str, ...], frozenset[str]], list[Upsert]] = defaultdict(list)
         for row in rows:
@@ -286,36 +321,64 @@ class PostgresSink:
             per_row = len(cols) + 4
             chunk = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMS // per_row))
             for start in range(0, len(group), chunk):
-                part = group[start:start + chunk]
+                part = group[start : start + chunk]
                 statement = self._upsert_sql(table, cols, missing, len(part), soft, spec.key)
                 params: list[Any] = []
                 for row in part:
-                    params.extend(None if row.values[c] is UNAVAILABLE else row.values[c]
-                                  for c in cols)
+                    params.extend(
+                        None if row.values[c] is UNAVAILABLE else row.values[c] for c in cols
+                    )
                     params.extend((row.source, row.position, row.commit_ts_us, key_json(row.key)))
                 cur.execute(statement, params)
                 result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
 
-    def _upsert_sql(self, table: str, cols: tuple[str, ...], missing: frozenset[str], n: int,
-                    soft: str | None, key: tuple[str, ...]) -> sql.Composed:
-        one = sql.SQL("({})").format(sql.SQL(", ").join(
-            [self._cast(table, c) for c in cols]
-            + [sql.SQL("%s::text"), sql.SQL("%s::numeric"), sql.SQL("%s::bigint"),
-               sql.SQL("%s::text")]))
+    def _upsert_sql(
+        self,
+        table: str,
+        cols: tuple[str, ...],
+        missing: frozenset[str],
+        n: int,
+        soft: str | None,
+        key: tuple[str, ...],
+    ) -> sql.Composed:
+        one = sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                [self._cast(table, c) for c in cols]
+                + [
+                    sql.SQL("%s::text"),
+                    sql.SQL("%s::numeric"),
+                    sql.SQL("%s::bigint"),
+                    sql.SQL("%s::text"),
+                ]
+            )
+        )
         values = sql.SQL(", ").join([one] * n)
         all_cols = [*cols, *BOOKKEEPING]
         insert_cols = list(map(sql.Identifier, all_cols))
         select_cols = [sql.SQL("v.{}").format(sql.Identifier(c)) for c in cols] + [
-            sql.SQL("v._src"), sql.SQL("v._pos"), sql.SQL("v._ts")]
-        updates = [sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                   for c in all_cols if c not in missing and c not in key]
+            sql.SQL("v._src"),
+            sql.SQL("v._pos"),
+            sql.SQL("v._ts"),
+        ]
+        updates = [
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in all_cols
+            if c not in missing and c not in key
+        ]
         if soft and soft not in cols:
             # A newer upsert brings a soft-deleted row back to life.
             insert_cols.append(sql.Identifier(soft))
             select_cols.append(sql.SQL("NULL"))
             updates.append(sql.SQL("{c} = NULL").format(c=sql.Identifier(soft)))
-        alias = sql.SQL(", ").join([*map(sql.Identifier, cols), sql.SQL("_src"), sql.SQL("_pos"),
-                                    sql.SQL("_ts"), sql.SQL("_k")])
+        alias = sql.SQL(", ").join(
+            [
+                *map(sql.Identifier, cols),
+                sql.SQL("_src"),
+                sql.SQL("_pos"),
+                sql.SQL("_ts"),
+                sql.SQL("_k"),
+            ]
+        )
         return sql.SQL(
             "INSERT INTO {tbl} AS t ({insert_cols}) "
             "SELECT {select_cols} FROM (VALUES {values}) AS v({alias}) "
@@ -325,32 +388,46 @@ class PostgresSink:
             "  WHERE r.target_table = {name} AND r.source = v._src AND r.position >= v._pos) "
             "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {newer}"
         ).format(
-            tbl=_tbl(table), insert_cols=sql.SQL(", ").join(insert_cols),
-            select_cols=sql.SQL(", ").join(select_cols), values=values, alias=alias,
-            name=sql.Literal(table), tomb_not_newer=_TOMB_NOT_NEWER,
+            tbl=_tbl(table),
+            insert_cols=sql.SQL(", ").join(insert_cols),
+            select_cols=sql.SQL(", ").join(select_cols),
+            values=values,
+            alias=alias,
+            name=sql.Literal(table),
+            tomb_not_newer=_TOMB_NOT_NEWER,
             key=sql.SQL(", ").join(map(sql.Identifier, key)),
             updates=sql.SQL(", ").join(updates),
-            newer=_newer("EXCLUDED._tunggal_source", "EXCLUDED._tunggal_position",
-                         "EXCLUDED._tunggal_ts", "t"),
+            newer=_newer(
+                "EXCLUDED._tunggal_source",
+                "EXCLUDED._tunggal_position",
+                "EXCLUDED._tunggal_ts",
+                "t",
+            ),
         )
 
-    def _deletes(self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete],
-                 result: BatchResult) -> None:
+    def _deletes(
+        self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete], result: BatchResult
+    ) -> None:
         spec = self._spec(table)
         key = spec.key
         for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
-            part = rows[start:start + _MAX_ROWS_PER_STATEMENT]
+            part = rows[start : start + _MAX_ROWS_PER_STATEMENT]
             for soft in (False, True):
                 sub = [r for r in part if r.soft == soft]
                 if not sub:
                     continue
-                one = sql.SQL("({})").format(sql.SQL(", ").join(
-                    [self._cast(table, c) for c in key]
-                    + [sql.SQL("%s::text"), sql.SQL("%s::numeric"), sql.SQL("%s::bigint")]))
-                alias = sql.SQL(", ").join([*map(sql.Identifier, key), sql.SQL("_src"),
-                                            sql.SQL("_pos"), sql.SQL("_ts")])
+                one = sql.SQL("({})").format(
+                    sql.SQL(", ").join(
+                        [self._cast(table, c) for c in key]
+                        + [sql.SQL("%s::text"), sql.SQL("%s::numeric"), sql.SQL("%s::bigint")]
+                    )
+                )
+                alias = sql.SQL(", ").join(
+                    [*map(sql.Identifier, key), sql.SQL("_src"), sql.SQL("_pos"), sql.SQL("_ts")]
+                )
                 match = sql.SQL(" AND ").join(
-                    sql.SQL("t.{c} = v.{c}").format(c=sql.Identifier(c)) for c in key)
+                    sql.SQL("t.{c} = v.{c}").format(c=sql.Identifier(c)) for c in key
+                )
                 newer = _newer("v._src", "v._pos", "v._ts", "t")
                 if soft:
                     column = spec.soft_delete_column or "deleted_at"
@@ -358,15 +435,25 @@ class PostgresSink:
                         "UPDATE {tbl} AS t SET {soft} = to_timestamp(v._ts / 1000000.0), "
                         "_tunggal_source = v._src, _tunggal_position = v._pos, _tunggal_ts = v._ts "
                         "FROM (VALUES {values}) AS v({alias}) WHERE {match} AND {newer}"
-                    ).format(tbl=_tbl(table), soft=sql.Identifier(column),
-                             values=sql.SQL(", ").join([one] * len(sub)), alias=alias,
-                             match=match, newer=newer)
+                    ).format(
+                        tbl=_tbl(table),
+                        soft=sql.Identifier(column),
+                        values=sql.SQL(", ").join([one] * len(sub)),
+                        alias=alias,
+                        match=match,
+                        newer=newer,
+                    )
                 else:
                     statement = sql.SQL(
                         "DELETE FROM {tbl} AS t USING (VALUES {values}) AS v({alias}) "
                         "WHERE {match} AND {newer}"
-                    ).format(tbl=_tbl(table), values=sql.SQL(", ").join([one] * len(sub)),
-                             alias=alias, match=match, newer=newer)
+                    ).format(
+                        tbl=_tbl(table),
+                        values=sql.SQL(", ").join([one] * len(sub)),
+                        alias=alias,
+                        match=match,
+                        newer=newer,
+                    )
                 params: list[Any] = []
                 for r in sub:
                     params.extend(r.key)
@@ -382,8 +469,11 @@ class PostgresSink:
             "source = EXCLUDED.source, position = EXCLUDED.position, ts = EXCLUDED.ts "
             "WHERE (d.source = EXCLUDED.source AND d.position < EXCLUDED.position) "
             "OR (d.source <> EXCLUDED.source AND (d.ts, d.source) < (EXCLUDED.ts, EXCLUDED.source))"
-        ).format(values=sql.SQL(", ").join(
-            [sql.SQL("(%s, %s, %s, %s::numeric, %s::bigint)")] * len(rows)))
+        ).format(
+            values=sql.SQL(", ").join(
+                [sql.SQL("(%s, %s, %s, %s::numeric, %s::bigint)")] * len(rows)
+            )
+        )
         params: list[Any] = []
         for r in rows:
             params.extend((table, key_json(r.key), r.source, r.position, r.commit_ts_us))
@@ -399,15 +489,19 @@ class PostgresSink:
             ).format(tbl=_tbl(op.table), soft=sql.Identifier(column))
             cur.execute(statement, (op.commit_ts_us, op.source, op.position))
         else:
-            cur.execute(sql.SQL(
-                "DELETE FROM {tbl} WHERE _tunggal_source = %s AND _tunggal_position < %s"
-            ).format(tbl=_tbl(op.table)), (op.source, op.position))
+            cur.execute(
+                sql.SQL(
+                    "DELETE FROM {tbl} WHERE _tunggal_source = %s AND _tunggal_position < %s"
+                ).format(tbl=_tbl(op.table)),
+                (op.source, op.position),
+            )
         result.deleted[op.table] += max(cur.rowcount, 0)
         cur.execute(
             "INSERT INTO public.tunggal_truncations AS r (target_table, source, position, ts) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT (target_table, source) DO UPDATE SET "
             "position = GREATEST(r.position, EXCLUDED.position), ts = GREATEST(r.ts, EXCLUDED.ts)",
-            (op.table, op.source, op.position, op.commit_ts_us))
+            (op.table, op.source, op.position, op.commit_ts_us),
+        )
 
     def _dead_letters(self, cur: psycopg.Cursor[Any], letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -416,9 +510,21 @@ class PostgresSink:
             "INSERT INTO public.tunggal_dead_letters (source, source_table, destination, position,"
             " raw_key, raw_value, error_class, error, mapping_hash) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(d.source, d.source_table, d.raw.destination if d.raw else None, d.position,
-              _text(d.raw.key) if d.raw else None, _text(d.raw.value) if d.raw else None,
-              d.error_class, d.error, self.mapping_hash) for d in letters])
+            [
+                (
+                    d.source,
+                    d.source_table,
+                    d.raw.destination if d.raw else None,
+                    d.position,
+                    _text(d.raw.key) if d.raw else None,
+                    _text(d.raw.value) if d.raw else None,
+                    d.error_class,
+                    d.error,
+                    self.mapping_hash,
+                )
+                for d in letters
+            ],
+        )
 
     def _progress(self, cur: psycopg.Cursor[Any], progress: Mapping[str, SourceProgress]) -> None:
         for source, p in progress.items():
@@ -428,7 +534,8 @@ class PostgresSink:
                 "ON CONFLICT (source) DO UPDATE SET position = GREATEST(p.position, "
                 "EXCLUDED.position), commit_ts = GREATEST(p.commit_ts, EXCLUDED.commit_ts), "
                 "events_applied = p.events_applied + EXCLUDED.events_applied, updated_at = now()",
-                (source, p.position, p.commit_ts_us, p.events))
+                (source, p.position, p.commit_ts_us, p.events),
+            )
 
 
 def _text(value: str | bytes | None) -> str | None:

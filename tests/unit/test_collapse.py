@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from tunggal.events.model import UNAVAILABLE
+from tunggal.mapping.ops import Delete, Truncate, Upsert
+from tunggal.sink.collapse import Segment, collapse, is_newer
+
+
+def up(key: int, pos: int, source: str = "a", ts: int | None = None, **values: object) -> Upsert:
+    return Upsert(
+        "public.t", (key,), {"id": key, **values}, source, pos, ts if ts is not None else pos
+    )
+
+
+def de(key: int, pos: int, source: str = "a") -> Delete:
+    return Delete("public.t", (key,), source, pos, pos, soft=False)
+
+
+def test_last_state_per_key_wins() -> None:
+    steps = collapse(
+        [
+            (up(1, 10, v="a"), None),
+            (up(1, 12, v="b"), None),
+            (de(2, 13), None),
+            (up(2, 14, v="c"), None),
+        ]
+    )
+    assert len(steps) == 1 and isinstance(steps[0], Segment)
+    ops = {k: p.op for k, p in steps[0].rows.items()}
+    assert ops[("public.t", (1,))].values == {"id": 1, "v": "b"}
+    assert isinstance(ops[("public.t", (2,))], Upsert)
+
+
+def test_delete_after_upsert_is_delete() -> None:
+    steps = collapse([(up(1, 10), None), (de(1, 11), None)])
+    assert isinstance(steps[0], Segment)
+    assert isinstance(steps[0].rows[("public.t", (1,))].op, Delete)
+
+
+def test_unavailable_column_takes_value_from_earlier_event_in_batch() -> None:
+    steps = collapse(
+        [(up(1, 10, doc="long", v="a"), None), (up(1, 11, doc=UNAVAILABLE, v="b"), None)]
+    )
+    assert isinstance(steps[0], Segment)
+    assert steps[0].rows[("public.t", (1,))].op.values == {"id": 1, "doc": "long", "v": "b"}  # type: ignore[union-attr]
+
+
+def test_unavailable_stays_when_batch_has_no_earlier_value() -> None:
+    steps = collapse([(up(1, 11, doc=UNAVAILABLE), None)])
+    assert isinstance(steps[0], Segment)
+    assert steps[0].rows[("public.t", (1,))].op.values["doc"] is UNAVAILABLE  # type: ignore[union-attr]
+
+
+def test_truncate_splits_the_batch() -> None:
+    trunc = Truncate("public.t", "a", 20, 20, soft=False)
+    steps = collapse([(up(1, 10), None), (trunc, None), (up(1, 21), None)])
+    assert [type(s).__name__ for s in steps] == ["Segment", "Truncate", "Segment"]
+
+
+def test_older_event_of_same_source_does_not_replace_newer() -> None:
+    steps = collapse([(up(1, 12, v="new"), None), (up(1, 10, v="old"), None)])
+    assert isinstance(steps[0], Segment)
+    assert steps[0].rows[("public.t", (1,))].op.values["v"] == "new"  # type: ignore[union-attr]
+
+
+def test_across_sources_later_commit_wins_with_deterministic_ties() -> None:
+    assert is_newer("b", 1, 200, "a", 999, 100)
+    assert not is_newer("b", 1, 100, "a", 1, 200)
+    # Equal commit times: decided by source name, the same whichever arrives first.
+    assert is_newer("b", 1, 100, "a", 1, 100)
+    assert not is_newer("a", 1, 100, "b", 1, 100)
+    assert is_newer("a", 5, 0, None, None, None)
