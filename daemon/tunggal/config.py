@@ -180,8 +180,8 @@ def pydantic_problems(
             parent = err["loc"][:-1]
             known = _field_names(model, parent)
             guess = suggest(str(err["loc"][-1]), known)
-            message = f"unknown key '{err['loc'][-1]}'"
-            hint = f"did you mean '{guess}'?" if guess else f"known keys: {', '.join(known)}"
+            message = f"unknown key `{err['loc'][-1]}`"
+            hint = f"did you mean `{guess}`?" if guess else f"known keys: {', '.join(known)}"
         elif err["type"] == "missing":
             message = "required key is missing"
         line = lines.get(loc) or lines.get(loc.rsplit(".", 1)[0]) if loc else None

@@ -50,7 +50,7 @@ def test_every_problem_reported_with_line_and_suggestion(
         load_config(cfg)
     text = info.value.render()
     assert "2 problems found" in text
-    assert f"{cfg}:5: batch.max_sise: unknown key 'max_sise' (did you mean 'max_size'?)" in text
+    assert f"{cfg}:5: batch.max_sise: unknown key `max_sise` (did you mean `max_size`?)" in text
     assert f"{cfg}:2: target.dsn" in text and "only PostgreSQL targets" in text
 
 

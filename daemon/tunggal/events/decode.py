@@ -499,9 +499,9 @@ def _remember(text: Any, schema: Any, compiled: Any, fast_key: tuple[str, str, t
         return
     if len(_FAST) > 4096:
         _FAST.clear()
-    entries = _FAST.setdefault(fast_key, [])
-    entries.insert(0, (text[:end], compiled))
-    del entries[_FAST_PER_TOPIC:]
+    prefix = text[:end]
+    entries = [entry for entry in _FAST.get(fast_key, ()) if entry[0] != prefix]
+    _FAST[fast_key] = [(prefix, compiled), *entries][:_FAST_PER_TOPIC]
 
 
 _COMPILED: dict[tuple[Callable[[Any], Any], bytes], Any] = {}

@@ -1,0 +1,162 @@
+"""Synthetic Debezium change events, shaped like Debezium 3.6's PostgreSQL connector output
+(JSON converter without schemas, `decimal.handling.mode=string`,
+`time.precision.mode=adaptive_time_microseconds`, REPLICA IDENTITY DEFAULT).
+
+Used by the replay tests and `bench/`: a mixed workload of inserts, updates (some hitting the
+same keys again) and deletes, together with the final table state it must produce.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+NARROW_DDL = """CREATE TABLE {name} (
+  id bigint PRIMARY KEY, kode text NOT NULL, nama text, tahun integer, pagu numeric(18,2),
+  tgl_mulai date, diubah timestamp, aktif boolean)"""
+NARROW_COLUMNS = ("id", "kode", "nama", "tahun", "pagu", "tgl_mulai", "diubah", "aktif")
+EPOCH = dt.date(1970, 1, 1)
+_BASE_TS_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+
+
+@dataclass
+class Workload:
+    """Events as replay-file lines and the final rows they leave (id -> typed row)."""
+
+    lines: list[bytes] = field(default_factory=list)
+    final: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"c": 0, "u": 0, "d": 0})
+
+
+def _row(rnd: random.Random, key: int, version: int) -> dict[str, Any]:
+    day = dt.date(2025, 1, 1) + dt.timedelta(days=rnd.randint(0, 700))
+    changed = dt.datetime(2026, 1, 1) + dt.timedelta(seconds=version, microseconds=key % 1000)
+    return {
+        "id": key,
+        "kode": f"KEG.{key:07d}",
+        "nama": f"Kegiatan pembangunan {key} versi {version}",
+        "tahun": 2024 + key % 3,
+        "pagu": f"{rnd.randint(1_000_000, 9_000_000_000) / 100:.2f}",
+        "tgl_mulai": (day - EPOCH).days,
+        "diubah": int((changed - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+        + changed.microsecond,
+        "aktif": rnd.random() < 0.9,
+    }
+
+
+def _typed(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["id"],
+        row["kode"],
+        row["nama"],
+        row["tahun"],
+        Decimal(row["pagu"]),
+        EPOCH + dt.timedelta(days=row["tgl_mulai"]),
+        dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=row["diubah"]),
+        row["aktif"],
+    )
+
+
+def _envelope(
+    op: str, before: Any, after: Any, lsn: int, ts_us: int, source: str, table: str
+) -> bytes:
+    schema, _, name = table.partition(".")
+    value = {
+        "before": before,
+        "after": after,
+        "source": {
+            "version": "3.6.3.Final",
+            "connector": "postgresql",
+            "name": source,
+            "ts_ms": ts_us // 1000,
+            "snapshot": "false",
+            "db": "src",
+            "sequence": f'[null,"{lsn}"]',
+            "ts_us": ts_us,
+            "ts_ns": ts_us * 1000,
+            "schema": schema,
+            "table": name,
+            "txId": lsn // 100,
+            "lsn": lsn,
+            "xmin": None,
+            "origin": None,
+            "origin_lsn": None,
+        },
+        "transaction": None,
+        "op": op,
+        "ts_ms": ts_us // 1000 + 50,
+    }
+    key = after["id"] if after is not None else before["id"]
+    return orjson.dumps(
+        {
+            "destination": f"{source}.{table}",
+            "key": orjson.dumps({"id": key}).decode(),
+            "value": orjson.dumps(value).decode(),
+        }
+    )
+
+
+def mixed_workload(
+    n: int, *, source: str = "bench", table: str = "public.kegiatan", seed: int = 1
+) -> Workload:
+    """n events: about 70% inserts, 25% updates (a third on hot keys), 5% deletes."""
+    rnd = random.Random(seed)
+    work = Workload()
+    live: list[int] = []
+    live_set: set[int] = set()
+    next_key = 1
+    lsn = 30_000_000
+    for i in range(n):
+        lsn += rnd.randint(40, 400)
+        ts = _BASE_TS_US + i * 200
+        roll = rnd.random()
+        if roll < 0.70 or len(live) < 10:
+            key = next_key
+            next_key += 1
+            row = _row(rnd, key, i)
+            work.lines.append(_envelope("c", None, row, lsn, ts, source, table))
+            live.append(key)
+            live_set.add(key)
+            work.final[key] = _typed(row)
+            work.counts["c"] += 1
+        elif roll < 0.95:
+            hot = rnd.random() < 0.33
+            key = live[rnd.randrange(max(1, len(live) // 20))] if hot else rnd.choice(live)
+            row = _row(rnd, key, i)
+            work.lines.append(_envelope("u", None, row, lsn, ts, source, table))
+            work.final[key] = _typed(row)
+            work.counts["u"] += 1
+        else:
+            index = rnd.randrange(len(live))
+            key = live[index]
+            live[index] = live[-1]
+            live.pop()
+            live_set.discard(key)
+            before = dict.fromkeys(NARROW_COLUMNS)
+            before["id"] = key
+            work.lines.append(_envelope("d", before, None, lsn, ts, source, table))
+            work.lines.append(
+                orjson.dumps(
+                    {
+                        "destination": f"{source}.{table}",
+                        "key": orjson.dumps({"id": key}).decode(),
+                        "value": None,
+                    }
+                )
+            )
+            del work.final[key]
+            work.counts["d"] += 1
+    return work
+
+
+def narrow_mapping(source: str = "bench", table: str = "public.kegiatan") -> str:
+    cols = ", ".join(f"{c}: {c}" for c in NARROW_COLUMNS)
+    return (
+        f"source: {source}\ntables:\n  - from: {table}\n    to: {table}\n    key: [id]\n"
+        f"    columns: {{{cols}}}\n"
+    )
