@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import re
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,6 +22,8 @@ from psycopg import sql
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("e_planning", "e_budgeting", "e_kontrak", "sipkd")
+_IN_CHECK = re.compile(r"\(\(?(\w+)\)?(?:::\w+)? = ANY \(\(?ARRAY\[(.*?)\]")
+_USER_SCHEMAS = "table_schema NOT IN ('pg_catalog', 'information_schema')"
 
 _WORDS = (
     "pembangunan jalan lingkungan",
@@ -70,35 +73,55 @@ class TableShape:
     columns: list[Column]
     key: list[str]
     foreign: dict[str, tuple[str, str]] = field(default_factory=dict)  # col -> (table, col)
+    choices: dict[str, list[str]] = field(default_factory=dict)  # col -> CHECK (col IN (...))
+
+
+def _ident(qualified: str) -> sql.Identifier:
+    return sql.Identifier(*qualified.split(".", 1))
 
 
 def introspect(conn: psycopg.Connection[Any]) -> list[TableShape]:
     shapes: dict[str, TableShape] = {}
     for table, col, ctype, nullable, maxlen, default in conn.execute(
-        "SELECT table_name, column_name, data_type, is_nullable = 'YES', "
-        "character_maximum_length, column_default IS NOT NULL FROM information_schema.columns "
-        "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+        "SELECT table_schema || '.' || table_name, column_name, data_type, "
+        "is_nullable = 'YES', character_maximum_length, column_default IS NOT NULL "
+        "FROM information_schema.columns c JOIN information_schema.tables t "
+        "USING (table_schema, table_name) WHERE t.table_type = 'BASE TABLE' "
+        f"AND {_USER_SCHEMAS} ORDER BY 1, ordinal_position"
     ):
         shapes.setdefault(table, TableShape(table, [], [])).columns.append(
             Column(col, ctype, nullable, maxlen, default)
         )
     for table, col in conn.execute(
-        "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
+        "SELECT tc.table_schema || '.' || tc.table_name, kcu.column_name "
+        "FROM information_schema.table_constraints tc "
         "JOIN information_schema.key_column_usage kcu USING (constraint_schema, "
         "constraint_name) WHERE tc.constraint_type = 'PRIMARY KEY' "
-        "AND tc.table_schema = 'public' ORDER BY kcu.ordinal_position"
+        "ORDER BY kcu.ordinal_position"
     ):
         if table in shapes:
             shapes[table].key.append(col)
     for table, col, ref_table, ref_col in conn.execute(
-        "SELECT cl.relname, a.attname, rc.relname, ra.attname FROM pg_constraint c "
+        "SELECT cn.nspname || '.' || cl.relname, a.attname, rn.nspname || '.' || rc.relname, "
+        "ra.attname FROM pg_constraint c "
         "JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class rc ON rc.oid = c.confrelid "
+        "JOIN pg_namespace cn ON cn.oid = cl.relnamespace "
+        "JOIN pg_namespace rn ON rn.oid = rc.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
         "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
         "WHERE c.contype = 'f'"
     ):
         if table in shapes:
             shapes[table].foreign[col] = (ref_table, ref_col)
+    for table, definition in conn.execute(
+        "SELECT n.nspname || '.' || cl.relname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+        "JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_namespace n ON n.oid = cl.relnamespace "
+        "WHERE c.contype = 'c'"
+    ):
+        # PostgreSQL prints `col IN ('D', 'A')` as `(col = ANY (ARRAY['D'::bpchar, ...]))`.
+        found = _IN_CHECK.search(definition)
+        if found and table in shapes:
+            shapes[table].choices[found.group(1)] = re.findall(r"'([^']*)'", found.group(2))
     ordered: list[TableShape] = []
     pending = dict(shapes)
     while pending:  # parents before children, so foreign keys find their rows
@@ -115,6 +138,12 @@ def introspect(conn: psycopg.Connection[Any]) -> list[TableShape]:
 
 def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
     name, ctype = col.name.lower(), col.type
+    if name in ("thn", "tahun", "tahun_anggaran") and ctype in (
+        "character varying",
+        "text",
+        "character",
+    ):
+        return str(rnd.choice((2024, 2025, 2026)))
     if ctype in ("integer", "bigint", "smallint"):
         if "tahun" in name:
             return rnd.choice((2024, 2025, 2026))
@@ -138,7 +167,7 @@ def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
         return f"{rnd.getrandbits(128):032x}"
     text: str
     if "kode" in name or name.startswith(("kd_", "no", "id_")):
-        text = f"{table[:3].upper()}.{serial:05d}"
+        text = f"{table.rsplit('.', 1)[-1][:3].upper()}.{serial:05d}"
     elif "penyedia" in name or "rekanan" in name or "perusahaan" in name:
         text = rnd.choice(_COMPANIES)
     elif "lokasi" in name or "alamat" in name:
@@ -159,12 +188,16 @@ def _row(
             ref_table, ref_col = shape.foreign[col.name]
             found = conn.execute(
                 sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
-                    sql.Identifier(ref_col), sql.Identifier(ref_table)
+                    sql.Identifier(ref_col), _ident(ref_table)
                 )
             ).fetchone()
             row[col.name] = found[0] if found else None
         elif col.has_default and col.name in shape.key:
             continue  # serial key
+        elif col.has_default and rnd.random() < 0.7:
+            continue  # let the source's own default speak, as most inserts do
+        elif col.name in shape.choices:
+            row[col.name] = rnd.choice(shape.choices[col.name])
         else:
             row[col.name] = _value(rnd, col, shape.name, serial)
     return row
@@ -173,7 +206,7 @@ def _row(
 def _insert(conn: psycopg.Connection[Any], shape: TableShape, row: dict[str, Any]) -> None:
     conn.execute(
         sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-            sql.Identifier(shape.name),
+            _ident(shape.name),
             sql.SQL(", ").join(map(sql.Identifier, row)),
             sql.SQL(", ").join(sql.Placeholder() * len(row)),
         ),
@@ -208,7 +241,7 @@ class ChangeGenerator(threading.Thread):
         serial = 10_000
         try:
             while not self.stop.wait(1.0 / self.rate if self.rate > 0 else 1.0):
-                system = rnd.choice(list(conns))
+                system = rnd.choice([s for s in conns if shapes[s]])
                 conn, shape = conns[system], rnd.choice(shapes[system])
                 serial += 1
                 try:
@@ -229,9 +262,7 @@ class ChangeGenerator(threading.Thread):
             return
         keys = sql.SQL(", ").join(map(sql.Identifier, shape.key))
         found = conn.execute(
-            sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
-                keys, sql.Identifier(shape.name)
-            )
+            sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(keys, _ident(shape.name))
         ).fetchone()
         if found is None:
             return
@@ -247,12 +278,17 @@ class ChangeGenerator(threading.Thread):
             col = rnd.choice(editable)
             conn.execute(
                 sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(
-                    sql.Identifier(shape.name), sql.Identifier(col.name), where
+                    _ident(shape.name), sql.Identifier(col.name), where
                 ),
-                [_value(rnd, col, shape.name, serial), *found],
+                [
+                    rnd.choice(shape.choices[col.name])
+                    if col.name in shape.choices
+                    else _value(rnd, col, shape.name, serial),
+                    *found,
+                ],
             )
         else:
             conn.execute(
-                sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(shape.name), where),
+                sql.SQL("DELETE FROM {} WHERE {}").format(_ident(shape.name), where),
                 list(found),
             )

@@ -126,8 +126,7 @@ def _view(target_dsn: str, port: int, changes: int) -> Table:
         for name in tables:
             schema, tbl = name.split(".", 1)
             for source, n in conn.execute(
-                f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" '
-                "GROUP BY 1 ORDER BY 1"
+                f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" GROUP BY 1 ORDER BY 1'
             ):
                 counts.append((source, name, n))
     for source, name, n in counts:
@@ -150,6 +149,8 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="tunggal-demo-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
+    # The PostgreSQL servers run as an unprivileged user that must reach their directories.
+    work.chmod(0o755)
     mappings = _mappings_dir()
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -93,7 +93,13 @@ class PgCluster:
             os.chown(path, self._uid, self._gid)
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self._as_user, *args], check=check, capture_output=True, text=True)
+        done = subprocess.run([*self._as_user, *args], capture_output=True, text=True)
+        if check and done.returncode != 0:
+            log = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
+            raise RuntimeError(
+                f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()}\n{log}"
+            )
+        return done
 
     def init(self) -> PgCluster:
         assert self.base_dir is not None

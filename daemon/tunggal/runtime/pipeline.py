@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import decode
+from tunggal.events.decode import Hints, decode
 from tunggal.events.model import RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
@@ -43,7 +43,7 @@ class Pipeline:
         self.target_types = target_types
         self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
 
-    def _hint_lookup(self, source: str) -> object:
+    def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
             key = (source, table)
             if key not in self._hints:
@@ -62,7 +62,7 @@ class Pipeline:
             if raw.destination.startswith(HEARTBEAT_PREFIX):
                 continue
             try:
-                event = decode(raw, source=source, modes=modes, hints=hints)  # type: ignore[arg-type]
+                event = decode(raw, source=source, modes=modes, hints=hints)
                 if event is None:  # tombstone: the delete before it did the work
                     continue
                 ops = self.mappings.map_event(event)

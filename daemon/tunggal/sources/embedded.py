@@ -140,7 +140,12 @@ class EmbeddedSource:
         self._deliver = deliver
         self.state_dir.mkdir(parents=True, exist_ok=True)
         start_jvm(self.state_dir, self.jvm_path, self.heap)
-        log.info("starting Debezium for %s: %s", self.name, mask(self.properties))
+        log.info(
+            "starting Debezium for %s (tables %s)",
+            self.name,
+            self.properties.get("table.include.list", "all"),
+        )
+        log.debug("Debezium properties for %s: %s", self.name, mask(self.properties))
         self._engine = self._build()
         self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}", daemon=True)
         self._thread.start()
