@@ -115,6 +115,13 @@ class Metrics:
                 s.rate = instant if not s.rate else 0.7 * s.rate + 0.3 * instant
             s._rate_mark = (now, s.events_applied)
 
+    def heartbeat(self, source: str, ts_us: int) -> None:
+        """Everything the source committed up to `ts_us` has been applied: an idle source
+        with heartbeats shows a small lag, a stalled one a growing lag."""
+        s = self.source(source)
+        with self.lock:
+            s.last_event_commit_ts_us = max(s.last_event_commit_ts_us or 0, ts_us)
+
     def table_rows(self, table: str, action: str, count: int) -> None:
         if count:
             self.rows.labels(table, action).inc(count)

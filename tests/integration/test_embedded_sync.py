@@ -3,10 +3,13 @@ driven through the `tunggal` CLI in subprocesses (JPype starts one JVM per proce
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +212,30 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
         30,
         message="opd update from sys_b",
     )
+
+    # The first-cut metrics and health endpoints of the running daemon.
+    port = int(re.search(r"port: (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{base}/healthz") as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"{base}/readyz") as resp:
+        assert resp.status == 200
+    metrics = urllib.request.urlopen(f"{base}/metrics").read().decode()
+    applied = re.search(
+        r'tunggal_events_total\{op="u",outcome="applied",source="sys_a",table="public.barang"\} '
+        r"(\S+)",
+        metrics,
+    )
+    assert applied and float(applied.group(1)) >= 2, metrics[:2000]
+    assert 'tunggal_rows_applied_total{action="upsert",table="public.kv"}' in metrics
+    assert re.search(r'tunggal_source_lag_seconds\{source="sys_b"\} \d', metrics)
+    assert re.search(r"tunggal_batch_apply_seconds_count [1-9]", metrics)
+    assert 'tunggal_source_up{source="sys_a"} 1.0' in metrics
+    status = json.loads(urllib.request.urlopen(f"{base}/status").read())
+    assert {s["name"]: s["state"] for s in status["sources"]} == {
+        "sys_a": "streaming",
+        "sys_b": "streaming",
+    }
 
     sql(src_a, "TRUNCATE kv")
     wait_until(

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from tunggal.errors import PoisonEventError
 from tunggal.events.decode import Hints, decode
 from tunggal.events.model import RawEvent
@@ -24,6 +26,8 @@ class Processed:
     ops: list[tuple[RowOp, RawEvent | None]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     progress: dict[str, SourceProgress] = field(default_factory=dict)
+    # source -> newest heartbeat time (µs): the source was read up to then, even if idle
+    heartbeats: dict[str, int] = field(default_factory=dict)
     # (source, table, op, outcome) -> count, for the events metric
     counts: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 
@@ -60,6 +64,9 @@ class Pipeline:
         hints = self._hint_lookup(source)
         for raw in raws:
             if raw.destination.startswith(HEARTBEAT_PREFIX):
+                beat = _heartbeat_ts_us(raw)
+                if beat is not None:
+                    out.heartbeats[source] = max(beat, out.heartbeats.get(source, 0))
                 continue
             try:
                 event = decode(raw, source=source, modes=modes, hints=hints)
@@ -94,3 +101,15 @@ class Pipeline:
             out.count((source, event.table, event.op.value, "applied"))
             out.ops.extend((op, raw) for op in ops)
         return out
+
+
+def _heartbeat_ts_us(raw: RawEvent) -> int | None:
+    """Debezium heartbeats carry only {"ts_ms": ...} (inside "payload" with schemas)."""
+    try:
+        value = orjson.loads(raw.value) if raw.value is not None else None
+        if isinstance(value, dict) and isinstance(value.get("payload"), dict):
+            value = value["payload"]
+        ts_ms = value.get("ts_ms") if isinstance(value, dict) else None
+        return int(ts_ms) * 1000 if isinstance(ts_ms, int) else None
+    except orjson.JSONDecodeError:
+        return None

@@ -210,6 +210,8 @@ class Runner:
             m.dead_letters.labels(letter.source).inc()
         for source, progress in pending.progress.items():
             m.committed(source, progress.events, progress.position, progress.commit_ts_us)
+        for source, beat_us in pending.heartbeats.items():
+            m.heartbeat(source, beat_us)
         self.totals["events"] += events
         self.totals["batches"] += 1
         self.totals["dead_letters"] += len(dead)
