@@ -27,3 +27,6 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench: venv
+	$(BIN)/python bench/run.py

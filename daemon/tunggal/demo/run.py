@@ -108,6 +108,16 @@ def _lag_quantiles(port: int) -> tuple[float | None, float | None]:
     return quantile(0.5), quantile(0.99)
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def _view(target_dsn: str, port: int, changes: int) -> Table:
     table = Table(title="Tunggal demo — basis data tunggal", caption="Ctrl-C to stop")
     for col in ("source", "target table", "rows", "state", "lag (s)", "events/s"):
@@ -223,6 +233,9 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
                     last_print = time.monotonic()
                 stop.wait(1.0)
         p50, p99 = _lag_quantiles(metrics_port)
+        rss = _peak_rss_mb(daemon.pid)
+        if rss is not None:
+            console.print(f"daemon peak RSS (JVM included): {rss:.0f} MB")
         console.print(_view(target_dsn, metrics_port, generator.changes))
         if p50 is not None:
             console.print(f"end-to-end lag: p50 ≤ {p50}s, p99 ≤ {p99}s (histogram bucket bounds)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # PostgreSQL's wire protocol allows at most 65535 parameters per statement.
 _MAX_PARAMS = 60_000
 _MAX_ROWS_PER_STATEMENT = 1000
+# Rows per unnest() statement: one array parameter per column, so only memory limits it.
+_UNNEST_ROWS = 5000
 
 # Postgres SQLSTATE classes that a retry can fix: connection exceptions, insufficient
 # resources, operator intervention (shutdown, failover), serialization failure and deadlock,
@@ -136,9 +138,11 @@ class PostgresSink:
         self.tables: dict[str, TableInfo] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._dbapi: Any = None
+        self._statements: dict[tuple[Any, ...], bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def introspect(self) -> dict[str, TableInfo]:
+        self._statements.clear()
         try:
             self.tables = introspect(self.engine)
         except sa.exc.DBAPIError as exc:
@@ -160,6 +164,7 @@ class PostgresSink:
     def set_targets(self, targets: Mapping[str, TargetSpec], mapping_hash: str) -> None:
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
+        self._statements.clear()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -297,14 +302,17 @@ class PostgresSink:
             raise FatalError(f"no mapping declares target table {table}")
         return spec
 
-    def _cast(self, table: str, column: str) -> sql.Composable:
+    def _type(self, table: str, column: str) -> str:
         ctype = self._types(table).get(column)
         if ctype is None:
             raise FatalError(
                 f"target table {table} has no column {column}; "
                 f"fix the mapping or run `tunggal schema --apply`"
             )
-        return sql.SQL("%s::{}").format(sql.SQL(ctype))
+        return ctype
+
+    def _cast(self, table: str, column: str) -> sql.Composable:
+        return sql.SQL("%s::{}").format(sql.SQL(self._type(table, column)))
 
     def _upserts(
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert], result: BatchResult
@@ -316,43 +324,79 @@ class PostgresSink:
             missing = frozenset(c for c, v in row.values.items() if v is UNAVAILABLE)
             groups[(cols, missing)].append(row)
         spec = self._spec(table)
-        soft = spec.soft_delete_column
         for (cols, missing), group in groups.items():
-            per_row = len(cols) + 4
-            chunk = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMS // per_row))
+            # unnest() flattens multi-dimensional arrays, so array columns need row-wise VALUES.
+            columnar = not any(self._types(table).get(c, "").endswith("]") for c in cols)
+            chunk = (
+                _UNNEST_ROWS
+                if columnar
+                else max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMS // (len(cols) + 4)))
+            )
             for start in range(0, len(group), chunk):
                 part = group[start : start + chunk]
-                statement = self._upsert_sql(table, cols, missing, len(part), soft, spec.key)
-                params: list[Any] = []
-                for row in part:
-                    params.extend(
-                        None if row.values[c] is UNAVAILABLE else row.values[c] for c in cols
-                    )
-                    params.extend((row.source, row.position, row.commit_ts_us, key_json(row.key)))
-                cur.execute(statement, params)
+                n = 0 if columnar else len(part)
+                statement = self._statement(
+                    ("upsert", table, cols, missing, n),
+                    self._upsert_sql,
+                    table,
+                    cols,
+                    missing,
+                    n,
+                    spec,
+                )
+                params: list[Any]
+                if columnar:
+                    params = [
+                        [None if r.values[c] is UNAVAILABLE else r.values[c] for r in part]
+                        for c in cols
+                    ]
+                    params += [
+                        [r.source for r in part],
+                        [r.position for r in part],
+                        [r.commit_ts_us for r in part],
+                        [key_json(r.key) for r in part],
+                    ]
+                else:
+                    params = []
+                    for r in part:
+                        params.extend(
+                            None if r.values[c] is UNAVAILABLE else r.values[c] for c in cols
+                        )
+                        params.extend((r.source, r.position, r.commit_ts_us, key_json(r.key)))
+                # Binary arrays: no text escaping of every element on either side.
+                cur.execute(statement, params, binary=columnar)
                 result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
 
+    def _statement(
+        self, key: tuple[Any, ...], build: Callable[..., sql.Composable], *args: Any
+    ) -> bytes:
+        """SQL text built once per shape: composing and parsing it per batch costs more than
+        the database's work for a small batch, and identical text lets psycopg prepare it."""
+        text = self._statements.get(key)
+        if text is None:
+            text = self._statements[key] = build(*args).as_bytes(self._connection())
+        return text
+
     def _upsert_sql(
-        self,
-        table: str,
-        cols: tuple[str, ...],
-        missing: frozenset[str],
-        n: int,
-        soft: str | None,
-        key: tuple[str, ...],
+        self, table: str, cols: tuple[str, ...], missing: frozenset[str], n: int, spec: TargetSpec
     ) -> sql.Composed:
-        one = sql.SQL("({})").format(
-            sql.SQL(", ").join(
-                [self._cast(table, c) for c in cols]
-                + [
-                    sql.SQL("%s::text"),
-                    sql.SQL("%s::numeric"),
-                    sql.SQL("%s::bigint"),
-                    sql.SQL("%s::text"),
-                ]
+        """n == 0: one array parameter per column, unnest()ed; else n rows of VALUES."""
+        soft, key = spec.soft_delete_column, spec.key
+        bookkeeping = ["text", "numeric", "bigint", "text"]
+        if n == 0:
+            arrays: list[sql.Composable] = [
+                sql.SQL("%s::{}[]").format(sql.SQL(self._type(table, c))) for c in cols
+            ]
+            arrays += [sql.SQL(f"%s::{t}[]") for t in bookkeeping]
+            values = sql.SQL("unnest({})").format(sql.SQL(", ").join(arrays))
+        else:
+            one = sql.SQL("({})").format(
+                sql.SQL(", ").join(
+                    [self._cast(table, c) for c in cols]
+                    + [sql.SQL(f"%s::{t}") for t in bookkeeping]
+                )
             )
-        )
-        values = sql.SQL(", ").join([one] * n)
+            values = sql.SQL("(VALUES {})").format(sql.SQL(", ").join([one] * n))
         all_cols = [*cols, *BOOKKEEPING]
         insert_cols = list(map(sql.Identifier, all_cols))
         select_cols = [sql.SQL("v.{}").format(sql.Identifier(c)) for c in cols] + [
@@ -381,7 +425,7 @@ class PostgresSink:
         )
         return sql.SQL(
             "INSERT INTO {tbl} AS t ({insert_cols}) "
-            "SELECT {select_cols} FROM (VALUES {values}) AS v({alias}) "
+            "SELECT {select_cols} FROM {values} AS v({alias}) "
             "WHERE NOT EXISTS (SELECT 1 FROM public.tunggal_tombstones d "
             "  WHERE d.target_table = {name} AND d.key_json = v._k AND {tomb_not_newer}) "
             "AND NOT EXISTS (SELECT 1 FROM public.tunggal_truncations r "
