@@ -19,7 +19,8 @@ demo: venv
 	$(BIN)/tunggal demo
 
 lint: venv
-	$(BIN)/ruff check daemon tests
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
 
 test: lint

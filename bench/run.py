@@ -51,29 +51,41 @@ def bench_decode_map(events_file: Path, mapping_file: Path) -> dict[str, float]:
             mappings.map_event(event)
             n += 1
     elapsed = time.perf_counter() - started
-    return {"events": len(raws), "seconds": elapsed, "events_per_s": len(raws) / elapsed,
-            "cpu_s": _cpu() - cpu}
+    return {
+        "events": len(raws),
+        "seconds": elapsed,
+        "events_per_s": len(raws) / elapsed,
+        "cpu_s": _cpu() - cpu,
+    }
 
 
 def bench_replay(work: Path, dsn: str, events_file: Path) -> dict[str, float]:
     config = load_config(work / "tunggal.yaml")
-    runner = build_runner(config, metrics=Metrics(), stop=threading.Event(),
-                          replay=("bench", events_file))
+    runner = build_runner(
+        config, metrics=Metrics(), stop=threading.Event(), replay=("bench", events_file)
+    )
     started, cpu = time.perf_counter(), _cpu()
     runner.run(until_idle=True)
     elapsed = time.perf_counter() - started
     events = runner.totals["events"]
-    return {"events": events, "seconds": elapsed, "events_per_s": events / elapsed,
-            "cpu_s": _cpu() - cpu, "batches": runner.totals["batches"]}
+    return {
+        "events": events,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "cpu_s": _cpu() - cpu,
+        "batches": runner.totals["batches"],
+    }
 
 
 def bench_copy(dsn: str, rows: list[tuple[object, ...]]) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(NARROW_DDL.format(name="kegiatan_copy"))
         started = time.perf_counter()
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-            f"COPY kegiatan_copy ({', '.join(NARROW_COLUMNS)}) FROM STDIN"
-        ) as copy:
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(f"COPY kegiatan_copy ({', '.join(NARROW_COLUMNS)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
         elapsed = time.perf_counter() - started
@@ -93,13 +105,22 @@ def main() -> int:
     mapping_file = work / "bench.yaml"
     mapping_file.write_text(narrow_mapping())
     results: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "workload": {"events": len(workload.lines), **workload.counts,
-                     "final_rows": len(workload.final)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "workload": {
+            "events": len(workload.lines),
+            **workload.counts,
+            "final_rows": len(workload.final),
+        },
     }
-    print(f"workload: {len(workload.lines)} events ({workload.counts}), "
-          f"{len(workload.final)} final rows", file=sys.stderr)
+    print(
+        f"workload: {len(workload.lines)} events ({workload.counts}), "
+        f"{len(workload.final)} final rows",
+        file=sys.stderr,
+    )
     results["decode_map"] = bench_decode_map(events_file, mapping_file)
 
     cluster = PgCluster(name="bench", fsync=True).start()
@@ -109,7 +130,8 @@ def main() -> int:
             conn.execute(NARROW_DDL.format(name="kegiatan"))
         (work / "tunggal.yaml").write_text(
             f"target:\n  dsn: {dsn}\nmappings: [{mapping_file}]\nstate_dir: {work}/state\n"
-            "batch:\n  max_size: 5000\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n")
+            "batch:\n  max_size: 5000\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
+        )
         from tunggal.runtime.app import load_all, open_sink
         from tunggal.sink.schema import apply_schema, plan_schema
 
@@ -132,10 +154,13 @@ def main() -> int:
     results["replay_to_copy_ratio"] = ratio
     print(f"{'stage':<28}{'rate':>16}{'seconds':>10}")
     print(f"{'decode+map (no DB)':<28}{dm['events_per_s']:>12,.0f} ev/s{dm['seconds']:>10.2f}")
-    print(f"{'replay -> PostgreSQL':<28}{replay['events_per_s']:>12,.0f} ev/s"
-          f"{replay['seconds']:>10.2f}")
-    print(f"{'raw COPY (final rows)':<28}{copy['rows_per_s']:>12,.0f} rows/s"
-          f"{copy['seconds']:>8.2f}")
+    print(
+        f"{'replay -> PostgreSQL':<28}{replay['events_per_s']:>12,.0f} ev/s"
+        f"{replay['seconds']:>10.2f}"
+    )
+    print(
+        f"{'raw COPY (final rows)':<28}{copy['rows_per_s']:>12,.0f} rows/s{copy['seconds']:>8.2f}"
+    )
     print(f"replay / COPY: {ratio:.1%}   peak RSS: {results['peak_rss_mb']:.0f} MB")
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -320,4 +320,39 @@ def test_bad_source_dsn_is_a_clear_error(pg: PgCluster, new_db: Any, tmp_path: P
     result = run_cli("run", "--config", str(config), timeout=120)
     assert result.returncode == 1
     assert "source sys_x" in result.stderr
-    assert "no_such_database" in result.stderr
+    assert "no_such_database" in result.stderr.strip().splitlines()[-1], result.stderr[-1500:]
+
+
+def test_replication_slot_in_use_is_a_clear_error(
+    pg: PgCluster, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    source, target = new_db("src"), new_db("target")
+    sql(source, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "m.yaml").write_text(
+        "source: sys_s\ntables:\n  - from: public.kv\n    to: public.kv\n    key: [id]\n"
+        "    columns: {id: id, v: v}\n"
+    )
+    connector = write_connector(tmp_path, "sys_s", pg.port, source.rsplit("/", 1)[1])
+    first = write_config(tmp_path, target, {"sys_s": str(connector)}, ["m.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(first)).returncode == 0
+    daemon = daemon_factory(first).start()
+    sql(source, "INSERT INTO kv VALUES (1, 'satu')")
+    wait_until(lambda: sql(target, "SELECT v FROM kv") == [("satu",)], 90, message="first run")
+    # A second daemon (own state and port) on the same source finds the slot taken.
+    other = tmp_path / "other"
+    other.mkdir()
+    impatient = other / "connector.yaml"
+    impatient.write_text(
+        connector.read_text() + "  slot.max.retries: '1'\n  slot.retry.delay.ms: '500'\n"
+        "  errors.max.retries: '1'\n"
+    )
+    second = write_config(other, target, {"sys_s": str(impatient)}, [str(tmp_path / "m.yaml")])
+    result = run_cli("run", "--config", str(second), timeout=180)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "source sys_s" in result.stderr
+    final = result.stderr.strip().splitlines()[-1]
+    assert final.startswith("error: source sys_s: Debezium engine stopped:"), final
+    assert "tunggal_sys_s" in final and "active" in final, final
+    assert "Traceback" not in result.stderr
+    assert daemon.alive()

@@ -118,7 +118,12 @@ class EmbeddedSource:
             "max.batch.size": str(max_batch_size),
             "max.queue.size": str(max(max_batch_size * 4, 8192)),
             "poll.interval.ms": str(poll_interval_ms),
-            "errors.max.retries": "-1",
+            # A retriable failure restarts the connector a few times, then stops the daemon
+            # with the cause (systemd's Restart=on-failure takes it from there) instead of
+            # retrying forever where nobody sees it.
+            "errors.max.retries": "3",
+            "errors.retry.delay.initial.ms": "1000",
+            "errors.retry.delay.max.ms": "10000",
             **properties,
         }
         if "schema.history.internal" not in self.properties and "MySql" in self.properties.get(
@@ -222,11 +227,11 @@ class EmbeddedSource:
 
     def close(self) -> None:
         self._closing.set()
-        if self._engine is not None:
+        if self._engine is not None and not self._finished.is_set():
             try:
                 self._engine.close()
-            except Exception:
-                log.exception("error while closing the Debezium engine for %s", self.name)
+            except Exception as exc:
+                log.debug("closing the Debezium engine for %s: %s", self.name, exc)
         if self._thread is not None:
             self._thread.join(timeout=30)
 
@@ -256,8 +261,17 @@ def _make_completion(source: EmbeddedSource) -> Any:
         def handle(self, success: bool, message: Any, error: Any) -> None:
             text = str(message) if message is not None else None
             if error is not None:
-                text = f"{text}: {error}" if text else str(error)
+                # Debezium wraps the cause several times ("An exception occurred in the change
+                # event producer"); the innermost one says what is wrong.
+                text = _root_cause(error)
             if not success:
                 source._engine_stopped(False, text)
 
     return Completion()
+
+
+def _root_cause(error: Any) -> str:
+    cause, seen = error, 0
+    while cause.getCause() is not None and cause.getCause() is not cause and seen < 20:
+        cause, seen = cause.getCause(), seen + 1
+    return f"{cause.getClass().getSimpleName()}: {cause.getMessage()}"
