@@ -49,6 +49,7 @@ def wait_until(
     timeout: float = 60.0,
     interval: float = 0.25,
     message: str = "condition",
+    context: Callable[[], str] | None = None,
 ) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -57,7 +58,10 @@ def wait_until(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+    extra = f"\n{context()}" if context is not None else ""
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message} (last: {last!r}){extra}"
+    )
 
 
 def tunggal_cmd(*args: str) -> list[str]:
@@ -178,3 +182,5 @@ def write_connector(tmp_path: Path, name: str, port: int, dbname: str) -> Path:
 
 
 os.environ.setdefault("TEST_PG_PASSWORD", "unused-trust-auth")
+# The suite runs as root in CI; `tunggal run` refuses that unless told (tested separately).
+os.environ.setdefault("TUNGGAL_ALLOW_ROOT", "1")

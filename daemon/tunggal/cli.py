@@ -39,6 +39,27 @@ def _fail(exc: TunggalError) -> NoReturn:
     sys.exit(1)
 
 
+def _exit_after_jvm(error: TunggalError | None) -> None:
+    """With a JVM in the process, exit now: everything is committed or unacknowledged, and
+    JPype's shutdown at interpreter exit can wait for Debezium threads that never end."""
+    from tunggal.sources.embedded import jvm_running
+
+    if not jvm_running():
+        return
+    code = 0
+    if error is not None:
+        code = 2 if isinstance(error, ConfigError) else 1
+        click.secho(
+            error.render() if isinstance(error, ConfigError) else f"error: {error}",
+            fg="red",
+            err=True,
+        )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     import functools
 
@@ -52,10 +73,11 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
+def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:
     """First SIGTERM/SIGINT: finish the batch in hand and stop. Second: stop at once.
+    SIGHUP: reload the mapping files at the next batch boundary.
 
-    The handler only sets a flag (dlt): no logging, no I/O in signal context.
+    The handlers only set a flag (dlt): no logging, no I/O in signal context.
     """
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -63,8 +85,13 @@ def install_signal_handlers(stop: threading.Event) -> None:
             os._exit(128 + signum)
         stop.set()
 
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        if reload is not None:
+            reload.set()
+
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, hangup)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,6 +144,15 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
     from tunggal.runtime.http import StatusServer
 
     config = load_config(config_path)
+    if (
+        replay is None
+        and os.geteuid() == 0
+        and not (config.allow_root or os.environ.get("TUNGGAL_ALLOW_ROOT") == "1")
+    ):
+        raise ConfigError(
+            "refusing to run as root: run as a dedicated user (see ops/tunggal.service), "
+            "or set allow_root: true / TUNGGAL_ALLOW_ROOT=1 if you really mean it"
+        )
     ctx = click.get_current_context()
     logs.configure(
         logging.getLevelName(logging.getLogger().level),
@@ -126,6 +162,11 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
     install_signal_handlers(stop)
     metrics = Metrics()
     runner = build_runner(config, metrics=metrics, stop=stop, replay=replay)
+    install_signal_handlers(stop, runner.reload_requested)
+    if replay is None and config.watch_mappings:
+        from tunggal.runtime.reload import watch_files
+
+        watch_files(config.mapping_paths(), runner.reload_requested.set, stop)
     server = None
     if config.metrics.enabled and replay is None:
         server = StatusServer(
@@ -138,9 +179,13 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
     try:
         runner.run(until_idle=once)
+    except TunggalError as exc:
+        _exit_after_jvm(exc)
+        raise
     finally:
         if server is not None:
             server.close()
+    _exit_after_jvm(None)
     if replay is not None:
         click.echo(
             f"replayed {runner.totals['events']} events in {runner.totals['batches']} "

@@ -85,6 +85,10 @@ class TunggalConfig(_Frozen):
     state_dir: str = Field(
         "/var/lib/tunggal", description="Durable local state: Debezium offsets per source."
     )
+    watch_mappings: bool = Field(
+        True, description="Reload mapping files when they change (SIGHUP always reloads)."
+    )
+    allow_root: bool = Field(False, description="Let `tunggal run` run as root (not advised).")
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     metrics: MetricsConfig = MetricsConfig()

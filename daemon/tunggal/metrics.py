@@ -81,7 +81,19 @@ class Metrics:
             "tunggal_dead_letters", "Events set aside as poison", ["source"], registry=r
         )
         self.mapping = Info("tunggal_mapping", "The active mapping set", registry=r)
+        self.reloads = Counter(
+            "tunggal_mapping_reloads", "Mapping reload attempts by result", ["result"], registry=r
+        )
+        self.dead_letters_current = Gauge(
+            "tunggal_dead_letters_current", "Entries now in tunggal_dead_letters", registry=r
+        )
+        self.restarts = Counter(
+            "tunggal_source_restarts", "Sources restarted after a failure", ["source"], registry=r
+        )
         r.register(_LagCollector(self))
+
+    def set_mapping(self, content_hash: str, files: tuple[str, ...] | list[str]) -> None:
+        self.mapping.info({"hash": content_hash[:12], "files": ",".join(map(str, files))})
 
     def source(self, name: str, engine: str = "embedded") -> SourceState:
         with self.lock:

@@ -122,6 +122,15 @@ def rows(dsn: str, table: str, columns: list[str], key: str) -> list[tuple[Any, 
     return sql(dsn, f"SELECT {cols} FROM {table} ORDER BY {key}")
 
 
+def _diff(target: str, source: str) -> str:
+    got = dict(rows(target, "kv", ["id", "v"], "id"))
+    want = dict(rows(source, "kv", ["id", "v"], "id"))
+    wrong = {
+        k: (got.get(k), want.get(k)) for k in got.keys() | want.keys() if got.get(k) != want.get(k)
+    }
+    return f"{len(wrong)} rows differ (target, source): {dict(list(wrong.items())[:10])}"
+
+
 def big_text(seed: int) -> str:
     # Random hex does not compress well, so PostgreSQL stores it out of line (TOAST).
     rnd = random.Random(seed)
@@ -167,17 +176,31 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     sql(src_b, "INSERT INTO ref_opd VALUES ('1.02', 'dinas kesehatan')")
 
     daemon: Daemon = daemon_factory(config).start()
+
+    def log_tail() -> str:
+        return daemon.output()[-4000:]
+
     wait_until(
-        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 50, 90, message="snapshot of kv"
+        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 50,
+        90,
+        message="snapshot of kv",
+        context=log_tail,
     )
-    wait_until(lambda: len(sql(target, "SELECT 1 FROM barang")) == 3, 30, message="barang rows")
+    wait_until(
+        lambda: len(sql(target, "SELECT 1 FROM barang")) == 3,
+        30,
+        message="barang rows",
+        context=log_tail,
+    )
 
     # Every type arrives exactly, including jsonb 'null' (not SQL NULL).
     assert rows(target, "barang", TYPE_COLUMNS, "id") == rows(src_a, "barang", TYPE_COLUMNS, "id")
     assert sql(target, "SELECT j::text, j IS NULL FROM barang WHERE id = 2") == [("null", False)]
     assert sql(target, "SELECT _tunggal_source FROM barang WHERE id = 1") == [("sys_a",)]
     # Two sources write one table, each with its transforms.
-    wait_until(lambda: len(sql(target, "SELECT 1 FROM opd")) == 2, 30, message="opd rows")
+    wait_until(
+        lambda: len(sql(target, "SELECT 1 FROM opd")) == 2, 30, message="opd rows", context=log_tail
+    )
     assert sql(target, "SELECT kode_opd, nama_opd, sumber FROM opd ORDER BY 1") == [
         ("1.01", "DINAS PENDIDIKAN", "sys_a"),
         ("1.02", "DINAS KESEHATAN", "sys_b"),
@@ -203,6 +226,7 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
         lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
         30,
         message="kv streamed",
+        context=log_tail,
     )
     wait_until(
         lambda: (
@@ -239,7 +263,10 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
 
     sql(src_a, "TRUNCATE kv")
     wait_until(
-        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 0, 30, message="truncate applied"
+        lambda: sql(target, "SELECT count(*) FROM kv")[0][0] == 0,
+        30,
+        message="truncate applied",
+        context=log_tail,
     )
 
     # Graceful stop under SIGTERM: flush, commit, exit 0 quickly.
@@ -255,6 +282,7 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
         lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
         60,
         message="changes made while stopped",
+        context=log_tail,
     )
     wait_until(
         lambda: (
@@ -302,6 +330,7 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
         lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
         120,
         message="target equal to source after kill -9",
+        context=lambda: _diff(target, src_a) + "\n" + daemon.output()[-4000:],
     )
     code, _ = daemon.terminate()
     assert code == 0, daemon.output()[-3000:]

@@ -182,7 +182,8 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
         target_dsn = target_pg.create_database("tunggal")
         metrics_port = free_port()
         config = _write_config(work, mappings, sources, target_dsn, metrics_port)
-        env = {**os.environ, "TUNGGAL_DEMO_PASSWORD": "demo"}
+        # A throwaway demo may run as root; a real deployment runs as its own user.
+        env = {**os.environ, "TUNGGAL_DEMO_PASSWORD": "demo", "TUNGGAL_ALLOW_ROOT": "1"}
         tunggal = [sys.executable, "-m", "tunggal"]
         schema = subprocess.run(
             [*tunggal, "schema", "--apply", "--config", str(config)],

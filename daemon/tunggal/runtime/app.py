@@ -12,7 +12,9 @@ from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
 from tunggal.runtime.pipeline import Pipeline
+from tunggal.runtime.reload import MappingReloader
 from tunggal.runtime.runner import Runner
+from tunggal.runtime.systemd import Notifier
 from tunggal.sink.postgres import PostgresSink
 from tunggal.sources.base import Source
 
@@ -88,9 +90,16 @@ def build_runner(
                 )
             )
     pipeline = Pipeline(mappings, modes, {t: i.columns for t, i in sink.tables.items()})
-    metrics.mapping.info(
-        {"hash": mappings.content_hash[:12], "files": ",".join(str(f) for f in mappings.files)}
+    metrics.set_mapping(mappings.content_hash, mappings.files)
+    runner = Runner(
+        sources,
+        pipeline,
+        sink,
+        metrics,
+        batch=config.batch,
+        retry=config.retry,
+        stop=stop,
+        notifier=Notifier(),
     )
-    return Runner(
-        sources, pipeline, sink, metrics, batch=config.batch, retry=config.retry, stop=stop
-    )
+    runner.reloader = MappingReloader(config, pipeline, sink, metrics)
+    return runner

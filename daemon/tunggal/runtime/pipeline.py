@@ -47,6 +47,12 @@ class Pipeline:
         self.target_types = target_types
         self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
 
+    def swap(self, mappings: MappingSet, target_types: Mapping[str, Mapping[str, str]]) -> None:
+        """Use a new mapping set from the next event on (called between batches)."""
+        self.mappings = mappings
+        self.target_types = target_types
+        self._hints.clear()
+
     def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
             key = (source, table)

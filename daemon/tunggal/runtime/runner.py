@@ -19,6 +19,7 @@ from tunggal.config import BatchConfig, RetryConfig
 from tunggal.errors import FatalError, TransientError
 from tunggal.metrics import Metrics
 from tunggal.runtime.pipeline import Pipeline, Processed
+from tunggal.runtime.systemd import Notifier
 from tunggal.sink.collapse import collapse
 from tunggal.sink.postgres import BatchResult, PostgresSink
 from tunggal.sources.base import Chunk, Source, SourceFailure
@@ -40,6 +41,8 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         shutdown_grace_s: float = 8.0,
         on_batch: Callable[[], None] | None = None,
+        notifier: Notifier | None = None,
+        reloader: Callable[[], bool] | None = None,
     ) -> None:
         self.sources = list(sources)
         self.pipeline = pipeline
@@ -51,6 +54,15 @@ class Runner:
         self.clock = clock
         self.shutdown_grace_s = shutdown_grace_s
         self.on_batch = on_batch
+        self.notifier = notifier or Notifier({})
+        self.reloader = reloader
+        # Set by SIGHUP or the file watcher; honoured between batches.
+        self.reload_requested = threading.Event()
+        self._by_name = {s.name: s for s in self.sources}
+        self._streamed: set[str] = set()
+        self._restart_at: dict[str, float] = {}
+        self._restart_attempts: dict[str, int] = {}
+        self._dead_count_at = 0.0
         self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
         self._closing = threading.Event()
         self._chunks: list[Chunk] = []
@@ -85,7 +97,9 @@ class Runner:
     def run(self, *, until_idle: bool = False) -> None:
         try:
             self.start()
+            self.notifier.ready()
             while not self.stop.is_set():
+                self.notifier.watchdog()
                 self.run_once()
                 if until_idle and self._idle():
                     break
@@ -100,6 +114,8 @@ class Runner:
         return all(s.finished() for s in self.sources) and self.inbox.empty() and not self._chunks
 
     def run_once(self) -> None:
+        if not self._chunks:
+            self._between_batches()
         timeout = 0.1
         if self._oldest is not None:
             age_left = self._oldest + self.batch.max_age_ms / 1000 - self.clock()
@@ -109,14 +125,53 @@ class Runner:
         except queue.Empty:
             item = None
         if isinstance(item, SourceFailure):
-            self.metrics.set_state(item.source, "failed", item.message)
-            raise FatalError(f"source {item.source}: {item.message}")
+            self._source_failed(item)
+            item = None
         if item is not None:
             self._take(item)
         if self._due():
             self.flush()
 
+    def _between_batches(self) -> None:
+        """Work that must not split a batch: mapping reloads, source restarts, housekeeping."""
+        if self.reload_requested.is_set() and self.reloader is not None:
+            self.reload_requested.clear()
+            self.reloader()
+        now = self.clock()
+        for name, due in list(self._restart_at.items()):
+            if now >= due:
+                del self._restart_at[name]
+                source = self._by_name[name]
+                log.info("restarting source %s", name)
+                self.metrics.restarts.labels(name).inc()
+                self.metrics.set_state(name, "starting")
+                source.close()
+                source.start(self.deliver)
+        if now - self._dead_count_at >= 30:
+            self._dead_count_at = now
+            try:
+                self.metrics.dead_letters_current.set(self.sink.count_dead_letters())
+            except Exception as exc:
+                log.debug("cannot count dead letters: %s", exc)
+
+    def _source_failed(self, failure: SourceFailure) -> None:
+        """A source that streamed before is restarted with backoff while the others go on;
+        one that never started is a configuration problem: stop and say so."""
+        self.metrics.set_state(failure.source, "failed", failure.message)
+        if failure.source not in self._streamed or failure.source not in self._by_name:
+            raise FatalError(f"source {failure.source}: {failure.message}")
+        attempt = self._restart_attempts.get(failure.source, 0)
+        self._restart_attempts[failure.source] = attempt + 1
+        delay = min(60.0, 5.0 * 2**attempt)
+        log.error(
+            "source %s failed: %s; restarting it in %.0fs", failure.source, failure.message, delay
+        )
+        self._restart_at[failure.source] = self.clock() + delay
+
     def _take(self, chunk: Chunk) -> None:
+        if chunk.source not in self._streamed:
+            self._streamed.add(chunk.source)
+        self._restart_attempts.pop(chunk.source, None)
         state = self.metrics.source(chunk.source)
         if state.state != "streaming":
             self.metrics.set_state(chunk.source, "streaming")
@@ -222,6 +277,7 @@ class Runner:
         """Finish the work in hand, then stop the sources. Safe to call more than once."""
         if self._closing.is_set():
             return
+        self.notifier.stopping()
         try:
             if self.started and not self._failed:
                 self._drain_inbox()

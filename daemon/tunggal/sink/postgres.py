@@ -193,6 +193,14 @@ class PostgresSink:
         self._dbapi = None
         self.engine.dispose()
 
+    def count_dead_letters(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM public.tunggal_dead_letters"
+                ).scalar_one()
+            )
+
     # -- writing ------------------------------------------------------------------------
     def write(
         self,

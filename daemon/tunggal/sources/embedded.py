@@ -142,6 +142,10 @@ class EmbeddedSource:
         self._deliver: Deliver | None = None
 
     def start(self, deliver: Deliver) -> None:
+        # Also a restart after a failure: a fresh engine with fresh state flags.
+        self._closing = threading.Event()
+        self._finished = threading.Event()
+        self._reported = False
         self._deliver = deliver
         self.state_dir.mkdir(parents=True, exist_ok=True)
         start_jvm(self.state_dir, self.jvm_path, self.heap)
@@ -225,15 +229,43 @@ class EmbeddedSource:
     def finished(self) -> bool:
         return False
 
-    def close(self) -> None:
+    def close(self, timeout: float = 6.0) -> None:
+        """Stop the engine; it flushes the offsets of everything marked processed.
+
+        Bounded: an engine caught mid-start can take long to stop. Everything it handed us is
+        committed or unacknowledged, so giving up on it loses nothing (it is re-delivered).
+        """
         self._closing.set()
         if self._engine is not None and not self._finished.is_set():
-            try:
-                self._engine.close()
-            except Exception as exc:
-                log.debug("closing the Debezium engine for %s: %s", self.name, exc)
+            engine = self._engine
+
+            def close_engine() -> None:
+                try:
+                    engine.close()
+                except Exception as exc:  # noqa: BLE001 - it may have stopped meanwhile
+                    log.debug("closing the Debezium engine for %s: %s", self.name, exc)
+
+            closer = threading.Thread(target=close_engine, name=f"close-{self.name}", daemon=True)
+            closer.start()
+            closer.join(timeout)
+            if closer.is_alive():
+                log.warning(
+                    "the Debezium engine for %s did not stop within %.0fs; leaving it "
+                    "(unacknowledged events are delivered again on restart)",
+                    self.name,
+                    timeout,
+                )
+                return
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
+
+
+def jvm_running() -> bool:
+    """True once this process started a JVM (whose shutdown at exit can wait on threads)."""
+    import sys
+
+    jpype = sys.modules.get("jpype")
+    return bool(jpype is not None and jpype.isJVMStarted())
 
 
 def _make_consumer(source: EmbeddedSource) -> Any:
