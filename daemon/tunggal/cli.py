@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
 
 log = logging.getLogger("tunggal")
@@ -271,6 +272,8 @@ def demo(workdir: Path | None, rate: float, duration: float) -> None:
 
     sys.exit(run_demo(workdir=workdir, rate=rate, duration=duration))
 
+
+main.add_command(dlq_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -26,6 +26,8 @@ class Processed:
     ops: list[tuple[RowOp, RawEvent | None]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     progress: dict[str, SourceProgress] = field(default_factory=dict)
+    # sources past their snapshot: a failure after this point is worth a restart
+    live: set[str] = field(default_factory=set)
     # source -> newest heartbeat time (µs): the source was read up to then, even if idle
     heartbeats: dict[str, int] = field(default_factory=dict)
     # (source, table, op, outcome) -> count, for the events metric
@@ -73,7 +75,9 @@ class Pipeline:
                 beat = _heartbeat_ts_us(raw)
                 if beat is not None:
                     out.heartbeats[source] = max(beat, out.heartbeats.get(source, 0))
+                # Not `live`: Debezium also sends a heartbeat when a snapshot completes.
                 continue
+            event = None
             try:
                 event = decode(raw, source=source, modes=modes, hints=hints)
                 if event is None:  # tombstone: the delete before it did the work
@@ -91,10 +95,13 @@ class Pipeline:
                         error=str(exc),
                         raw=raw,
                         source_table=exc.table,
+                        position=event.position if event is not None else None,
                     )
                 )
                 out.count((source, table, "?", "dead_letter"))
                 continue
+            if not event.snapshot:
+                out.live.add(source)
             progress = out.progress.get(source)
             if progress is None:
                 progress = out.progress[source] = SourceProgress(event.position, event.commit_ts_us)

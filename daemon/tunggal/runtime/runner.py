@@ -155,8 +155,9 @@ class Runner:
                 log.debug("cannot count dead letters: %s", exc)
 
     def _source_failed(self, failure: SourceFailure) -> None:
-        """A source that streamed before is restarted with backoff while the others go on;
-        one that never started is a configuration problem: stop and say so."""
+        """A source that streamed before is restarted with backoff while the others go on.
+        One that fails before its first streamed change (bad DSN, slot in use, a failing
+        snapshot) is a start-up problem: stop and say so."""
         self.metrics.set_state(failure.source, "failed", failure.message)
         if failure.source not in self._streamed or failure.source not in self._by_name:
             raise FatalError(f"source {failure.source}: {failure.message}")
@@ -169,13 +170,13 @@ class Runner:
         self._restart_at[failure.source] = self.clock() + delay
 
     def _take(self, chunk: Chunk) -> None:
-        if chunk.source not in self._streamed:
-            self._streamed.add(chunk.source)
-        self._restart_attempts.pop(chunk.source, None)
         state = self.metrics.source(chunk.source)
         if state.state != "streaming":
             self.metrics.set_state(chunk.source, "streaming")
         self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        if chunk.source in self._pending.live:
+            self._streamed.add(chunk.source)
+            self._restart_attempts.pop(chunk.source, None)
         self._chunks.append(chunk)
         self._pending_events += len(chunk.events)
         if self._oldest is None:

@@ -242,7 +242,7 @@ class EmbeddedSource:
             def close_engine() -> None:
                 try:
                     engine.close()
-                except Exception as exc:  # noqa: BLE001 - it may have stopped meanwhile
+                except Exception as exc:
                     log.debug("closing the Debezium engine for %s: %s", self.name, exc)
 
             closer = threading.Thread(target=close_engine, name=f"close-{self.name}", daemon=True)
