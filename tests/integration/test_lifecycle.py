@@ -200,3 +200,43 @@ def test_hot_reload_invalid_then_valid_under_load(
     assert switch > 50
     code, _ = daemon.terminate()
     assert code == 0
+
+
+def test_source_database_restart_recovers_without_daemon_restart(
+    new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    source_pg = PgCluster(name="flaky-source").start()
+    try:
+        source = source_pg.create_database("src")
+        target = new_db("target")
+        sql(source, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+        sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+        (tmp_path / "m.yaml").write_text(MAPPING.replace("TRANSFORM", "trim"))
+        connector = write_connector(tmp_path, "sys_r", source_pg.port, "src")
+        config = write_config(tmp_path, target, {"sys_r": str(connector)}, ["m.yaml"])
+        assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+        daemon: Daemon = daemon_factory(config).start()
+        sql(source, "INSERT INTO kv VALUES (1, 'sebelum')")
+        wait_until(
+            lambda: sql(target, "SELECT count(*) FROM kv") == [(1,)],
+            90,
+            message="streaming",
+            context=lambda: daemon.output()[-3000:],
+        )
+
+        source_pg.stop()
+        time.sleep(20)
+        source_pg.start()
+        sql(source, "INSERT INTO kv SELECT g, 'sesudah ' || g FROM generate_series(2, 100) g")
+        wait_until(
+            lambda: sql(target, "SELECT count(*) FROM kv") == [(100,)],
+            150,
+            message="changes after the source came back",
+            context=lambda: daemon.output()[-4000:],
+        )
+        assert daemon.alive()
+        assert sql(target, "SELECT v FROM kv WHERE id = 100") == [("sesudah 100",)]
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.output()[-3000:]
+    finally:
+        source_pg.destroy()
