@@ -7,37 +7,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
 
 import click
 
+from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
 
 log = logging.getLogger("tunggal")
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="tunggal.yaml",
-    show_default=True,
-    envvar="TUNGGAL_CONFIG",
-    help="The daemon's configuration file.",
-)
-
-
-def _fail(exc: TunggalError) -> NoReturn:
-    """Config problems are listed for the admin, without a traceback."""
-    if isinstance(exc, ConfigError):
-        click.secho(exc.render(), fg="red", err=True)
-        sys.exit(2)
-    click.secho(f"error: {exc}", fg="red", err=True)
-    sys.exit(1)
 
 
 def _exit_after_jvm(error: TunggalError | None) -> None:
@@ -59,19 +38,6 @@ def _exit_after_jvm(error: TunggalError | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TunggalError as exc:
-            _fail(exc)
-
-    return wrapper
 
 
 def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:

@@ -7,16 +7,15 @@ module can be imported first.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
+from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.errors import TunggalError
 
 if TYPE_CHECKING:
@@ -31,33 +30,10 @@ if TYPE_CHECKING:
 _PROGRESS_FROM = 200
 _SHORT_ERROR = 100
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="tunggal.yaml",
-    show_default=True,
-    envvar="TUNGGAL_CONFIG",
-    help="The daemon's configuration file.",
-)
 SOURCE_OPTION = click.option("--source", help="Only entries of this source.")
 TABLE_OPTION = click.option(
     "--table", help="Only entries of this source table: schema.table, or a bare name (any schema)."
 )
-
-
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TunggalError as exc:
-            from tunggal.cli import _fail  # one place decides how errors print and exit
-
-            _fail(exc)
-
-    return wrapper
 
 
 def _load(config_path: Path) -> TunggalConfig:

@@ -319,6 +319,10 @@ def _column_fn(spec: ColumnSpec, where: _Where, family: Family | None) -> Callab
                 value = step(value)
             except ValueFailure as exc:
                 raise where.error(str(exc), value) from None
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                # A value at the edge of its type (a date in year 1 shifted to another time
+                # zone, a huge number) is this row's problem, not the daemon's.
+                raise where.error(f"{type(exc).__name__}: {exc}", value) from None
         return value
 
     return compute
@@ -349,6 +353,7 @@ class TableMapper:
         "_table",
         "_truncate",
         "_where",
+        "where_text",
     )
 
     def __init__(self, doc: MappingDocument, index: int, table: TableMapping, key: tuple[str, ...]):
@@ -358,6 +363,10 @@ class TableMapper:
             line = doc.line("tables", index, *path)
             return _Where(doc.path, line, source, table.source_table, table.target, column)
 
+        self.where_text = (
+            f"{doc.path}:{doc.line('tables', index)}: {source} {table.source_table} -> "
+            f"{table.target}"
+        )
         self._table = table.target
         self._key = key  # the target's key order, shared by every file writing it
         self._delete = table.delete
@@ -565,12 +574,24 @@ class MappingSet:
         mappers = self._mappers.get((event.source, event.table))
         if mappers is None:
             return []
-        if len(mappers) == 1:
-            return mappers[0].map(event)
-        ops: list[RowOp] = []
-        for mapper in mappers:
-            ops.extend(mapper.map(event))
-        return ops
+        try:
+            if len(mappers) == 1:
+                return mappers[0].map(event)
+            ops: list[RowOp] = []
+            for mapper in mappers:
+                ops.extend(mapper.map(event))
+            return ops
+        except MappingError:
+            raise
+        except (ValueFailure, ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+            # The last line of defence for hostile values (a signalling NaN in a key, nesting
+            # deeper than Python recurses): this event is poison, the daemon keeps running.
+            raise MappingError(
+                f"{mappers[0].where_text}: cannot map this row: {type(exc).__name__}: "
+                f"{str(exc)[:200]}",
+                source=event.source,
+                table=event.table,
+            ) from None
 
     def hints(
         self,
