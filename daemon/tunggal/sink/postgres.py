@@ -172,6 +172,9 @@ class PostgresSink:
                 self._dbapi = self.engine.raw_connection()
             except sa.exc.DBAPIError as exc:
                 raise classify(exc.orig or exc) from exc
+            except psycopg.Error as exc:
+                # The pool hands back the driver's error unwrapped when connecting fails.
+                raise classify(exc) from exc
             self._conn = self._dbapi.driver_connection
             assert self._conn is not None
             self._conn.autocommit = False
