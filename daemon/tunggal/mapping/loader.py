@@ -7,9 +7,8 @@ broken deployment in one round. Each problem names the file, the line, the place
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +39,7 @@ from tunggal.mapping.spec import (
     MappingFile,
     TableMapping,
 )
+from tunggal.yamlfile import suggest
 
 Loc = tuple[str | int, ...]
 LineIndex = dict[tuple[str, ...], int]  # filled while parsing; see engine.Lines
@@ -194,11 +194,6 @@ def _description(loc: Loc) -> str | None:
     return None
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -222,7 +217,7 @@ def _translate(error: ErrorDetails) -> tuple[str, str | None]:
         if model is ColumnSpec and field in TRANSFORM_NAMES:
             step = field if field not in STEP_MODELS else f"{{{field}: {_short(value)}}}"
             return f"unknown key `{field}`", f"it is a transform step: transform: [{step}]"
-        guess = _did_you_mean(field, allowed)
+        guess = suggest(field, allowed)
         hint = f"did you mean `{guess}`?" if guess else f"allowed keys: {', '.join(allowed)}"
         if re.fullmatch(r"\s*\d+\)", field):  # the "2)" of {type: numeric(18,2)}
             hint = FLOW_COMMA_HINT
@@ -232,13 +227,13 @@ def _translate(error: ErrorDetails) -> tuple[str, str | None]:
     if kind in ("literal_error", "enum"):
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         what = "transform" if loc and loc[-1] == "<name>" else f"value for `{field}`"
-        guess = _did_you_mean(str(value), expected)
+        guess = suggest(str(value), expected)
         choices = f"one of {', '.join(expected)}"
         return f"unknown {what} {value!r}", (f"did you mean {guess!r}? " if guess else "") + choices
     if kind in ("union_tag_not_found", "union_tag_invalid"):
         if isinstance(value, dict) and value:
             name = str(next(iter(value)))
-            guess = _did_you_mean(name, TRANSFORM_NAMES)
+            guess = suggest(name, TRANSFORM_NAMES)
             return f"unknown transform `{name}`", (
                 f"did you mean `{guess}`?" if guess else f"transforms: {', '.join(TRANSFORM_NAMES)}"
             )
@@ -274,7 +269,7 @@ def _validation_problems(file: str, lines: LineIndex, exc: ValidationError) -> l
         if error["type"] == "missing" and any(
             e["type"] == "extra_forbidden"
             and e["loc"][:-1] == error["loc"][:-1]
-            and _did_you_mean(str(e["loc"][-1]), [str(error["loc"][-1])])
+            and suggest(str(e["loc"][-1]), [str(error["loc"][-1])])
             for e in errors
         ):
             continue
@@ -299,7 +294,7 @@ def _table_problems(doc: MappingDocument, index: int, table: TableMapping) -> li
             add(("key", j), f"key column `{column}` is listed twice", "list each column once")
         seen.add(column)
         if column not in table.columns:
-            guess = _did_you_mean(column, table.columns)
+            guess = suggest(column, table.columns)
             add(
                 ("key", j),
                 f"key column `{column}` is not mapped",
