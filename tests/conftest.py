@@ -102,6 +102,17 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_ready(self, timeout: float = 60) -> Daemon:
+        """Until the runner logged that it started (signal handlers are in place by then)."""
+        wait_until(
+            lambda: "ready: reading from" in self.output() or not self.alive(),
+            timeout,
+            message="daemon ready",
+            context=lambda: self.output()[-3000:],
+        )
+        assert self.alive(), self.output()[-3000:]
+        return self
+
     def terminate(self, timeout: float = 20) -> tuple[int, float]:
         assert self.proc is not None
         started = time.monotonic()

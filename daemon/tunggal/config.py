@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunggal.errors import ConfigError, Problem
 from tunggal.yamlfile import load_yaml_with_lines, suggest
@@ -69,13 +69,76 @@ class JavaConfig(_Frozen):
     heap: str = Field("512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for Debezium.")
 
 
+class KafkaConfig(_Frozen):
+    """How `engine: kafka` sources reach the brokers. Several `tunggal run` processes with the
+    same `group_id` share the partitions (Kafka's consumer groups; no cluster logic of ours)."""
+
+    bootstrap_servers: tuple[str, ...] = Field(
+        min_length=1, description="host:port of one or more brokers."
+    )
+    group_id: str = Field("tunggal", min_length=1, description="Consumer group of all instances.")
+    client_id: str = Field("tunggal", description="Shown in the brokers' logs and lag tools.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(None, description="Use ${ENV_VAR} or ${file:/path}.")
+    ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certs.")
+    ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: str | None = Field(None, description="Client key (mutual TLS).")
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, le=300_000, description="Silence after which an instance is dead."
+    )
+    heartbeat_interval_ms: int = Field(3000, ge=100, le=60_000)
+    max_poll_records: int = Field(5000, ge=1, le=100_000, description="Records per poll.")
+    fetch_max_bytes: int = Field(52_428_800, ge=1024, description="Bytes per fetch response.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a partition starts that neither the target nor Kafka has an offset for.",
+    )
+    commit_to_kafka: bool = Field(
+        True, description="Also commit offsets to Kafka after each target commit (lag tools)."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                k
+                for k in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, k) in (None, "")
+            ]
+            if missing:
+                raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
+        return self
+
+
 class SourceConfig(_Frozen):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,40}$",
         description="Source system name; also the Debezium topic prefix.",
     )
-    engine: Literal["embedded"] = Field("embedded", description="How change events arrive.")
+    engine: Literal["embedded", "kafka"] = Field(
+        "embedded",
+        description="embedded: Debezium in this process; kafka: Debezium topics on Kafka.",
+    )
     connector: str = Field(description="Connector definition file (connectors/*.yaml).")
+    topics: tuple[str, ...] = Field(
+        (),
+        description="kafka: topics to consume; default <name>.<schema>.<table> for every "
+        "table the mappings read from this source.",
+    )
+    topic_pattern: str | None = Field(
+        None, description="kafka: a regular expression of topics instead of a list."
+    )
+
+    @model_validator(mode="after")
+    def _topics_only_for_kafka(self) -> SourceConfig:
+        if self.engine != "kafka" and (self.topics or self.topic_pattern):
+            raise ValueError("topics and topic_pattern apply to engine: kafka only")
+        if self.topics and self.topic_pattern:
+            raise ValueError("give topics or topic_pattern, not both")
+        return self
 
 
 class TunggalConfig(_Frozen):
@@ -94,9 +157,21 @@ class TunggalConfig(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     java: JavaConfig = JavaConfig()
+    kafka: KafkaConfig | None = Field(None, description="Brokers for engine: kafka sources.")
 
     # Filled in by load_config: where relative paths are anchored.
     base_dir: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _kafka_when_needed(self) -> TunggalConfig:
+        users = [s.name for s in self.sources if s.engine == "kafka"]
+        if users and self.kafka is None:
+            raise ValueError(f"sources {', '.join(users)} use engine: kafka; add a kafka: block")
+        names = [s.name for s in self.sources]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"source names must be unique: {', '.join(doubled)}")
+        return self
 
     def resolve(self, path: str) -> Path:
         p = Path(path)

@@ -299,8 +299,9 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
         rnd = random.Random(7)
         with psycopg.connect(src_a, autocommit=True) as conn:
             i = 0
-            while not stop.is_set() and i < 3000:
+            while not stop.is_set() and i < 20_000:
                 i += 1
+                time.sleep(0.001)  # keep writing past the kill, at a pace the test can bound
                 k = rnd.randint(1, 400)
                 action = rnd.random()
                 if action < 0.6:
@@ -323,9 +324,10 @@ def test_embedded_end_to_end(setup: dict[str, Any], daemon_factory: Any) -> None
     time.sleep(2.0)
     daemon.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     daemon.kill()
-    writer.join(timeout=120)
+    time.sleep(1.0)  # changes made while the daemon is dead must arrive after the restart
     stop.set()
-    daemon = daemon_factory(config).start()
+    writer.join(timeout=60)
+    daemon = daemon_factory(config).start().wait_ready()
     wait_until(
         lambda: rows(target, "kv", ["id", "v"], "id") == rows(src_a, "kv", ["id", "v"], "id"),
         120,

@@ -98,6 +98,7 @@ class Runner:
         try:
             self.start()
             self.notifier.ready()
+            log.info("ready: reading from %s", ", ".join(s.name for s in self.sources) or "-")
             while not self.stop.is_set():
                 self.notifier.watchdog()
                 self.run_once()
