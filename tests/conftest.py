@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.pgcluster import PgCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +29,16 @@ def pg() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[TansuBroker]:
+    """One Kafka-protocol broker (tansu, memory storage); tests use their own topic names."""
+    broker = TansuBroker().start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture
