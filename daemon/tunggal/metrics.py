@@ -91,6 +91,35 @@ class Metrics:
             "tunggal_source_restarts", "Sources restarted after a failure", ["source"], registry=r
         )
         r.register(_LagCollector(self))
+        # -- Kafka sources ------------------------------------------------------------------
+        self.kafka_rebalances = Counter(
+            "tunggal_kafka_rebalances",
+            "Partition assignments received by a Kafka source",
+            ["source"],
+            registry=r,
+        )
+        self.kafka_partitions = Gauge(
+            "tunggal_kafka_assigned_partitions",
+            "Partitions this instance consumes",
+            ["source"],
+            registry=r,
+        )
+        # (source) -> {(topic, partition): records behind the high watermark}
+        self._kafka_lag: dict[str, dict[tuple[str, int], int]] = {}
+        r.register(_KafkaLagCollector(self))
+
+    def kafka_assigned(self, source: str, partitions: list[tuple[str, int]]) -> None:
+        self.kafka_partitions.labels(source).set(len(partitions))
+        with self.lock:
+            keep = set(partitions)
+            lags = self._kafka_lag.get(source, {})
+            self._kafka_lag[source] = {k: v for k, v in lags.items() if k in keep}
+
+    def kafka_lag(self, source: str, lags: dict[tuple[str, int], int]) -> None:
+        """Records between what this instance has read and the high watermark the consumer
+        last saw in a fetch response (not ListOffsets, which some brokers answer badly)."""
+        with self.lock:
+            self._kafka_lag.setdefault(source, {}).update(lags)
 
     def set_mapping(self, content_hash: str, files: tuple[str, ...] | list[str]) -> None:
         self.mapping.info({"hash": content_hash[:12], "files": ",".join(map(str, files))})
@@ -208,3 +237,20 @@ class _LagCollector(Collector):
                     since.add_metric([s.name], now - s.last_target_commit)
         yield lag
         yield since
+
+
+class _KafkaLagCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            "tunggal_kafka_consumer_lag",
+            "Records behind the partition's high watermark",
+            labels=["source", "topic", "partition"],
+        )
+        with self.metrics.lock:
+            for source, lags in self.metrics._kafka_lag.items():
+                for (topic, partition), n in sorted(lags.items()):
+                    lag.add_metric([source, topic, str(partition)], n)
+        yield lag

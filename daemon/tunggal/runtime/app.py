@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from tunggal.config import TunggalConfig
+from tunggal.config import SourceConfig, TunggalConfig
 from tunggal.connectors import ConnectorSpec, load_connector
 from tunggal.errors import ConfigError
 from tunggal.events.modes import ConnectorModes
@@ -74,10 +74,13 @@ def build_runner(
         modes.setdefault(name, ConnectorModes())
         sources.append(ReplaySource(name, path, chunk_size=config.batch.max_size))
     else:
-        from tunggal.sources.embedded import EmbeddedSource
-
         for source in config.sources:
             spec = connectors[source.name]
+            if source.engine == "kafka":
+                sources.append(_kafka_source(config, source, mappings, metrics))
+                continue
+            from tunggal.sources.embedded import EmbeddedSource
+
             sources.append(
                 EmbeddedSource(
                     source.name,
@@ -103,3 +106,28 @@ def build_runner(
     )
     runner.reloader = MappingReloader(config, pipeline, sink, metrics)
     return runner
+
+
+def _kafka_source(
+    config: TunggalConfig, source: SourceConfig, mappings: MappingSet, metrics: Metrics
+) -> Source:
+    from tunggal.sink.postgres import read_kafka_offsets
+    from tunggal.sources.kafka import KafkaSource, default_topic_pattern
+
+    assert config.kafka is not None  # the config's validator guarantees it
+    pattern = source.topic_pattern
+    if not source.topics and not pattern:
+        pattern = default_topic_pattern(source.name, mappings.source_tables(source.name))
+    dsn, timeout = config.target.dsn, config.target.connect_timeout_s
+    return KafkaSource(
+        source.name,
+        config.kafka,
+        topics=source.topics,
+        topic_pattern=pattern,
+        load_offsets=lambda group, parts: read_kafka_offsets(
+            dsn, group, parts, connect_timeout_s=timeout
+        ),
+        metrics=metrics,
+        # Longer than a batch's age, shorter than the group's patience with a silent member.
+        revoke_timeout_s=max(5.0, config.kafka.session_timeout_ms / 1000),
+    )

@@ -30,6 +30,8 @@ class Processed:
     live: set[str] = field(default_factory=set)
     # source -> newest heartbeat time (µs): the source was read up to then, even if idle
     heartbeats: dict[str, int] = field(default_factory=dict)
+    # Kafka: (consumer group, topic, partition) -> next offset, committed with the batch
+    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (source, table, op, outcome) -> count, for the events metric
     counts: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 

@@ -89,7 +89,7 @@ class Runner:
     def start(self) -> None:
         self.sink.check_ready()
         for source in self.sources:
-            self.metrics.source(source.name)
+            self.metrics.source(source.name, getattr(source, "engine", "embedded"))
             source.start(self.deliver)
         self.started = True
 
@@ -178,6 +178,8 @@ class Runner:
         if chunk.source in self._pending.live:
             self._streamed.add(chunk.source)
             self._restart_attempts.pop(chunk.source, None)
+        for key, offset in chunk.offsets.items():
+            self._pending.offsets[key] = max(offset, self._pending.offsets.get(key, 0))
         self._chunks.append(chunk)
         self._pending_events += len(chunk.events)
         if self._oldest is None:
@@ -240,7 +242,7 @@ class Runner:
         steps = collapse(pending.ops)
         started = time.perf_counter()
         result: BatchResult = self._retrying(deadline)(
-            self.sink.write, steps, pending.progress, pending.dead_letters
+            self.sink.write, steps, pending.progress, pending.dead_letters, pending.offsets
         )
         elapsed = time.perf_counter() - started
         # Committed: only now may the sources acknowledge upstream.

@@ -210,20 +210,24 @@ class PostgresSink:
         steps: Sequence[Step],
         progress: Mapping[str, SourceProgress],
         dead_letters: Sequence[DeadLetter],
+        offsets: Mapping[tuple[str, str, int], int] | None = None,
     ) -> BatchResult:
-        """Apply one batch atomically. Rows the database rejects are isolated and dead-lettered."""
+        """Apply one batch atomically, with the Kafka offsets it came from (if any).
+        Rows the database rejects are isolated and dead-lettered."""
+        offsets = offsets or {}
         try:
-            return self._write(steps, progress, dead_letters, isolate=False)
+            return self._write(steps, progress, dead_letters, offsets, isolate=False)
         except PoisonEventError:
             # One row's data broke the batch; apply row by row so the good rows land.
             log.warning("a row in the batch was rejected; retrying row by row to isolate it")
-            return self._write(steps, progress, dead_letters, isolate=True)
+            return self._write(steps, progress, dead_letters, offsets, isolate=True)
 
     def _write(
         self,
         steps: Sequence[Step],
         progress: Mapping[str, SourceProgress],
         dead_letters: Sequence[DeadLetter],
+        offsets: Mapping[tuple[str, str, int], int],
         *,
         isolate: bool,
     ) -> BatchResult:
@@ -240,6 +244,7 @@ class PostgresSink:
                         self._segment(cur, step, result)
                 self._dead_letters(cur, [*dead_letters, *result.dead_letters])
                 self._progress(cur, progress)
+                self._kafka_offsets(cur, offsets)
             conn.commit()
         except BaseException as exc:
             try:
@@ -591,6 +596,42 @@ class PostgresSink:
                 "events_applied = p.events_applied + EXCLUDED.events_applied, updated_at = now()",
                 (source, p.position, p.commit_ts_us, p.events),
             )
+
+    def _kafka_offsets(
+        self, cur: psycopg.Cursor[Any], offsets: Mapping[tuple[str, str, int], int]
+    ) -> None:
+        if not offsets:
+            return
+        # GREATEST: a late commit from an instance that lost the partition never moves the
+        # next owner's position back.
+        cur.executemany(
+            "INSERT INTO public.tunggal_kafka_offsets AS o (consumer_group, topic, partition, "
+            "next_offset, updated_at) VALUES (%s, %s, %s, %s, now()) "
+            "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+            "next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            [(g, t, p, o) for (g, t, p), o in sorted(offsets.items())],
+        )
+
+
+def read_kafka_offsets(
+    dsn: str, group: str, partitions: Sequence[tuple[str, int]], *, connect_timeout_s: float = 10
+) -> dict[tuple[str, int], int]:
+    """The next offset to read for each partition, as committed with the rows (own connection:
+    called from a consumer thread while the runner holds the sink's)."""
+    if not partitions:
+        return {}
+    conninfo = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=int(connect_timeout_s)) as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset FROM public.tunggal_kafka_offsets "
+                "WHERE consumer_group = %s AND (topic, partition) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::int[]))",
+                (group, [t for t, _ in partitions], [p for _, p in partitions]),
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise classify(exc) from exc
+    return {(t, int(p)): int(o) for t, p, o in rows}
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -32,6 +32,14 @@ OWN_TABLES_DDL = [
         commit_ts bigint NOT NULL,
         events_applied bigint NOT NULL DEFAULT 0,
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    # Kafka sources: where each partition resumes, written in the same transaction as the rows.
+    """CREATE TABLE IF NOT EXISTS public.tunggal_kafka_offsets (
+        consumer_group text NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        next_offset bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer_group, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS public.tunggal_dead_letters (
         id bigserial PRIMARY KEY,
         source text NOT NULL,
@@ -50,6 +58,7 @@ OWN_TABLES = (
     "tunggal_tombstones",
     "tunggal_truncations",
     "tunggal_progress",
+    "tunggal_kafka_offsets",
     "tunggal_dead_letters",
 )
 

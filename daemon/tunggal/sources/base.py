@@ -24,6 +24,8 @@ class Chunk:
     received_at: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # Kafka: (consumer group, topic, partition) -> next offset, stored with the rows
+    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     on_settled: Callable[[Chunk], None] | None = None
 
     def settle(self, error: BaseException | None = None) -> None:

@@ -1,0 +1,445 @@
+"""`engine: kafka` sources against a real Kafka-protocol broker (tansu) and real PostgreSQL.
+
+Debezium's messages are produced into the topics as Connect would write them (the connector
+itself on Connect is covered by the connectors tests); these tests are about the consumer:
+consumer groups, offsets stored with the rows, rebalances, kills and poison messages.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from tests.conftest import EVENTS, Daemon, run_cli, sql, wait_until
+from tunggal.devtools.kafkabroker import TansuBroker
+from tunggal.devtools.pgcluster import free_port
+from tunggal.devtools.synth import NARROW_COLUMNS, NARROW_DDL, mixed_workload, narrow_mapping
+
+pytestmark = pytest.mark.integration
+
+TABLE = "public.kegiatan"
+
+
+def _config(
+    tmp_path: Path,
+    target: str,
+    broker: TansuBroker,
+    source: str,
+    *,
+    group: str,
+    topics: list[str] | None = None,
+    schemas: bool = False,
+    batch_age_ms: int = 200,
+    batch_size: int = 2000,
+) -> Path:
+    connector = tmp_path / f"connector-{source}.yaml"
+    connector.write_text(
+        f"name: {source}\nkind: postgresql\nschemas: {str(schemas).lower()}\n"
+        "database: {host: 127.0.0.1, dbname: src, user: cdc}\n"
+    )
+    lines = [
+        f"target: {{dsn: '{target}'}}",
+        "mappings: [m.yaml]",
+        f"state_dir: {tmp_path / 'state'}",
+        f"batch: {{max_size: {batch_size}, max_age_ms: {batch_age_ms}}}",
+        "retry: {initial_delay_s: 0.2, max_delay_s: 2}",
+        "watch_mappings: false",
+        f"metrics: {{port: {free_port()}}}",
+        "kafka:",
+        f"  bootstrap_servers: ['{broker.bootstrap}']",
+        f"  group_id: {group}",
+        "  session_timeout_ms: 2000",  # tansu: a join takes half the session timeout
+        "  heartbeat_interval_ms: 500",
+        "sources:",
+        f"  - name: {source}",
+        "    engine: kafka",
+        f"    connector: {connector.name}",
+    ]
+    if topics:
+        lines.append(f"    topics: [{', '.join(topics)}]")
+    path = tmp_path / "tunggal.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _with_metrics_port(config: Path) -> Path:
+    """A copy of the config with its own metrics port, for a second instance."""
+    copy = config.with_name(f"tunggal-{uuid.uuid4().hex[:6]}.yaml")
+    text = re.sub(
+        r"metrics: \{port: \d+\}", f"metrics: {{port: {free_port()}}}", config.read_text()
+    )
+    copy.write_text(text)
+    return copy
+
+
+def _setup_narrow(tmp_path: Path, target: str, source: str) -> None:
+    sql(target, NARROW_DDL.format(name="kegiatan"))
+    (tmp_path / "m.yaml").write_text(narrow_mapping(source=source))
+
+
+def _schema_apply(config: Path) -> None:
+    result = run_cli("schema", "--apply", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+class Topic:
+    """Produces replay-file lines into a topic and remembers how many landed per partition."""
+
+    def __init__(self, broker: TansuBroker, name: str, partitions: int) -> None:
+        broker.create_topic(name, partitions)
+        self.name = name
+        self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        self.per_partition: Counter[int] = Counter()
+
+    def send_lines(self, lines: list[bytes]) -> None:
+        futures = []
+        for line in lines:
+            record = orjson.loads(line) if line.startswith(b"{") else None
+            if record is None or "destination" not in record:
+                futures.append(self.producer.send(self.name, key=b"poison", value=line))
+                continue
+            key, value = record["key"], record["value"]
+            futures.append(
+                self.producer.send(
+                    self.name,
+                    key=_bytes(key),
+                    value=_bytes(value),
+                )
+            )
+        self.producer.flush()
+        for future in futures:
+            self.per_partition[future.get(timeout=30).partition] += 1
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else orjson.dumps(value)
+
+
+def _final_rows(target: str) -> list[tuple[Any, ...]]:
+    return sql(target, f"SELECT {', '.join(NARROW_COLUMNS)} FROM kegiatan ORDER BY id")
+
+
+def _stored_offsets(target: str, group: str, source: str) -> dict[int, int]:
+    # Each source consumes in its own group, <group_id>.<source>.
+    rows = sql(
+        target,
+        "SELECT partition, next_offset FROM tunggal_kafka_offsets WHERE consumer_group = %s",
+        (f"{group}.{source}",),
+    )
+    return {p: o for p, o in rows}
+
+
+def _events_applied(target: str, source: str) -> int:
+    rows = sql(target, "SELECT events_applied FROM tunggal_progress WHERE source = %s", (source,))
+    return int(rows[0][0]) if rows else 0
+
+
+def _change_events(lines: list[bytes]) -> int:
+    """Events the progress table counts: every change, not tombstones."""
+    return sum(1 for line in lines if orjson.loads(line)["value"] is not None)
+
+
+def _name() -> str:
+    return f"kf{uuid.uuid4().hex[:8]}"
+
+
+def test_two_instances_share_partitions_and_survive_kill_9(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    source, target = _name(), new_db("kafka_two")
+    _setup_narrow(tmp_path, target, source)
+    group = f"g{source}"
+    config = _config(tmp_path, target, kafka_broker, source, group=group, batch_age_ms=300)
+    _schema_apply(config)
+    work = mixed_workload(30_000, source=source, seed=11)
+    topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=4)
+    topic.send_lines(work.lines[:10_000])
+
+    first: Daemon = daemon_factory(config).start().wait_ready()
+    second: Daemon = daemon_factory(_with_metrics_port(config)).start().wait_ready()
+    # Both instances hold partitions once the group has settled.
+    wait_until(
+        lambda: all(_last_assignment(d, source) for d in (first, second)),
+        60,
+        message="partitions shared by both instances",
+        context=lambda: first.output()[-2000:] + "\n----\n" + second.output()[-2000:],
+    )
+    shared = {d: _last_assignment(d, source) for d in (first, second)}
+    assert all(shared.values()), shared
+
+    rest = work.lines[10_000:]
+    writer = threading.Thread(
+        target=lambda: [topic.send_lines(rest[i : i + 2000]) for i in range(0, len(rest), 2000)]
+    )
+    writer.start()
+    time.sleep(1.0)
+    first.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    first.kill()
+    writer.join(timeout=120)
+    topic.close()
+
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        120,
+        message="target equal to the workload's final state after kill -9",
+        context=lambda: second.output()[-3000:],
+    )
+    # No offset skipped, none missing: every partition's stored offset is its message count.
+    wait_until(
+        lambda: _stored_offsets(target, group, source) == dict(topic.per_partition),
+        30,
+        message="stored offsets at the end of every partition",
+        context=lambda: f"{_stored_offsets(target, group, source)} vs {dict(topic.per_partition)}",
+    )
+    # Exactly once: no batch was applied twice, none was lost.
+    assert _events_applied(target, source) == _change_events(work.lines)
+    code, _ = second.terminate()
+    assert code == 0, second.output()[-3000:]
+
+
+def _last_assignment(daemon: Daemon, source: str) -> str:
+    marker = f"source {source}: assigned "
+    lines = [ln for ln in daemon.output().splitlines() if marker in ln]
+    if not lines:
+        return ""
+    assigned = lines[-1].split(marker, 1)[1].split(" (from target", 1)[0]
+    return "" if assigned == "nothing" else assigned
+
+
+def test_restart_resumes_from_offsets_stored_in_the_target(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    source, target = _name(), new_db("kafka_resume")
+    _setup_narrow(tmp_path, target, source)
+    group = f"g{source}"
+    config = _config(tmp_path, target, kafka_broker, source, group=group)
+    _schema_apply(config)
+    work = mixed_workload(8000, source=source, seed=12)
+    topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=2)
+    half = len(work.lines) // 2
+    topic.send_lines(work.lines[:half])
+
+    daemon: Daemon = daemon_factory(config).start().wait_ready()
+    wait_until(
+        lambda: _stored_offsets(target, group, source) == dict(topic.per_partition),
+        60,
+        message="first half consumed",
+        context=lambda: daemon.output()[-3000:],
+    )
+    code, _ = daemon.terminate()
+    assert code == 0, daemon.output()[-3000:]
+    applied_first = _events_applied(target, source)
+    assert applied_first == _change_events(work.lines[:half])
+
+    # Kafka's committed offsets go back to 0; only the target's offsets are right now.
+    rewind = KafkaConsumer(
+        bootstrap_servers=kafka_broker.bootstrap, group_id=f"{group}.{source}", **_quick()
+    )
+    parts = [TopicPartition(topic.name, p) for p in range(2)]
+    rewind.assign(parts)
+    rewind.commit({tp: OffsetAndMetadata(0, "", -1) for tp in parts})
+    assert rewind.committed(parts[0]) == 0
+    rewind.close()
+
+    topic.send_lines(work.lines[half:])
+    topic.close()
+    daemon = daemon_factory(config).start().wait_ready()
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        60,
+        message="second half applied after restart",
+        context=lambda: daemon.output()[-3000:],
+    )
+    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
+    assert _events_applied(target, source) == _change_events(work.lines)
+    log = daemon.output()
+    assert "from target offsets: " + topic.name in log, log[-3000:]
+    # After a target commit the offsets also go to Kafka, for standard lag tools.
+    check = KafkaConsumer(
+        bootstrap_servers=kafka_broker.bootstrap, group_id=f"{group}.{source}", **_quick()
+    )
+    wait_until(
+        lambda: sum(check.committed(tp) or 0 for tp in parts) == sum(topic.per_partition.values()),
+        30,
+        message="offsets committed to Kafka too",
+    )
+    check.close()
+    daemon.terminate()
+
+
+def _quick() -> dict[str, Any]:
+    return {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "enable_auto_commit": False}
+
+
+def test_poison_message_is_dead_lettered_and_the_partition_goes_on(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    source, target = _name(), new_db("kafka_poison")
+    _setup_narrow(tmp_path, target, source)
+    group = f"g{source}"
+    config = _config(tmp_path, target, kafka_broker, source, group=group)
+    _schema_apply(config)
+    work = mixed_workload(2000, source=source, seed=13)
+    lines = list(work.lines)
+    lines.insert(100, b"this is not json \xff\xfe")
+    lines.insert(
+        500, orjson.dumps({"destination": "x", "key": '{"id": 1}', "value": '{"not": "debezium"}'})
+    )
+    topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=1)
+    topic.send_lines(lines)
+    topic.close()
+
+    daemon: Daemon = daemon_factory(config).start().wait_ready()
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        60,
+        message="good rows around the poison landed",
+        context=lambda: daemon.output()[-3000:],
+    )
+    wait_until(
+        lambda: _stored_offsets(target, group, source) == {0: len(lines)},
+        30,
+        message="offset past the last message",
+        context=lambda: f"{_stored_offsets(target, group, source)}\n{daemon.output()[-3000:]}",
+    )
+    letters = sql(
+        target,
+        "SELECT source, destination, error_class, raw_value FROM tunggal_dead_letters ORDER BY id",
+    )
+    assert [(s, d, c) for s, d, c, _ in letters] == [
+        (source, topic.name, "DecodeError"),
+        (source, topic.name, "DecodeError"),
+    ]
+    assert letters[0][3].startswith("this is not json")
+    assert '"not": "debezium"' in letters[1][3]
+    assert daemon.alive()
+    daemon.terminate()
+
+
+def test_rebalance_flushes_the_batch_in_hand(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """A holds a batch (long max_age) when B joins: A must commit it before giving up its
+    partitions, or B would apply the same events again from the target's older offsets."""
+    source, target = _name(), new_db("kafka_rebalance")
+    _setup_narrow(tmp_path, target, source)
+    group = f"g{source}"
+    config = _config(
+        tmp_path,
+        target,
+        kafka_broker,
+        source,
+        group=group,
+        batch_age_ms=6000,
+        batch_size=100_000,
+    )
+    _schema_apply(config)
+    work = mixed_workload(12_000, source=source, seed=14)
+    topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=4)
+    first: Daemon = daemon_factory(config).start().wait_ready()
+    wait_until(lambda: _last_assignment(first, source), 30, message="first instance assigned")
+    topic.send_lines(work.lines[:6000])
+    time.sleep(1.0)  # A has read them; its batch ages for 6 s
+    assert _events_applied(target, source) == 0
+
+    second: Daemon = daemon_factory(_with_metrics_port(config)).start().wait_ready()
+    wait_until(
+        lambda: _last_assignment(second, source),
+        60,
+        message="second instance assigned",
+        context=lambda: second.output()[-2000:],
+    )
+    topic.send_lines(work.lines[6000:])
+    topic.close()
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        60,
+        message="all rows after the rebalance",
+        context=lambda: first.output()[-2000:] + "\n----\n" + second.output()[-2000:],
+    )
+    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
+    assert _events_applied(target, source) == _change_events(work.lines)
+    for d in (first, second):
+        code, _ = d.terminate()
+        assert code == 0, d.output()[-2000:]
+
+
+def test_kafka_and_replay_produce_identical_rows(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """A real Debezium capture arriving through Kafka and through the replay path (the
+    embedded engine's decoder) leaves the same target rows."""
+    from tests.integration.test_replay import CAPTURED_MAPPING, CAPTURED_T_COLUMNS, CAPTURED_TARGET
+
+    source = _name()
+    via_kafka, via_replay = new_db("kafka_same"), new_db("replay_same")
+    mapping = CAPTURED_MAPPING.replace("source: cap", f"source: {source}")
+    (tmp_path / "m.yaml").write_text(mapping)
+    for dsn in (via_kafka, via_replay):
+        sql(dsn, CAPTURED_TARGET)
+    lines = (EVENTS / "pg_alltypes_schemas.jsonl").read_bytes().splitlines()
+    topics = [f"{source}.public.k", f"{source}.public.t"]
+    producers = {t: Topic(kafka_broker, t, partitions=1) for t in topics}
+    for line in lines:
+        record = orjson.loads(line)
+        producers[record["destination"].replace("cap.", f"{source}.", 1)].send_lines([line])
+    for p in producers.values():
+        p.close()
+
+    config = _config(
+        tmp_path, via_kafka, kafka_broker, source, group=f"g{source}", topics=topics, schemas=True
+    )
+    _schema_apply(config)
+    daemon: Daemon = daemon_factory(config).start().wait_ready()
+    wait_until(
+        lambda: _events_applied(via_kafka, source) == 10,
+        60,
+        message="capture consumed",
+        context=lambda: daemon.output()[-3000:],
+    )
+    daemon.terminate()
+
+    replay_dir = tmp_path / "replay"
+    replay_dir.mkdir()
+    (replay_dir / "m.yaml").write_text(mapping)
+    replay_config = replay_dir / "tunggal.yaml"
+    replay_config.write_text(
+        f"target: {{dsn: '{via_replay}'}}\nmappings: [m.yaml]\nstate_dir: {replay_dir}\n"
+    )
+    _schema_apply(replay_config)
+    events = replay_dir / "events.jsonl"
+    events.write_bytes(b"\n".join(_renamed(line, source) for line in lines) + b"\n")
+    result = run_cli("replay", "--config", str(replay_config), "--source", source, str(events))
+    assert result.returncode == 0, result.stderr
+
+    columns = ", ".join(f"{c}::text" for c in CAPTURED_T_COLUMNS)
+    got_kafka = sql(via_kafka, f"SELECT {columns}, _tunggal_position FROM t ORDER BY id")
+    got_replay = sql(via_replay, f"SELECT {columns}, _tunggal_position FROM t ORDER BY id")
+    assert got_kafka and got_kafka == got_replay
+    assert sql(via_kafka, "SELECT * FROM k") == sql(via_replay, "SELECT * FROM k") == []
+
+
+def _renamed(line: bytes, source: str) -> bytes:
+    record = orjson.loads(line)
+    record["destination"] = record["destination"].replace("cap.", f"{source}.", 1)
+    return orjson.dumps(record)

@@ -1,0 +1,92 @@
+"""Kafka source settings: validation of the kafka block, and what kafka-python is given."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tunggal.config import load_config
+from tunggal.errors import ConfigError
+from tunggal.sources.kafka import consumer_settings, default_topic_pattern
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "tunggal.yaml"
+    path.write_text("target: {dsn: 'postgresql://t@localhost/t'}\nmappings: []\n" + text)
+    return load_config(path)
+
+
+def test_sasl_ssl_settings_reach_the_consumer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_PW", "s3cret")
+    config = _load(
+        tmp_path,
+        "kafka:\n  bootstrap_servers: [b1:9093, b2:9093]\n  group_id: kota\n"
+        "  security_protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n"
+        "  sasl_username: tunggal\n  sasl_password: ${KAFKA_PW}\n  ssl_cafile: /etc/ca.pem\n"
+        "sources:\n  - {name: sipkd, engine: kafka, connector: c.yaml}\n",
+    )
+    kafka = config.kafka  # type: ignore[attr-defined]
+    settings = consumer_settings(kafka, "kota.sipkd")
+    assert settings["bootstrap_servers"] == ["b1:9093", "b2:9093"]
+    assert settings["group_id"] == "kota.sipkd"
+    assert settings["security_protocol"] == "SASL_SSL"
+    assert settings["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert settings["sasl_plain_username"] == "tunggal"
+    assert settings["sasl_plain_password"] == "s3cret"
+    assert settings["ssl_cafile"] == "/etc/ca.pem"
+    assert settings["enable_auto_commit"] is False
+    # A full fetch response must fit in one network frame.
+    assert settings["receive_message_max_bytes"] > settings["fetch_max_bytes"]
+    assert "ssl_certfile" not in settings
+
+
+def test_plaintext_has_no_sasl_or_tls(tmp_path: Path) -> None:
+    config = _load(tmp_path, "kafka: {bootstrap_servers: ['k:9092']}\n")
+    settings = consumer_settings(config.kafka, "g")  # type: ignore[attr-defined]
+    assert settings["security_protocol"] == "PLAINTEXT"
+    assert not any(k.startswith(("sasl_", "ssl_")) for k in settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sources:\n  - {name: sipkd, engine: kafka, connector: c.yaml}\n",
+            "use engine: kafka; add a kafka: block",
+        ),
+        (
+            "kafka: {bootstrap_servers: ['k:9092'], security_protocol: SASL_PLAINTEXT}\n",
+            "SASL_PLAINTEXT needs sasl_mechanism, sasl_username, sasl_password",
+        ),
+        (
+            "sources:\n  - {name: sipkd, connector: c.yaml, topics: [a]}\n",
+            "topics and topic_pattern apply to engine: kafka only",
+        ),
+        (
+            "kafka: {bootstrap_servers: []}\n",
+            "bootstrap_servers",
+        ),
+        (
+            "sources:\n  - {name: a, connector: c.yaml}\n  - {name: a, connector: d.yaml}\n",
+            "source names must be unique: a",
+        ),
+    ],
+)
+def test_kafka_config_mistakes_are_reported(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    assert expected in str(info.value)
+
+
+def test_default_topics_are_the_mapped_tables_and_the_heartbeat() -> None:
+    pattern = re.compile(default_topic_pattern("e_planning", ["public.kegiatan", "public.opd"]))
+    assert pattern.match("e_planning.public.kegiatan")
+    assert pattern.match("e_planning.public.opd")
+    assert pattern.match("__debezium-heartbeat.e_planning")
+    assert not pattern.match("e_planning.public.kegiatanX")
+    assert not pattern.match("e_planningXpublic.opd")  # dots are literal
+    assert not pattern.match("e_budgeting.public.opd")
