@@ -225,11 +225,6 @@ def test_kill_9_at_random_points_loses_nothing(kv_sync: KvSync) -> None:
     assert code == 0, s.logs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a snapshot re-taken after a kill leaves rows deleted in between "
-    "(fix: a completed snapshot removes the source's older rows; see the issue notes)",
-)
 def test_kill_9_during_initial_snapshot_then_changes(kv_sync: KvSync) -> None:
     """A snapshot cut short is taken again on restart; rows deleted (or re-keyed) in the
     source between the two snapshots must not survive in the target."""

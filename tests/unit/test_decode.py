@@ -150,6 +150,8 @@ def test_snapshot_reads(mode: str) -> None:
         assert event.txid == "727"
         assert event.before is None
     assert [e.table for e in events[:3] if e] == ["public.k", "public.t", "public.t"]
+    # Debezium marks the snapshot's last record "last": the end of the whole snapshot.
+    assert [e.snapshot_done for e in events[:3] if e] == [False, False, True]
     assert all(e is None or not e.snapshot for e in events[3:])
 
 

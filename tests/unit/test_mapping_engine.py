@@ -455,3 +455,36 @@ def test_hints(tmp_path: Path) -> None:
     assert "ganda" not in hints  # mapped two ways that disagree
     assert "tgl" not in hints and "st" not in hints
     assert m.hints("s", "public.other", {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("hard", [False]), ("soft", [True]), ("ignore", [])],
+)
+def test_end_of_snapshot_removes_older_rows_of_every_table_by_delete_policy(
+    tmp_path: Path, policy: str, expected: list[bool]
+) -> None:
+    """Rows written before this snapshot and not read by it again were deleted in the source
+    (e.g. while a daemon killed mid-snapshot was down): the completed snapshot removes them,
+    in every table of the source, whichever table its last record came from."""
+    soft = "    soft_delete_column: dihapus\n" if policy == "soft" else ""
+    text = BASIC.replace("    key: [id]\n", f"    key: [id]\n    delete: {policy}\n{soft}")
+    text += "  - from: public.lain\n    to: lain\n    key: [id]\n    columns: {id: id}\n"
+    m = load(tmp_path, text)
+
+    def last(table: str, after: dict[str, Any]) -> ChangeEvent:
+        return ChangeEvent(
+            "s", table, Op.READ, None, None, after, 42, 7, snapshot=True, snapshot_done=True
+        )
+
+    ops = m.map_event(last("public.src", {"kode": "K9", "nama": "x"}))
+    assert isinstance(ops[0], Upsert) and ops[0].key == ("K9",)
+    truncates = {op.table: op for op in ops[1:] if isinstance(op, Truncate)}
+    assert truncates["public.lain"].soft is False  # the other table keeps the hard default
+    assert [truncates[t].soft for t in truncates if t == "public.dst"] == expected
+    assert all((t.source, t.position) == ("s", 42) for t in truncates.values())
+    # The last record of an unmapped table still ends the snapshot.
+    unmapped = m.map_event(last("public.unmapped", {"id": 1}))
+    assert {op.table for op in unmapped} == set(truncates)
+    # Any other snapshot row is a plain upsert.
+    assert len(m.map_event(event("r", {"kode": "K1", "nama": "y"}))) == 1

@@ -188,6 +188,7 @@ def _decode(
         commit_ts_us=commit_ts_us,
         txid=txid,
         snapshot=snapshot,
+        snapshot_done=marker == "last",
         raw=raw,
     )
 

@@ -65,4 +65,7 @@ class ChangeEvent:
     commit_ts_us: int  # source commit time, microseconds since the epoch (UTC)
     txid: str | None = None
     snapshot: bool = False
+    # The snapshot's last record (Debezium's marker "last"): every row this source wrote
+    # before the snapshot's position and that the snapshot did not read is gone.
+    snapshot_done: bool = False
     raw: RawEvent | None = field(default=None, compare=False, repr=False)

@@ -488,6 +488,14 @@ class TableMapper:
             ]
         return []
 
+    def snapshot_cleanup(self, event: ChangeEvent) -> Truncate | None:
+        """After a completed snapshot: rows this source wrote before it (an earlier snapshot
+        cut short, or streaming before a re-snapshot) that the snapshot did not read again
+        were deleted in the source meanwhile. Remove them as the delete policy says."""
+        if self._delete == "ignore":
+            return None
+        return Truncate(self._table, event.source, event.position, event.commit_ts_us, self._soft)
+
     def _update(self, event: ChangeEvent, after: Row) -> list[RowOp]:
         old = None
         if event.before is not None:
@@ -572,7 +580,27 @@ class MappingSet:
         Raises MappingError when a rule fails for this row (the event is poison).
         """
         mappers = self._mappers.get((event.source, event.table))
+        if event.snapshot_done:
+            return [*self._map(event, mappers or ()), *self._snapshot_cleanup(event)]
         if mappers is None:
+            return []
+        return self._map(event, mappers)
+
+    def _snapshot_cleanup(self, event: ChangeEvent) -> list[RowOp]:
+        # Every table of the source: the snapshot read them all, empty ones included (whose
+        # rows Debezium never marks), and the last record may belong to an unmapped table.
+        cleanups: dict[str, RowOp] = {}
+        for (source, _), mappers in self._mappers.items():
+            if source != event.source:
+                continue
+            for mapper in mappers:
+                op = mapper.snapshot_cleanup(event)
+                if op is not None:
+                    cleanups.setdefault(op.table, op)
+        return list(cleanups.values())
+
+    def _map(self, event: ChangeEvent, mappers: tuple[TableMapper, ...]) -> list[RowOp]:
+        if not mappers:
             return []
         try:
             if len(mappers) == 1:
