@@ -1,0 +1,199 @@
+"""Benchmark stage: Kafka -> PostgreSQL through N `tunggal run` processes in one group.
+
+A topic pre-filled with N Debezium change events (the mixed narrow workload) on the test broker
+(tansu), then `instances` daemons consume it into a fresh table. The rate counts change events
+from the first target commit to the last, so process start-up and the first group join are
+left out; a second instance's rebalance is included.
+
+Standalone: `python bench/kafka_stage.py --events 200000 --instances 1 2`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from kafka import KafkaProducer
+
+from tunggal.devtools.kafkabroker import TansuBroker
+from tunggal.devtools.pgcluster import PgCluster, free_port
+from tunggal.devtools.synth import NARROW_DDL, mixed_workload, narrow_mapping
+
+PARTITIONS = 4
+
+
+def fill_topic(broker: TansuBroker, topic: str, lines: list[bytes]) -> dict[str, Any]:
+    broker.create_topic(topic, PARTITIONS)
+    producer = KafkaProducer(
+        bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=512 * 1024
+    )
+    started = time.perf_counter()
+    futures = []
+    for line in lines:
+        record = orjson.loads(line)
+        value = record["value"]
+        futures.append(
+            producer.send(
+                topic,
+                key=record["key"].encode(),
+                value=None if value is None else value.encode(),
+            )
+        )
+    producer.flush()
+    per_partition: Counter[int] = Counter(f.get(timeout=60).partition for f in futures)
+    producer.close()
+    return {
+        "messages": len(lines),
+        "seconds": time.perf_counter() - started,
+        "per_partition": dict(per_partition),
+    }
+
+
+def _config(work: Path, dsn: str, broker: TansuBroker, source: str, mapping: Path) -> Path:
+    connector = work / "connector.yaml"
+    connector.write_text(
+        f"name: {source}\nkind: postgresql\nschemas: false\n"
+        "database: {host: 127.0.0.1, dbname: src, user: cdc}\n"
+    )
+    config = work / "tunggal.yaml"
+    config.write_text(
+        f"target: {{dsn: '{dsn}'}}\nmappings: ['{mapping}']\nstate_dir: {work}/state\n"
+        "watch_mappings: false\nbatch: {max_size: 5000, max_age_ms: 500}\n"
+        "metrics: {enabled: false}\nallow_root: true\n"
+        f"kafka:\n  bootstrap_servers: ['{broker.bootstrap}']\n  group_id: bench\n"
+        # tansu: a group join takes half the session timeout
+        "  session_timeout_ms: 2000\n  heartbeat_interval_ms: 500\n"
+        f"sources:\n  - {{name: {source}, engine: kafka, connector: {connector}}}\n"
+    )
+    return config
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def bench_kafka(
+    cluster: PgCluster,
+    broker: TansuBroker,
+    lines: list[bytes],
+    final_rows: int,
+    instances: int,
+    work: Path,
+) -> dict[str, Any]:
+    source = f"kbench{instances}"
+    run_dir = work / source
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dsn = cluster.create_database(f"kafka_bench_{instances}_{os.getpid()}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(NARROW_DDL.format(name="kegiatan"))
+    mapping = run_dir / "m.yaml"
+    mapping.write_text(narrow_mapping(source=source))
+    config = _config(run_dir, dsn, broker, source, mapping)
+    tunggal = [sys.executable, "-m", "tunggal"]
+    subprocess.run([*tunggal, "schema", "--apply", "--config", str(config)], check=True)
+    filled = fill_topic(broker, f"{source}.public.kegiatan", lines)
+    changes = sum(1 for line in lines if b'"value":null' not in line)
+
+    env = {**os.environ, "TUNGGAL_ALLOW_ROOT": "1"}
+    procs = [
+        subprocess.Popen(
+            [*tunggal, "--log-level", "WARNING", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(run_dir / f"daemon-{i}.log", "wb"),  # noqa: SIM115 - lives with the process
+        )
+        for i in range(instances)
+    ]
+    first_commit: float | None = None
+    first_applied = 0
+    applied = 0
+    deadline = time.monotonic() + 600
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT events_applied FROM tunggal_progress WHERE source = %s", (source,)
+            ).fetchone()
+            applied = int(row[0]) if row else 0
+            if applied and first_commit is None:
+                first_commit, first_applied = time.perf_counter(), applied
+            if applied >= changes:
+                break
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a daemon exited early; see {run_dir}/daemon-*.log")
+            time.sleep(0.05)
+        done = time.perf_counter()
+        rows = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
+    rss = [_peak_rss_mb(p.pid) for p in procs]
+    cpu = [_cpu_seconds(p.pid) for p in procs]
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+    if applied < changes or first_commit is None:
+        raise RuntimeError(f"only {applied} of {changes} events applied; see {run_dir}")
+    assert rows is not None and rows[0] == final_rows, (rows, final_rows)
+    seconds = done - first_commit
+    return {
+        "instances": instances,
+        "events": changes - first_applied,
+        "seconds": seconds,
+        "events_per_s": (changes - first_applied) / seconds,
+        "peak_rss_mb_per_instance": max(rss),
+        "cpu_s": sum(cpu),
+        "produce_seconds": filled["seconds"],
+        "partitions": PARTITIONS,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tunggal-kbench-"))
+    cluster = PgCluster(name="kbench", fsync=True).start()
+    broker = TansuBroker(free_port()).start()
+    results = []
+    try:
+        for n in args.instances:
+            workload = mixed_workload(args.events, source=f"kbench{n}", seed=11)
+            result = bench_kafka(cluster, broker, workload.lines, len(workload.final), n, work)
+            results.append(result)
+            print(
+                f"kafka -> PostgreSQL, {n} instance(s): {result['events_per_s']:,.0f} ev/s "
+                f"({result['events']} events in {result['seconds']:.1f}s, peak RSS "
+                f"{result['peak_rss_mb_per_instance']:.0f} MB per instance)"
+            )
+    finally:
+        broker.stop()
+        cluster.destroy()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
