@@ -240,3 +240,38 @@ def test_source_database_restart_recovers_without_daemon_restart(
         assert code == 0, daemon.output()[-3000:]
     finally:
         source_pg.destroy()
+
+
+def test_dropped_replication_slot_takes_a_new_snapshot_and_loses_nothing(
+    streaming: dict[str, Any], daemon_factory: Any
+) -> None:
+    s = streaming
+    sql(s["source"], "INSERT INTO kv SELECT g, 'awal' || g FROM generate_series(1, 50) g")
+    daemon: Daemon = daemon_factory(s["config"]).start()
+
+    def same() -> bool:
+        expected = [(i, v.upper()) for i, v in sql(s["source"], "SELECT * FROM kv ORDER BY id")]
+        return sql(s["target"], "SELECT id, v FROM kv ORDER BY id") == expected
+
+    wait_until(same, 90, message="first sync", context=lambda: daemon.output()[-3000:])
+    code, _ = daemon.terminate()
+    assert code == 0, daemon.output()[-3000:]
+
+    # An admin (or max_slot_wal_keep_size) drops the slot; changes go on meanwhile.
+    slot = f"tunggal_{s['name']}"
+    sql(s["source"], "SELECT pg_drop_replication_slot(%s)", (slot,))
+    sql(s["source"], "DELETE FROM kv WHERE id <= 10")
+    sql(s["source"], "UPDATE kv SET v = 'ubah' || id WHERE id BETWEEN 11 AND 20")
+    sql(s["source"], "INSERT INTO kv SELECT g, 'baru' || g FROM generate_series(51, 60) g")
+
+    daemon = daemon_factory(s["config"]).start()
+    wait_until(same, 90, message="target equal after the slot was lost", context=daemon.output)
+    assert f"replication slot {slot} is gone" in daemon.output()
+    # And it streams again, from the new slot.
+    sql(s["source"], "UPDATE kv SET v = 'lagi' WHERE id = 60")
+    wait_until(same, 60, message="streaming after the new snapshot", context=daemon.output)
+    assert sql(
+        s["source"], "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ) == [(1,)]
+    code, _ = daemon.terminate()
+    assert code == 0, daemon.output()[-3000:]

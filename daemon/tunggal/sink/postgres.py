@@ -602,13 +602,14 @@ class PostgresSink:
     ) -> None:
         if not offsets:
             return
-        # GREATEST: a late commit from an instance that lost the partition never moves the
-        # next owner's position back.
+        # Overwrite, not GREATEST: a topic deleted and re-created starts again at 0, and a
+        # position that can only grow would skip its first messages. Moving back is the safe
+        # direction: re-applied rows are no-ops under the position guard.
         cur.executemany(
             "INSERT INTO public.tunggal_kafka_offsets AS o (consumer_group, topic, partition, "
             "next_offset, updated_at) VALUES (%s, %s, %s, %s, now()) "
             "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-            "next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            "next_offset = EXCLUDED.next_offset, updated_at = now()",
             [(g, t, p, o) for (g, t, p), o in sorted(offsets.items())],
         )
 

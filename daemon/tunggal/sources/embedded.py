@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ class EmbeddedSource:
         self._reported = False
         self._deliver = deliver
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._forget_offsets_without_slot()
         start_jvm(self.state_dir, self.jvm_path, self.heap)
         log.info(
             "starting Debezium for %s (tables %s)",
@@ -158,6 +160,45 @@ class EmbeddedSource:
         self._engine = self._build()
         self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}", daemon=True)
         self._thread.start()
+
+    def _forget_offsets_without_slot(self) -> None:
+        """Stored offsets point into a replication slot. If the slot was dropped (by an admin,
+        or by `max_slot_wal_keep_size`), Debezium would create a new one at the current WAL
+        position and silently skip every change in between. Take a new snapshot instead: its
+        end removes rows deleted meanwhile (see MappingSet._snapshot_cleanup)."""
+        offsets = Path(self.properties["offset.storage.file.filename"])
+        if "Postgres" not in self.properties.get("connector.class", "") or not offsets.exists():
+            return
+        slot = self.properties.get("slot.name", "debezium")
+        try:
+            exists = slot_exists(self.properties, slot)
+        except Exception as exc:
+            # The engine's own start reports an unreachable source with its real cause.
+            log.debug("cannot check replication slot %s: %s", slot, exc)
+            return
+        if exists:
+            return
+        stale = offsets.with_name(f"{offsets.name}.stale-{int(time.time())}")
+        offsets.rename(stale)
+        log.warning(
+            "source %s: replication slot %s is gone, so the changes since the last stored "
+            "position cannot be read any more; taking a new snapshot (rows deleted meanwhile "
+            "are removed when it completes). Old offsets kept in %s",
+            self.name,
+            slot,
+            stale,
+        )
+        if self.properties.get("snapshot.mode", "initial") not in (
+            "initial",
+            "always",
+            "when_needed",
+        ):
+            log.error(
+                "source %s: snapshot.mode=%s takes no new snapshot: changes made while the "
+                "slot was missing are NOT in the target",
+                self.name,
+                self.properties.get("snapshot.mode"),
+            )
 
     def _build(self) -> Any:
         import jpype
@@ -307,3 +348,20 @@ def _root_cause(error: Any) -> str:
     while cause.getCause() is not None and cause.getCause() is not cause and seen < 20:
         cause, seen = cause.getCause(), seen + 1
     return f"{cause.getClass().getSimpleName()}: {cause.getMessage()}"
+
+
+def slot_exists(properties: Mapping[str, str], slot: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(
+        host=properties.get("database.hostname"),
+        port=int(properties.get("database.port", "5432")),
+        dbname=properties.get("database.dbname"),
+        user=properties.get("database.user"),
+        password=properties.get("database.password") or None,
+        connect_timeout=5,
+    ) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    return row is not None

@@ -9,8 +9,8 @@ also committed to Kafka, so that standard lag tools see the group's progress.
 Rebalances: when partitions are revoked, the listener waits until every chunk already handed
 to the runner is settled (the runner flushes within `batch.max_age_ms`), so the next owner of a
 partition starts exactly where this instance's last committed batch ended. If waiting times
-out, a late commit is still harmless: row writes are guarded by source position and stored
-offsets only move forward.
+out, a late commit is still harmless: row writes are guarded by source position, so events
+applied twice change nothing.
 
 kafka-python's consumer is not thread-safe: everything that touches it runs on this source's
 own thread; the runner only marks chunks settled.
