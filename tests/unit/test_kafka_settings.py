@@ -90,3 +90,23 @@ def test_default_topics_are_the_mapped_tables_and_the_heartbeat() -> None:
     assert not pattern.match("e_planning.public.kegiatanX")
     assert not pattern.match("e_planningXpublic.opd")  # dots are literal
     assert not pattern.match("e_budgeting.public.opd")
+
+
+def test_example_config_and_its_kafka_block_are_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNGGAL_TARGET_PASSWORD", "x")
+    monkeypatch.setenv("KAFKA_PASSWORD", "y")
+    example = Path(__file__).parents[2] / "tunggal.example.yaml"
+    assert load_config(example).kafka is None
+    # The commented-out kafka block, switched on.
+    lines = [
+        line[2:] if line.startswith(("# kafka:", "#   ")) else line
+        for line in example.read_text().splitlines()
+    ]
+    enabled = tmp_path / "tunggal.yaml"
+    enabled.write_text("\n".join(lines) + "\n")
+    config = load_config(enabled)
+    assert config.kafka is not None
+    assert config.kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert config.kafka.sasl_password == "y"
