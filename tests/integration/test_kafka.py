@@ -443,3 +443,48 @@ def _renamed(line: bytes, source: str) -> bytes:
     record = orjson.loads(line)
     record["destination"] = record["destination"].replace("cap.", f"{source}.", 1)
     return orjson.dumps(record)
+
+
+def test_target_outage_pauses_consumption_and_loses_nothing(
+    kafka_broker: TansuBroker, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """The target stops for 10 s mid-stream: retries, no dead letters, nothing lost, no offset
+    committed for rows that were not written."""
+    from tunggal.devtools.pgcluster import PgCluster
+
+    cluster = PgCluster(name="kafka-outage").start()
+    try:
+        source = _name()
+        target = cluster.create_database("outage")
+        _setup_narrow(tmp_path, target, source)
+        group = f"g{source}"
+        config = _config(tmp_path, target, kafka_broker, source, group=group)
+        _schema_apply(config)
+        work = mixed_workload(20_000, source=source, seed=15)
+        topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=2)
+        topic.send_lines(work.lines[:4000])
+        daemon: Daemon = daemon_factory(config).start().wait_ready()
+        wait_until(lambda: _events_applied(target, source) > 0, 60, context=daemon.output)
+
+        cluster.stop()
+        topic.send_lines(work.lines[4000:16_000])  # arrives while the target is down
+        time.sleep(10)
+        cluster.start()
+        topic.send_lines(work.lines[16_000:])
+        topic.close()
+
+        expected = [work.final[k] for k in sorted(work.final)]
+        wait_until(
+            lambda: _final_rows(target) == expected,
+            90,
+            message="target equal after the outage",
+            context=lambda: daemon.output()[-3000:],
+        )
+        wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
+        assert _events_applied(target, source) == _change_events(work.lines)
+        assert sql(target, "SELECT count(*) FROM tunggal_dead_letters") == [(0,)]
+        assert "target write failed" in daemon.output()
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.output()[-3000:]
+    finally:
+        cluster.destroy()
