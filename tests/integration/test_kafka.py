@@ -488,3 +488,69 @@ def test_target_outage_pauses_consumption_and_loses_nothing(
         assert code == 0, daemon.output()[-3000:]
     finally:
         cluster.destroy()
+
+
+def test_broker_lost_with_its_topics_recovers_without_restart(
+    new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """The broker goes away (memory storage: its topics go with it) and comes back; Connect
+    re-creates the topic. The source shows up 0 meanwhile, then resumes: the stored offsets
+    are beyond the new topic's end, so the partitions start again from the beginning."""
+    broker = TansuBroker().start()
+    try:
+        source, target = _name(), new_db("kafka_lost")
+        _setup_narrow(tmp_path, target, source)
+        group = f"g{source}"
+        config = _config(tmp_path, target, broker, source, group=group)
+        _schema_apply(config)
+        port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+        work = mixed_workload(6000, source=source, seed=16)
+        topic = Topic(broker, f"{source}.{TABLE}", partitions=2)
+        topic.send_lines(work.lines[:4000])
+        topic.close()
+        daemon: Daemon = daemon_factory(config).start().wait_ready()
+        wait_until(
+            lambda: _events_applied(target, source) == _change_events(work.lines[:4000]),
+            60,
+            context=daemon.output,
+        )
+        assert _source_up(port, source) == 1
+
+        broker.stop()
+        wait_until(
+            lambda: _source_up(port, source) == 0,
+            60,
+            message="source down while the broker is gone",
+            context=lambda: daemon.output()[-3000:],
+        )
+        assert "Kafka group coordinator unreachable" in daemon.output()
+
+        broker = TansuBroker(broker.port).start()
+        topic = Topic(broker, f"{source}.{TABLE}", partitions=2)
+        topic.send_lines(work.lines[4000:])
+        topic.close()
+        expected = [work.final[k] for k in sorted(work.final)]
+        wait_until(
+            lambda: _final_rows(target) == expected,
+            90,
+            message="changes from the re-created topic",
+            context=lambda: daemon.output()[-3000:],
+        )
+        wait_until(lambda: _source_up(port, source) == 1, 30, context=daemon.output)
+        # The stored offsets now describe the new topic.
+        wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.output()[-3000:]
+    finally:
+        broker.stop()
+
+
+def _source_up(port: int, source: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'tunggal_source_up{{source="{source}"}}'):
+            return float(line.split()[-1])
+    return -1.0

@@ -113,6 +113,8 @@ class KafkaSource:
         # offsets committed to the target, not yet to Kafka
         self._to_commit: Offsets = {}
         self._consumed: Offsets = {}
+        self._unreachable_since: float | None = None
+        self._reported_down = False
 
     # -- Source protocol ---------------------------------------------------------------
     def start(self, deliver: Deliver) -> None:
@@ -142,6 +144,11 @@ class KafkaSource:
         from kafka.errors import KafkaError
 
         assert self._deliver is not None
+        if not log.isEnabledFor(logging.DEBUG):
+            # kafka-python logs every failed reconnect attempt as an ERROR; _watch_connection
+            # reports a lost broker once, with the source's name.
+            logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
+            logging.getLogger("kafka.client").setLevel(logging.ERROR)
         try:
             consumer = KafkaConsumer(**consumer_settings(self.kafka, self.group_id))
         except KafkaError as exc:
@@ -166,6 +173,7 @@ class KafkaSource:
                 if batch:
                     self._hand_over(batch)
                 self._record_lag(consumer)
+                self._watch_connection(consumer)
         except Exception as exc:  # a consumer bug or a lost group: restart the source
             log.exception("kafka consumer for %s failed", self.name)
             self._deliver(SourceFailure(self.name, f"kafka consumer failed: {exc}"))
@@ -236,6 +244,49 @@ class KafkaSource:
             # Informational only: the target holds the offsets that count.
             log.warning("source %s: committing offsets to Kafka failed: %s", self.name, exc)
 
+    def _restart_partition(self, consumer: Any, tp: Any, offset: int, high: int) -> None:
+        """The next offset to read lies beyond the partition's end: the topic was deleted and
+        re-created (or truncated). Kafka answers such a fetch with OFFSET_OUT_OF_RANGE, some
+        brokers with nothing at all; either way, the records now there are new: read them all."""
+        log.warning(
+            "source %s: %s[%d] ends at %d, before the stored offset %d: the topic was "
+            "re-created; reading it from the beginning",
+            self.name,
+            tp.topic,
+            tp.partition,
+            high,
+            offset,
+        )
+        consumer.seek_to_beginning(tp)
+        self._consumed[(tp.topic, tp.partition)] = 0
+
+    def _watch_connection(self, consumer: Any) -> None:
+        """kafka-python retries a lost broker forever without raising: turn a coordinator
+        that stays unreachable longer than the session timeout into `up 0` and a log line."""
+        try:
+            connected = bool(consumer._coordinator.connected())
+        except Exception:  # private API: never let a change in it stop consumption
+            return
+        now = time.monotonic()
+        if connected:
+            self._unreachable_since = None
+            if self._reported_down:
+                self._reported_down = False
+                log.info("source %s: Kafka reachable again", self.name)
+                self.metrics.set_state(self.name, "streaming")
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        elif not self._reported_down and (
+            now - self._unreachable_since > self.kafka.session_timeout_ms / 1000
+        ):
+            self._reported_down = True
+            message = (
+                f"Kafka group coordinator unreachable ({', '.join(self.kafka.bootstrap_servers)})"
+            )
+            log.error("source %s: %s; still retrying", self.name, message)
+            self.metrics.set_state(self.name, "failed", message)
+
     def _record_lag(self, consumer: Any) -> None:
         lags: dict[tuple[str, int], int] = {}
         for tp in consumer.assignment():
@@ -245,6 +296,9 @@ class KafkaSource:
             done = self._consumed.get((tp.topic, tp.partition))
             if done is None:
                 continue
+            if done > high:
+                self._restart_partition(consumer, tp, done, high)
+                done = 0
             lags[(tp.topic, tp.partition)] = max(0, high - done)
         self.metrics.kafka_lag(self.name, lags)
 
