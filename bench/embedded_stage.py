@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from tunggal.devtools.pgcluster import PgCluster
+from tunggal.devtools.procstat import peak_rss_mb
 from tunggal.devtools.synth import NARROW_DDL, narrow_mapping
 
 TUNGGAL = [sys.executable, "-m", "tunggal"]
@@ -84,11 +85,20 @@ def _insert(source: str, first: int, n: int) -> None:
         )
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def _start_daemon(source: str, name: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`tunggal run`, returned once its replication slot streams."""
+    proc = subprocess.Popen(
+        [*TUNGGAL, "--log-level", "WARNING", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115 - lives with the process
+        env=ENV,
+    )
+    try:
+        _wait_slot_active(source, f"tunggal_{name}", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 def bench_noop(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
@@ -112,14 +122,8 @@ def bench_noop(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
 def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
     name = "emb_daemon"
     source, target, config = _setup(cluster, work, name)
-    proc = subprocess.Popen(
-        [*TUNGGAL, "--log-level", "WARNING", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "daemon.log", "wb"),  # noqa: SIM115 - lives with the process
-        env=ENV,
-    )
+    proc = _start_daemon(source, name, config, work / "daemon.log")
     try:
-        _wait_slot_active(source, f"tunggal_{name}", proc)
         _insert(source, 1, n)
         first: float | None = None
         first_applied = 0
@@ -141,7 +145,7 @@ def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
             "events": events,
             "seconds": done - first,
             "events_per_s": events / (done - first),
-            "peak_rss_mb": _peak_rss_mb(proc.pid),
+            "peak_rss_mb": peak_rss_mb(proc.pid),
         }
     finally:
         proc.terminate()
@@ -151,14 +155,8 @@ def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
 def bench_lag(cluster: PgCluster, work: Path, rate: int, seconds: int) -> dict[str, Any]:
     name = "emb_lag"
     source, target, config = _setup(cluster, work, name)
-    proc = subprocess.Popen(
-        [*TUNGGAL, "--log-level", "WARNING", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "lag.log", "wb"),  # noqa: SIM115 - lives with the process
-        env=ENV,
-    )
+    proc = _start_daemon(source, name, config, work / "lag.log")
     try:
-        _wait_slot_active(source, f"tunggal_{name}", proc)
         total = _offer(source, rate, seconds)
         deadline = time.monotonic() + 120
         with psycopg.connect(target, autocommit=True) as conn:
@@ -181,7 +179,7 @@ def bench_lag(cluster: PgCluster, work: Path, rate: int, seconds: int) -> dict[s
             "lag_p50_s": float(p50),
             "lag_p99_s": float(p99),
             "lag_max_s": float(worst),
-            "peak_rss_mb": _peak_rss_mb(proc.pid),
+            "peak_rss_mb": peak_rss_mb(proc.pid),
         }
     finally:
         proc.terminate()

@@ -27,6 +27,7 @@ from kafka import KafkaProducer
 
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.pgcluster import PgCluster, free_port
+from tunggal.devtools.procstat import cpu_seconds, peak_rss_mb
 from tunggal.devtools.synth import NARROW_DDL, mixed_workload, narrow_mapping
 
 PARTITIONS = 4
@@ -76,24 +77,6 @@ def _config(work: Path, dsn: str, broker: TansuBroker, source: str, mapping: Pat
         f"sources:\n  - {{name: {source}, engine: kafka, connector: {connector}}}\n"
     )
     return config
-
-
-def _peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def bench_kafka(
@@ -147,8 +130,8 @@ def bench_kafka(
             time.sleep(0.05)
         done = time.perf_counter()
         rows = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
-    rss = [_peak_rss_mb(p.pid) for p in procs]
-    cpu = [_cpu_seconds(p.pid) for p in procs]
+    rss = [peak_rss_mb(p.pid) for p in procs]
+    cpu = [cpu_seconds(p.pid) for p in procs]
     for p in procs:
         p.terminate()
     for p in procs:
