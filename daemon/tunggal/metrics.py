@@ -212,6 +212,9 @@ class Metrics:
             if state is None:
                 state = self.sources[name] = SourceState(name, engine)
                 self.up.labels(name).set(0)
+                # Zero series per source, so `increase()` in an alert sees the first one.
+                for counter in (self.dead_letters, self.restarts, self.received):
+                    counter.labels(name)
             return state
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
