@@ -186,11 +186,14 @@ class Metrics:
         if snap is None:
             return None
         estimates = self.probes.row_estimates.get(source, {})
+        # Debezium updates RowsScanned only every 10 s and at the end of a table; the snapshot
+        # reads we committed tell more in between (and are what is really in the target).
+        committed = self._snapshot_reads(source)
         tables: dict[str, dict[str, int | None]] = {}
-        for table in sorted(set(snap.rows_scanned) | set(estimates)):
+        for table in sorted(set(snap.rows_scanned) | set(estimates) | set(committed)):
             estimate = estimates.get(table)
             tables[table] = {
-                "rows": snap.rows_scanned.get(table, 0),
+                "rows": max(snap.rows_scanned.get(table, 0), committed.get(table, 0)),
                 "estimated_rows": estimate if estimate is not None and estimate >= 0 else None,
             }
         return {
@@ -254,6 +257,20 @@ class Metrics:
             with self.lock:
                 counts = self.tables.setdefault(table, {})
                 counts[action] = counts.get(action, 0) + count
+
+    def _snapshot_reads(self, source: str) -> dict[str, int]:
+        """Committed snapshot reads (op "r", any outcome) of the source, by table."""
+        reads: dict[str, int] = {}
+        for metric in self.events.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    sample.name.endswith("_total")
+                    and labels["op"] == "r"
+                    and labels["source"] == source
+                ):
+                    reads[labels["table"]] = reads.get(labels["table"], 0) + int(sample.value)
+        return reads
 
     def status(self) -> dict[str, object]:
         now = self.clock()

@@ -112,3 +112,40 @@ def test_status_carries_what_tunggal_status_shows() -> None:
     assert status["tables"] == {"public.kv": {"upsert": 3}}
     assert status["dead_letters"] == 1
     assert status["mapping"]["hash"] == "0123456789ab"
+
+
+def test_slot_probe_reads_postgres_sources_only_and_survives_an_unreachable_one() -> None:
+    import threading
+
+    from tunggal.sources.pgstats import SlotProbe, SourceDatabase
+
+    props = {
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "database.hostname": "127.0.0.1",
+        "database.port": "1",  # nothing listens: connection refused at once
+        "database.user": "u",
+        "database.password": "secret",
+        "database.dbname": "d",
+        "slot.name": "tunggal_a",
+    }
+    mysql = {**props, "connector.class": "io.debezium.connector.mysql.MySqlConnector"}
+    assert SourceDatabase.from_properties("b", mysql, ["d.t"]) is None
+    db = SourceDatabase.from_properties("a", props, ["public.kv"])
+    assert db is not None and db.slot == "tunggal_a" and db.tables == ("public.kv",)
+    m = Metrics()
+    m.set_slot_retained("a", "tunggal_a", 5.0)
+    probe = SlotProbe(m, [db], threading.Event())
+    assert probe.poll_one(db) is False
+    assert not any(n == "tunggal_replication_slot_wal_retained_bytes" for n, _ in samples(m))
+
+
+def test_snapshot_rows_done_counts_committed_reads_between_debezium_updates() -> None:
+    m = Metrics()
+    m.set_snapshot("a", SnapshotProgress(True, False, tables_total=1, rows_scanned={}))
+    m.set_row_estimates("a", {"public.kv": 1000})
+    m.events.labels("a", "public.kv", "r", "applied").inc(400)
+    m.events.labels("a", "public.kv", "r", "skipped").inc(100)
+    m.events.labels("a", "public.kv", "c", "applied").inc(7)  # streamed: not the snapshot
+    status = m.snapshot_status("a")
+    assert status is not None
+    assert status["tables"] == {"public.kv": {"rows": 500, "estimated_rows": 1000}}
