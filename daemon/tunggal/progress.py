@@ -91,6 +91,10 @@ class ProgressDisplay:
                 return
             self._start_bars()
         assert self._bars is not None
+        if not tasks:
+            # All finished (a snapshot is over): give the terminal back to the log.
+            self._stop_bars()
+            return
         keys = {t.key for t in tasks}
         for key in [k for k in self._ids if k not in keys]:
             self._bars.remove_task(self._ids.pop(key))
@@ -129,16 +133,19 @@ class ProgressDisplay:
                 self._moved.append((handler, original))
                 handler.setStream(sys.stderr)
 
+    def _stop_bars(self) -> None:
+        for handler, stream in self._moved:
+            handler.setStream(stream)
+        self._moved = []
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+            self._ids = {}
+
     def close(self, final: Iterable[Task] = ()) -> None:
         """Stop drawing; without a terminal, log the final state of tasks still moving."""
         with self._lock:
-            for handler, stream in self._moved:
-                handler.setStream(stream)
-            self._moved = []
-            if self._bars is not None:
-                self._bars.stop()
-                self._bars = None
-                self._ids = {}
+            self._stop_bars()
             if not self.terminal:
                 self._log([t for t in final if t.key in self._logged], force=True)
 

@@ -63,5 +63,9 @@ def test_in_a_terminal_it_draws_and_removes_bars() -> None:
     assert display._bars is not None and set(display._ids) == {"a", "b"}
     display.update([Task("b", "other", 3, None)])
     assert set(display._ids) == {"b"}
+    display.update([])  # everything finished: the bars go, the log has the terminal again
+    assert display._bars is None
+    display.update([Task("c", "again", 0, 5)])
+    assert display._bars is not None and set(display._ids) == {"c"}
     display.close()
     assert display._bars is None
