@@ -9,12 +9,18 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
+
+if TYPE_CHECKING:
+    from tunggal.metrics import Metrics
+    from tunggal.progress import ProgressPoller
+    from tunggal.runtime.runner import Runner
 
 log = logging.getLogger("tunggal")
 
@@ -144,12 +150,15 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
             healthy=lambda: not runner._failed,
         ).start()
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
+    progress = _progress_poller(metrics, runner, replay)
     try:
         runner.run(until_idle=once)
     except TunggalError as exc:
+        progress.close()
         _exit_after_jvm(exc)
         raise
     finally:
+        progress.close()
         if server is not None:
             server.close()
     _exit_after_jvm(None)
@@ -158,6 +167,56 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
             f"replayed {runner.totals['events']} events in {runner.totals['batches']} "
             f"batches; {runner.totals['dead_letters']} dead-lettered"
         )
+
+
+def _progress_poller(
+    metrics: Metrics, runner: Runner, replay: tuple[str, Path] | None
+) -> ProgressPoller:
+    """Snapshot progress while `run` snapshots; events applied of the file's for `replay`."""
+    from tunggal.progress import ProgressDisplay, ProgressPoller, Task
+
+    if replay is not None:
+        name, path = replay
+        total = _count_lines(path)
+
+        def replayed() -> list[Task]:
+            done = runner.totals["events"]
+            return [Task("replay", f"replaying {path.name} ({name})", done, total, unit="events")]
+
+        return ProgressPoller(replayed, ProgressDisplay(min_total=1000)).start()
+
+    def snapshots() -> list[Task]:
+        tasks = []
+        for source in list(metrics.sources):
+            snap = metrics.snapshot_status(source)
+            if snap is None or not snap["running"]:
+                continue
+            tables = snap["tables"]
+            assert isinstance(tables, dict)
+            for table, counts in tables.items():
+                estimate = counts["estimated_rows"]
+                tasks.append(
+                    Task(
+                        f"{source}:{table}",
+                        f"snapshot {source} {table}",
+                        counts["rows"],
+                        # Never show a table as more than done while it is still read.
+                        None if estimate is None else max(estimate, counts["rows"]),
+                        estimated=True,
+                    )
+                )
+        return tasks
+
+    return ProgressPoller(snapshots, ProgressDisplay()).start()
+
+
+def _count_lines(path: Path) -> int | None:
+    """Events in a replay file, counted at about 1 GB/s; None if it cannot be read."""
+    try:
+        with open(path, "rb") as stream:
+            return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
+    except OSError:
+        return None
 
 
 @main.command()

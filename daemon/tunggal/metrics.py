@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -33,6 +43,38 @@ class SourceState:
     error: str | None = None
     rate: float = 0.0  # events/s, exponentially smoothed
     _rate_mark: tuple[float, int] = field(default=(0.0, 0), repr=False)
+
+
+@dataclass(frozen=True)
+class SnapshotProgress:
+    """One source's initial snapshot, as Debezium's snapshot MBean reports it."""
+
+    running: bool
+    completed: bool
+    aborted: bool = False
+    tables_total: int = 0
+    tables_remaining: int = 0
+    rows_scanned: Mapping[str, int] = field(default_factory=dict)  # "schema.table" -> rows
+    duration_s: float | None = None
+
+    @property
+    def tables_done(self) -> int:
+        return max(0, self.tables_total - self.tables_remaining)
+
+
+@dataclass
+class Probes:
+    """Readings taken off the main loop by slow pollers (JMX, the source databases) and
+    exported at scrape time. None means "could not read": the metric is left out rather than
+    showing a stale or made-up value."""
+
+    snapshots: dict[str, SnapshotProgress] = field(default_factory=dict)
+    # source -> "schema.table" -> pg_class.reltuples (an estimate; -1 means never analyzed)
+    row_estimates: dict[str, dict[str, int]] = field(default_factory=dict)
+    slot_retained_bytes: dict[str, float | None] = field(default_factory=dict)
+    slot_names: dict[str, str] = field(default_factory=dict)
+    jvm_heap_used: int | None = None
+    jvm_heap_max: int | None = None
 
 
 class Metrics:
@@ -91,7 +133,11 @@ class Metrics:
             "tunggal_source_restarts", "Sources restarted after a failure", ["source"], registry=r
         )
         r.register(_LagCollector(self))
-        # -- Kafka sources ------------------------------------------------------------------
+        self._add_operations_metrics(r)
+        self._add_kafka_metrics(r)
+
+    def _add_kafka_metrics(self, r: CollectorRegistry) -> None:
+        """Kafka sources: rebalances, assigned partitions, consumer lag per partition."""
         self.kafka_rebalances = Counter(
             "tunggal_kafka_rebalances",
             "Partition assignments received by a Kafka source",
@@ -121,6 +167,77 @@ class Metrics:
         with self.lock:
             self._kafka_lag.setdefault(source, {}).update(lags)
 
+    def _add_operations_metrics(self, r: CollectorRegistry) -> None:
+        """Metrics for operators: raw intake, snapshot progress, the JVM, replication slots
+        and the process itself. Grouped here so other groups (Kafka) merge beside them."""
+        self.received = Counter(
+            "tunggal_events_received",
+            "Raw events handed over by a source, before decoding (heartbeats included)",
+            ["source"],
+            registry=r,
+        )
+        self.probes = Probes()
+        r.register(_ProbeCollector(self))
+        # client_python's defaults, in our registry rather than the global one (tests make many).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        if GC_COLLECTOR is not None:
+            GCCollector(registry=r)
+        # Zero series exist from the start, so `increase()` in an alert sees the first failure.
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self.retries.labels("target")
+
+    def set_snapshot(self, source: str, progress: SnapshotProgress | None) -> None:
+        with self.lock:
+            if progress is None:
+                self.probes.snapshots.pop(source, None)
+            else:
+                self.probes.snapshots[source] = progress
+
+    def set_row_estimates(self, source: str, estimates: Mapping[str, int]) -> None:
+        with self.lock:
+            self.probes.row_estimates[source] = dict(estimates)
+
+    def set_slot_retained(self, source: str, slot: str, retained_bytes: float | None) -> None:
+        with self.lock:
+            self.probes.slot_names[source] = slot
+            self.probes.slot_retained_bytes[source] = retained_bytes
+
+    def set_jvm_heap(self, used: int | None, maximum: int | None) -> None:
+        with self.lock:
+            self.probes.jvm_heap_used, self.probes.jvm_heap_max = used, maximum
+
+    def snapshot_status(self, source: str) -> dict[str, object] | None:
+        """Per-table rows done of the estimated total, for /status and the progress display."""
+        with self.lock:
+            return self._snapshot_status(source)
+
+    def _snapshot_status(self, source: str) -> dict[str, object] | None:
+        snap = self.probes.snapshots.get(source)
+        if snap is None:
+            return None
+        estimates = self.probes.row_estimates.get(source, {})
+        # Debezium updates RowsScanned only every 10 s and at the end of a table; the snapshot
+        # reads we committed tell more in between (and are what is really in the target).
+        committed = self._snapshot_reads(source)
+        tables: dict[str, dict[str, int | None]] = {}
+        for table in sorted(set(snap.rows_scanned) | set(estimates) | set(committed)):
+            estimate = estimates.get(table)
+            tables[table] = {
+                "rows": max(snap.rows_scanned.get(table, 0), committed.get(table, 0)),
+                "estimated_rows": estimate if estimate is not None and estimate >= 0 else None,
+            }
+        return {
+            "running": snap.running,
+            "completed": snap.completed,
+            "aborted": snap.aborted,
+            "tables_done": snap.tables_done,
+            "tables_total": snap.tables_total,
+            "duration_seconds": snap.duration_s,
+            "tables": tables,
+        }
+
     def set_mapping(self, content_hash: str, files: tuple[str, ...] | list[str]) -> None:
         self.mapping.info({"hash": content_hash[:12], "files": ",".join(map(str, files))})
 
@@ -130,6 +247,9 @@ class Metrics:
             if state is None:
                 state = self.sources[name] = SourceState(name, engine)
                 self.up.labels(name).set(0)
+                # Zero series per source, so `increase()` in an alert sees the first one.
+                for counter in (self.dead_letters, self.restarts, self.received):
+                    counter.labels(name)
             return state
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
@@ -170,6 +290,20 @@ class Metrics:
                 counts = self.tables.setdefault(table, {})
                 counts[action] = counts.get(action, 0) + count
 
+    def _snapshot_reads(self, source: str) -> dict[str, int]:
+        """Committed snapshot reads (op "r", any outcome) of the source, by table."""
+        reads: dict[str, int] = {}
+        for metric in self.events.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    sample.name.endswith("_total")
+                    and labels["op"] == "r"
+                    and labels["source"] == source
+                ):
+                    reads[labels["table"]] = reads.get(labels["table"], 0) + int(sample.value)
+        return reads
+
     def status(self) -> dict[str, object]:
         now = self.clock()
         with self.lock:
@@ -190,8 +324,11 @@ class Metrics:
                         else None,
                         "events_applied": s.events_applied,
                         "events_per_second": round(s.rate, 1),
+                        "snapshot": self._snapshot_status(s.name),
+                        "slot_wal_retained_bytes": self.probes.slot_retained_bytes.get(s.name),
                     }
                 )
+            heap = self.probes.jvm_heap_used
             tables = {t: dict(c) for t, c in self.tables.items()}
         dead = _counter_total(self.dead_letters)
         return {
@@ -199,11 +336,17 @@ class Metrics:
             "tables": tables,
             "dead_letters": dead,
             "mapping": _info_value(self.mapping),
+            "dead_letters_current": _gauge_value(self.dead_letters_current),
+            "jvm_heap_used_bytes": heap,
         }
 
 
 def _counter_total(counter: Counter) -> float:
     return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def _gauge_value(gauge: Gauge) -> float:
+    return sum(s.value for m in gauge.collect() for s in m.samples)
 
 
 def _info_value(info: Info) -> dict[str, str]:
@@ -237,6 +380,69 @@ class _LagCollector(Collector):
                     since.add_metric([s.name], now - s.last_target_commit)
         yield lag
         yield since
+
+
+class _ProbeCollector(Collector):
+    """Exports the latest readings of the slow pollers; a failed reading is left out."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        running = gauge(
+            "tunggal_snapshot_running", "1 while the source's initial snapshot runs", ["source"]
+        )
+        completed = gauge(
+            "tunggal_snapshot_completed", "1 once the source's snapshot completed", ["source"]
+        )
+        tables_total = gauge(
+            "tunggal_snapshot_tables", "Tables the source's snapshot covers", ["source"]
+        )
+        tables_done = gauge(
+            "tunggal_snapshot_tables_done", "Tables the source's snapshot finished", ["source"]
+        )
+        rows = gauge(
+            "tunggal_snapshot_rows_scanned",
+            "Rows the snapshot read so far, per source table",
+            ["source", "table"],
+        )
+        estimated = gauge(
+            "tunggal_snapshot_rows_estimated",
+            "Estimated rows per source table (pg_class.reltuples)",
+            ["source", "table"],
+        )
+        retained = gauge(
+            "tunggal_replication_slot_wal_retained_bytes",
+            "WAL the source keeps for the replication slot (current LSN - restart_lsn)",
+            ["source", "slot"],
+        )
+        heap_used = gauge("tunggal_jvm_heap_used_bytes", "JVM heap in use (embedded engine)")
+        heap_max = gauge("tunggal_jvm_heap_max_bytes", "JVM maximum heap (-Xmx)")
+        probes = self.metrics.probes
+        with self.metrics.lock:
+            for source, snap in probes.snapshots.items():
+                running.add_metric([source], float(snap.running))
+                completed.add_metric([source], float(snap.completed))
+                tables_total.add_metric([source], snap.tables_total)
+                tables_done.add_metric([source], snap.tables_done)
+                for table, n in snap.rows_scanned.items():
+                    rows.add_metric([source, table], n)
+            for source, estimates in probes.row_estimates.items():
+                for table, n in estimates.items():
+                    if n >= 0:
+                        estimated.add_metric([source, table], n)
+            for source, value in probes.slot_retained_bytes.items():
+                if value is not None:
+                    retained.add_metric([source, probes.slot_names[source]], value)
+            if probes.jvm_heap_used is not None:
+                heap_used.add_metric([], probes.jvm_heap_used)
+            if probes.jvm_heap_max is not None and probes.jvm_heap_max >= 0:
+                heap_max.add_metric([], probes.jvm_heap_max)
+        yield from (running, completed, tables_total, tables_done, rows, estimated)
+        yield from (retained, heap_used, heap_max)
 
 
 class _KafkaLagCollector(Collector):

@@ -20,11 +20,10 @@ from tunggal.errors import TunggalError
 
 if TYPE_CHECKING:
     import psycopg
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
 
     from tunggal.config import TunggalConfig
     from tunggal.dlq.store import Entry
+    from tunggal.progress import Task
 
 # Below this many entries a replay is over before a bar would be worth reading.
 _PROGRESS_FROM = 200
@@ -259,49 +258,31 @@ def _configure_logging(config: TunggalConfig) -> None:
 
 
 class _Bar:
-    """A progress bar on stderr for long replays in a terminal; nothing otherwise."""
+    """Replay progress: a bar on stderr in a terminal (from `_PROGRESS_FROM` entries on),
+    a log line every ~10 s otherwise."""
 
     def __init__(self) -> None:
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        self._moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+        from tunggal.progress import ProgressDisplay
+
+        self._display = ProgressDisplay(min_total=_PROGRESS_FROM)
+        self._total: int | None = None
+        self._done = 0
+
+    def _task(self) -> Task:
+        from tunggal.progress import Task
+
+        return Task("dlq", "replaying dead letters", self._done, self._total, unit="entries")
 
     def start(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        console: Console = Console(stderr=True)
-        if total < _PROGRESS_FROM or not console.is_terminal:
-            return
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        original = sys.stderr
-        self._progress.start()
-        # The bar swaps sys.stderr for a proxy that prints above it; log lines (a failing
-        # entry is logged) must go through that proxy too, or they tear the bar apart.
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is original:
-                self._moved.append((handler, original))
-                handler.setStream(sys.stderr)
-        self._task = self._progress.add_task("replaying dead letters", total=total)
+        self._total = total
+        self._display.update([self._task()])
 
     def advance(self, n: int) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, n)
+        self._done += n
+        self._display.update([self._task()])
 
     def close(self) -> None:
-        for handler, stream in self._moved:
-            handler.setStream(stream)
-        self._moved = []
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._display.close([self._task()])
 
 
 # -- purge ---------------------------------------------------------------------------------------

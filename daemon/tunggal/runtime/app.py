@@ -105,6 +105,8 @@ def build_runner(
         notifier=Notifier(),
     )
     runner.reloader = MappingReloader(config, pipeline, sink, metrics)
+    if replay is None:
+        start_probes(config, mappings, connectors, metrics, stop)
     return runner
 
 
@@ -131,3 +133,33 @@ def _kafka_source(
         # Longer than a batch's age, shorter than the group's patience with a silent member.
         revoke_timeout_s=max(5.0, config.kafka.session_timeout_ms / 1000),
     )
+
+
+def start_probes(
+    config: TunggalConfig,
+    mappings: MappingSet,
+    connectors: dict[str, ConnectorSpec],
+    metrics: Metrics,
+    stop: threading.Event,
+) -> None:
+    """Slow pollers feeding /metrics from outside the main loop: Debezium's snapshot MBeans
+    and the JVM heap (every 5 s), the source databases' replication slots (every 30 s).
+    Daemon threads that end with `stop`."""
+    from tunggal.sources.jmx import JvmProbe
+    from tunggal.sources.pgstats import SlotProbe, SourceDatabase
+
+    servers: dict[str, str] = {}
+    databases: list[SourceDatabase] = []
+    for source in config.sources:
+        spec = connectors[source.name]
+        mapped = mappings.source_tables(source.name)
+        properties = spec.render(mapped)
+        servers[source.name] = properties.get("topic.prefix", source.name)
+        # The tables the connector captures, as `render` chose them.
+        tables = list(spec.tables) or sorted(mapped)
+        db = SourceDatabase.from_properties(source.name, properties, tables)
+        if db is not None:
+            databases.append(db)
+    if servers:
+        JvmProbe(metrics, servers, stop).start()
+    SlotProbe(metrics, databases, stop).start()

@@ -171,6 +171,7 @@ class Runner:
         self._restart_at[failure.source] = self.clock() + delay
 
     def _take(self, chunk: Chunk) -> None:
+        self.metrics.received.labels(chunk.source).inc(len(chunk.events))
         state = self.metrics.source(chunk.source)
         if state.state != "streaming":
             self.metrics.set_state(chunk.source, "streaming")
