@@ -172,13 +172,14 @@ class Runner:
 
     def _take(self, chunk: Chunk) -> None:
         self.metrics.received.labels(chunk.source).inc(len(chunk.events))
-        state = self.metrics.source(chunk.source)
-        if state.state != "streaming":
-            self.metrics.set_state(chunk.source, "streaming")
         self.pipeline.process(chunk.source, chunk.events, into=self._pending)
         if chunk.source in self._pending.live:
             self._streamed.add(chunk.source)
             self._restart_attempts.pop(chunk.source, None)
+        # A source that has sent nothing but snapshot reads (or heartbeats) is snapshotting.
+        now = "streaming" if chunk.source in self._streamed else "snapshot"
+        if self.metrics.source(chunk.source).state != now:
+            self.metrics.set_state(chunk.source, now)
         for key, offset in chunk.offsets.items():
             self._pending.offsets[key] = max(offset, self._pending.offsets.get(key, 0))
         self._chunks.append(chunk)
