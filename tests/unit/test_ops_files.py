@@ -40,6 +40,9 @@ def exposed() -> dict[str, set[str]]:
     m.set_row_estimates("s", {"public.t": 1})
     m.set_slot_retained("s", "tunggal_s", 1.0)
     m.set_jvm_heap(1, 2)
+    m.kafka_rebalances.labels("s").inc()
+    m.kafka_assigned("s", [("s.public.t", 0)])
+    m.kafka_lag("s", {("s.public.t", 0): 1})
     names: dict[str, set[str]] = {}
     for family in m.registry.collect():
         # A counter's family is `tunggal_events`, its series `tunggal_events_total`: only the
