@@ -77,6 +77,10 @@ class KafkaConfig(_Frozen):
         min_length=1, description="host:port of one or more brokers."
     )
     group_id: str = Field("tunggal", min_length=1, description="Consumer group of all instances.")
+    client: Literal["confluent-kafka", "kafka-python"] = Field(
+        "confluent-kafka",
+        description="Consumer library: confluent-kafka (librdkafka, fast) or kafka-python.",
+    )
     client_id: str = Field("tunggal", description="Shown in the brokers' logs and lag tools.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None

@@ -9,7 +9,8 @@ import pytest
 
 from tunggal.config import load_config
 from tunggal.errors import ConfigError
-from tunggal.sources.kafka import consumer_settings, default_topic_pattern
+from tunggal.sources.kafka import default_topic_pattern
+from tunggal.sources.kafka_clients import confluent_settings, kafka_python_settings
 
 
 def _load(tmp_path: Path, text: str) -> object:
@@ -30,7 +31,7 @@ def test_sasl_ssl_settings_reach_the_consumer(
         "sources:\n  - {name: sipkd, engine: kafka, connector: c.yaml}\n",
     )
     kafka = config.kafka  # type: ignore[attr-defined]
-    settings = consumer_settings(kafka, "kota.sipkd")
+    settings = kafka_python_settings(kafka, "kota.sipkd")
     assert settings["bootstrap_servers"] == ["b1:9093", "b2:9093"]
     assert settings["group_id"] == "kota.sipkd"
     assert settings["security_protocol"] == "SASL_SSL"
@@ -42,13 +43,27 @@ def test_sasl_ssl_settings_reach_the_consumer(
     # A full fetch response must fit in one network frame.
     assert settings["receive_message_max_bytes"] > settings["fetch_max_bytes"]
     assert "ssl_certfile" not in settings
+    # The same settings for librdkafka, under its names.
+    rd = confluent_settings(kafka, "kota.sipkd")
+    assert rd["bootstrap.servers"] == "b1:9093,b2:9093"
+    assert rd["group.id"] == "kota.sipkd"
+    assert rd["security.protocol"] == "sasl_ssl"
+    assert rd["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert (rd["sasl.username"], rd["sasl.password"]) == ("tunggal", "s3cret")
+    assert rd["ssl.ca.location"] == "/etc/ca.pem"
+    assert rd["ssl.endpoint.identification.algorithm"] == "https"
+    assert rd["enable.auto.commit"] is False and rd["enable.auto.offset.store"] is False
+    assert kafka.client == "confluent-kafka"  # the default
 
 
 def test_plaintext_has_no_sasl_or_tls(tmp_path: Path) -> None:
     config = _load(tmp_path, "kafka: {bootstrap_servers: ['k:9092']}\n")
-    settings = consumer_settings(config.kafka, "g")  # type: ignore[attr-defined]
+    settings = kafka_python_settings(config.kafka, "g")  # type: ignore[attr-defined]
     assert settings["security_protocol"] == "PLAINTEXT"
     assert not any(k.startswith(("sasl_", "ssl_")) for k in settings)
+    rd = confluent_settings(config.kafka, "g")  # type: ignore[attr-defined]
+    assert rd["security.protocol"] == "plaintext"
+    assert not any(k.startswith(("sasl.", "ssl.")) for k in rd)
 
 
 @pytest.mark.parametrize(

@@ -22,15 +22,13 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
-
-from kafka import ConsumerRebalanceListener
+from collections.abc import Callable, Iterable, Sequence
 
 from tunggal.config import KafkaConfig
 from tunggal.events.model import RawEvent
 from tunggal.metrics import Metrics
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
+from tunggal.sources.kafka_clients import ClientError, ConsumerClient, open_client
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +45,6 @@ def default_topic_pattern(prefix: str, tables: Iterable[str]) -> str:
     names = [f"{prefix}.{t}" for t in sorted(set(tables))]
     names.append(HEARTBEAT_TOPIC.format(prefix=prefix))
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
-
-
-def consumer_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
-    """kafka-python keyword arguments; offsets are ours to commit, never automatic."""
-    settings: dict[str, Any] = {
-        "bootstrap_servers": list(kafka.bootstrap_servers),
-        "group_id": group_id,
-        "client_id": kafka.client_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": kafka.auto_offset_reset,
-        "session_timeout_ms": kafka.session_timeout_ms,
-        "heartbeat_interval_ms": min(kafka.heartbeat_interval_ms, kafka.session_timeout_ms // 3),
-        "max_poll_records": kafka.max_poll_records,
-        "fetch_max_bytes": kafka.fetch_max_bytes,
-        "max_partition_fetch_bytes": min(kafka.fetch_max_bytes, 8 * 1024 * 1024),
-        # kafka-python's default frame limit (1 MB) is below its own default fetch size:
-        # a full fetch response would be refused as an "invalid frame".
-        "receive_message_max_bytes": kafka.fetch_max_bytes + 1024 * 1024,
-        # New Debezium topics (a table added to the mappings) are found within this time.
-        "metadata_max_age_ms": 30_000,
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        settings["sasl_mechanism"] = kafka.sasl_mechanism
-        settings["sasl_plain_username"] = kafka.sasl_username
-        settings["sasl_plain_password"] = kafka.sasl_password
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        settings["ssl_check_hostname"] = kafka.ssl_check_hostname
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(kafka, key):
-                settings[key] = getattr(kafka, key)
-    return settings
 
 
 class KafkaSource:
@@ -113,6 +79,7 @@ class KafkaSource:
         # offsets committed to the target, not yet to Kafka
         self._to_commit: Offsets = {}
         self._consumed: Offsets = {}
+        self._client: ConsumerClient | None = None
         self._unreachable_since: float | None = None
         self._reported_down = False
 
@@ -140,66 +107,46 @@ class KafkaSource:
 
     # -- the consumer thread -------------------------------------------------------------
     def _run(self) -> None:
-        from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
-
         assert self._deliver is not None
-        if not log.isEnabledFor(logging.DEBUG):
-            # kafka-python logs every failed reconnect attempt as an ERROR; _watch_connection
-            # reports a lost broker once, with the source's name.
-            logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
-            logging.getLogger("kafka.client").setLevel(logging.ERROR)
         try:
-            consumer = KafkaConsumer(**consumer_settings(self.kafka, self.group_id))
-        except KafkaError as exc:
+            client = open_client(self.kafka, self.group_id)
+        except ClientError as exc:
             self._deliver(SourceFailure(self.name, f"cannot reach Kafka: {exc}"))
             return
-        listener = _Rebalance(self, consumer)
-        if self.topic_pattern:
-            consumer.subscribe(pattern=self.topic_pattern, listener=listener)
-        else:
-            consumer.subscribe(topics=list(self.topics), listener=listener)
+        self._client = client
+        client.subscribe(self.topics, self.topic_pattern, self._on_assign, self._on_revoke)
         log.info(
-            "source %s: consuming %s in group %s",
+            "source %s: consuming %s in group %s (%s)",
             self.name,
             self.topic_pattern or ", ".join(self.topics),
             self.group_id,
+            self.kafka.client,
         )
         self.metrics.set_state(self.name, "streaming")
         try:
             while not self._stop.is_set():
-                self._commit_to_kafka(consumer)
-                batch = consumer.poll(timeout_ms=200, max_records=self.kafka.max_poll_records)
-                if batch:
-                    self._hand_over(batch)
-                self._record_lag(consumer)
-                self._watch_connection(consumer)
+                self._commit_to_kafka()
+                raws = client.poll(self.kafka.max_poll_records, 0.2)
+                if raws:
+                    self._hand_over(raws)
+                self._record_lag()
+                self._watch_connection()
         except Exception as exc:  # a consumer bug or a lost group: restart the source
             log.exception("kafka consumer for %s failed", self.name)
             self._deliver(SourceFailure(self.name, f"kafka consumer failed: {exc}"))
         finally:
-            self._commit_to_kafka(consumer)
+            self._commit_to_kafka()
             self.metrics.kafka_assigned(self.name, [])
             try:
-                consumer.close(autocommit=False)
+                client.close()
             except Exception as exc:
                 log.debug("closing kafka consumer: %s", exc)
 
-    def _hand_over(self, batch: Mapping[Any, list[Any]]) -> None:
-        raws: list[RawEvent] = []
+    def _hand_over(self, raws: list[RawEvent]) -> None:
         offsets: Offsets = {}
-        for tp, records in batch.items():
-            for record in records:
-                raws.append(
-                    RawEvent(
-                        destination=record.topic,
-                        key=record.key,
-                        value=record.value,
-                        partition=record.partition,
-                        offset=record.offset,
-                    )
-                )
-            offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+        for raw in raws:
+            assert raw.offset is not None
+            offsets[(raw.destination, raw.partition)] = raw.offset + 1
         self._consumed.update(offsets)
         chunk = Chunk(
             self.name,
@@ -222,29 +169,22 @@ class KafkaSource:
                     key = (topic, partition)
                     self._to_commit[key] = max(offset, self._to_commit.get(key, 0))
 
-    def _commit_to_kafka(self, consumer: Any) -> None:
+    def _commit_to_kafka(self) -> None:
         with self._lock:
             pending, self._to_commit = self._to_commit, {}
-        if not pending or not self.kafka.commit_to_kafka:
+        if not pending or not self.kafka.commit_to_kafka or self._client is None:
             return
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        assigned = consumer.assignment()
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-            for (t, p), o in pending.items()
-            if TopicPartition(t, p) in assigned
-        }
+        assigned = set(self._client.assignment())
+        offsets = {tp: o for tp, o in pending.items() if tp in assigned}
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
+            self._client.commit(offsets)
         except Exception as exc:
             # Informational only: the target holds the offsets that count.
             log.warning("source %s: committing offsets to Kafka failed: %s", self.name, exc)
 
-    def _restart_partition(self, consumer: Any, tp: Any, offset: int, high: int) -> None:
+    def _restart_partition(self, tp: tuple[str, int], offset: int, high: int) -> None:
         """The next offset to read lies beyond the partition's end: the topic was deleted and
         re-created (or truncated). Kafka answers such a fetch with OFFSET_OUT_OF_RANGE, some
         brokers with nothing at all; either way, the records now there are new: read them all."""
@@ -252,21 +192,20 @@ class KafkaSource:
             "source %s: %s[%d] ends at %d, before the stored offset %d: the topic was "
             "re-created; reading it from the beginning",
             self.name,
-            tp.topic,
-            tp.partition,
+            tp[0],
+            tp[1],
             high,
             offset,
         )
-        consumer.seek_to_beginning(tp)
-        self._consumed[(tp.topic, tp.partition)] = 0
+        assert self._client is not None
+        self._client.seek_to_beginning(tp)
+        self._consumed[tp] = 0
 
-    def _watch_connection(self, consumer: Any) -> None:
-        """kafka-python retries a lost broker forever without raising: turn a coordinator
-        that stays unreachable longer than the session timeout into `up 0` and a log line."""
-        try:
-            connected = bool(consumer._coordinator.connected())
-        except Exception:  # private API: never let a change in it stop consumption
-            return
+    def _watch_connection(self) -> None:
+        """Both clients retry a lost broker forever without raising: turn one that stays
+        unreachable longer than the session timeout into `up 0` and a log line."""
+        assert self._client is not None
+        connected = self._client.connected()
         now = time.monotonic()
         if connected:
             self._unreachable_since = None
@@ -281,25 +220,22 @@ class KafkaSource:
             now - self._unreachable_since > self.kafka.session_timeout_ms / 1000
         ):
             self._reported_down = True
-            message = (
-                f"Kafka group coordinator unreachable ({', '.join(self.kafka.bootstrap_servers)})"
-            )
+            message = f"Kafka unreachable ({', '.join(self.kafka.bootstrap_servers)})"
             log.error("source %s: %s; still retrying", self.name, message)
             self.metrics.set_state(self.name, "failed", message)
 
-    def _record_lag(self, consumer: Any) -> None:
+    def _record_lag(self) -> None:
+        assert self._client is not None
         lags: dict[tuple[str, int], int] = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            done = self._consumed.get((tp.topic, tp.partition))
-            if done is None:
+        for tp in self._client.assignment():
+            high = self._client.highwater(tp)
+            done = self._consumed.get(tp)
+            if high is None or done is None:
                 continue
             if done > high:
-                self._restart_partition(consumer, tp, done, high)
+                self._restart_partition(tp, done, high)
                 done = 0
-            lags[(tp.topic, tp.partition)] = max(0, high - done)
+            lags[tp] = max(0, high - done)
         self.metrics.kafka_lag(self.name, lags)
 
     # -- rebalances (called inside consumer.poll, on this thread) ------------------------
@@ -313,13 +249,28 @@ class KafkaSource:
             waiting[0].done.wait(0.1)
         return False
 
-    def seek_to_stored(self, consumer: Any, assigned: Sequence[Any]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in assigned]
+    def _on_revoke(self, revoked: list[tuple[str, int]]) -> None:
+        """Flush before giving partitions away: the next owner starts after our last commit."""
+        if not self.wait_settled():
+            log.warning(
+                "source %s: batch in hand not committed within %.0fs of a rebalance; the next "
+                "owner may apply it again (harmless: writes are guarded by position)",
+                self.name,
+                self.revoke_timeout_s,
+            )
+        self._commit_to_kafka()
+        for tp in revoked:
+            self._consumed.pop(tp, None)
+
+    def _on_assign(self, assigned: list[tuple[str, int]]) -> None:
+        """Seek every partition to the offset stored in the target with the rows."""
+        assert self._client is not None
+        self.metrics.kafka_rebalances.labels(self.name).inc()
         stored: Offsets | None = None
         delay = 0.5
         while stored is None:
             try:
-                stored = self.load_offsets(self.group_id, keys)
+                stored = self.load_offsets(self.group_id, assigned)
             except Exception as exc:
                 if self._stop.is_set():
                     raise
@@ -333,42 +284,14 @@ class KafkaSource:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
+            offset = stored.get(tp)
             if offset is not None:
-                consumer.seek(tp, offset)
-                self._consumed[(tp.topic, tp.partition)] = offset
+                self._client.seek(tp, offset)
+                self._consumed[tp] = offset
+        self.metrics.kafka_assigned(self.name, list(assigned))
         log.info(
             "source %s: assigned %s (from target offsets: %s)",
             self.name,
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing",
+            ", ".join(f"{t}[{p}]" for t, p in assigned) or "nothing",
             ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(stored.items())) or "none",
-        )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Flush before giving partitions away; seek to the target's offsets on receiving them."""
-
-    def __init__(self, source: KafkaSource, consumer: Any) -> None:
-        self.source = source
-        self.consumer = consumer
-
-    def on_partitions_revoked(self, revoked: Sequence[Any]) -> None:
-        source = self.source
-        if not source.wait_settled():
-            log.warning(
-                "source %s: batch in hand not committed within %.0fs of a rebalance; the next "
-                "owner may apply it again (harmless: writes are guarded by position)",
-                source.name,
-                source.revoke_timeout_s,
-            )
-        source._commit_to_kafka(self.consumer)
-        for tp in revoked:
-            source._consumed.pop((tp.topic, tp.partition), None)
-
-    def on_partitions_assigned(self, assigned: Sequence[Any]) -> None:
-        source = self.source
-        source.metrics.kafka_rebalances.labels(source.name).inc()
-        source.seek_to_stored(self.consumer, assigned)
-        source.metrics.kafka_assigned(
-            source.name, [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
         )
