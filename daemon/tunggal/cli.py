@@ -12,6 +12,7 @@ from types import FrameType
 
 import click
 
+from tunggal.admin.cli import config_group, mapping_group, status_command
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
@@ -240,6 +241,9 @@ def demo(workdir: Path | None, rate: float, duration: float) -> None:
 
 
 main.add_command(dlq_group)
+main.add_command(status_command)
+main.add_command(mapping_group)
+main.add_command(config_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
