@@ -100,9 +100,9 @@ def _one(pipeline: Pipeline, mappings: MappingSet, source: str, raw: RawEvent) -
     if untyped:
         result.outcome = NEEDS_TYPES
         result.note = (
-            f"schemaless event: the types of {', '.join(untyped)} come from the target "
-            "database, so these values are as Debezium sent them (a date as days since 1970, "
-            "a numeric as text); declare `type:` in the mapping, or use schemas.enable=true"
+            f"schemaless event: the types of {', '.join(untyped)} are known only to the target "
+            "database; values shown as Debezium sent them (declare `type:` in the mapping, "
+            "or use schemas.enable=true)"
         )
     return result
 
