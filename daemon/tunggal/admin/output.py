@@ -47,7 +47,10 @@ def show(*grids: Grid, notes: Sequence[tuple[str, str | None]] = ()) -> None:
 
         console = Console()
         for grid in grids:
-            table = Table(title=grid.title, title_justify="left", header_style="bold", box=None)
+            # The title on its own line: as a table title rich wraps it to the table's width.
+            if grid.title:
+                console.print(Text(grid.title, style="bold underline"))
+            table = Table(header_style="bold", box=None)
             for header in grid.headers:
                 table.add_column(header, overflow="fold")
             for row, styles in zip(grid.rows, grid.styles, strict=True):
