@@ -80,6 +80,10 @@ def test_schema_accepts_the_shipped_examples(validator: Any, path: Path) -> None
         ({"columns": {"id": {"from": "id", "transfrom": ["trim"]}}}, "Additional properties"),
         ({"key": []}, "should be non-empty"),
         ({"columns": {"id": {"from": "id", "transform": ["capitalize"]}}}, "is not valid"),
+        ({"from": "kegiatan"}, "does not match"),  # no schema
+        ({"to": "public.kv.x"}, "does not match"),
+        ({"columns": {"id": "id", "kode-opd": "kd"}}, "does not match"),
+        ({"columns": {"id": "id", "_tunggal_ts": "ts"}}, "does not match"),
     ],
 )
 def test_schema_rejects_a_broken_mapping(
