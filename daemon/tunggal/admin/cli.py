@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ import click
 import orjson
 
 from tunggal.cliutil import CONFIG_OPTION, _guard
-from tunggal.errors import ConfigError, Problem
+from tunggal.errors import ConfigError, FatalError, Problem
 
 if TYPE_CHECKING:
     from tunggal.admin.dryrun import EventResult
@@ -104,12 +105,24 @@ def schema_text(schema: object) -> str:
 @mapping_group.command("test")
 @click.option("--source", required=True, help="Source name the events come from.")
 @OPTIONAL_CONFIG
+@click.option(
+    "--db",
+    "use_db",
+    is_flag=True,
+    help="Read column types from the config's target database (read-only), as the daemon "
+    "does; needed for schemaless events.",
+)
 @JSON_OPTION
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_guard
 def test_command(
-    source: str, config_path: Path | None, as_json: bool, files: tuple[Path, ...], events: Path
+    source: str,
+    config_path: Path | None,
+    use_db: bool,
+    as_json: bool,
+    files: tuple[Path, ...],
+    events: Path,
 ) -> None:
     """Show the target rows each event of EVENTS (JSON lines) would produce; writes nothing.
 
@@ -123,6 +136,9 @@ def test_command(
     from tunggal.yamlfile import suggest
 
     modes = ConnectorModes()
+    target_types: dict[str, Mapping[str, str]] = {}
+    if files and use_db:
+        raise FatalError("--db needs --config (the target's DSN), not a list of files")
     if files:
         mappings = load_mappings(list(files))
     else:
@@ -134,6 +150,14 @@ def test_command(
         for configured in config.sources:
             if configured.name == source:
                 modes = load_connector(config.resolve(configured.connector)).modes()
+        if use_db:
+            from tunggal.runtime.app import open_sink
+
+            sink = open_sink(config, mappings, check=False)
+            try:
+                target_types = {t: info.columns for t, info in sink.introspect().items()}
+            finally:
+                sink.close()
     if source not in mappings.sources():
         guess = suggest(source, sorted(mappings.sources()))
         raise ConfigError(
@@ -150,7 +174,7 @@ def test_command(
         )
     with open(events, "rb") as stream:
         raws = [raw for raw in read_events(stream, source) if isinstance(raw, RawEvent)]
-    results = list(dryrun.dry_run(mappings, source, raws, modes))
+    results = list(dryrun.dry_run(mappings, source, raws, modes, target_types))
     counts = {outcome: 0 for outcome in dryrun.OUTCOMES}
     for result in results:
         counts[result.outcome] += 1

@@ -4,6 +4,7 @@ Events go through the daemon's own `Pipeline` one at a time, so what is shown is
 `tunggal run` would do with them. Without a target database the only column types are the
 ones the events carry (`schemas.enable=true`) and those the mapping declares (`type:`, a
 first `cast:`); a schemaless event that reads other columns is flagged, not guessed at.
+With `target_types` (read from the target, as the daemon does) nothing needs guessing.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ def dry_run(
     source: str,
     raws: Iterable[RawEvent],
     modes: ConnectorModes | None = None,
+    target_types: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[EventResult]:
-    pipeline = Pipeline(mappings, {source: modes or ConnectorModes()}, {})
+    """One result per event. `target_types`: table -> column -> PostgreSQL type."""
+    types = target_types or {}
+    pipeline = Pipeline(mappings, {source: modes or ConnectorModes()}, types)
     # The pipeline logs every poison event at ERROR for the daemon's log; here the result
     # row says it, and a log line in the middle of the table would only get in the way.
     pipeline_log = logging.getLogger("tunggal.runtime.pipeline")
@@ -65,12 +69,18 @@ def dry_run(
     pipeline_log.disabled = True
     try:
         for raw in raws:
-            yield _one(pipeline, mappings, source, raw)
+            yield _one(pipeline, mappings, source, raw, types)
     finally:
         pipeline_log.disabled = previous
 
 
-def _one(pipeline: Pipeline, mappings: MappingSet, source: str, raw: RawEvent) -> EventResult:
+def _one(
+    pipeline: Pipeline,
+    mappings: MappingSet,
+    source: str,
+    raw: RawEvent,
+    target_types: Mapping[str, Mapping[str, str]],
+) -> EventResult:
     result = EventResult(line=raw.offset, destination=raw.destination)
     if raw.destination.startswith(HEARTBEAT_PREFIX):
         result.outcome = HEARTBEAT
@@ -96,18 +106,24 @@ def _one(pipeline: Pipeline, mappings: MappingSet, source: str, raw: RawEvent) -
             else f"no mapping of source {source} reads {table}"
         )
         return result
-    untyped = _untyped_columns(mappings, source, table, raw)
+    untyped = _untyped_columns(mappings, source, table, raw, target_types)
     if untyped:
         result.outcome = NEEDS_TYPES
         result.note = (
             f"schemaless event: the types of {', '.join(untyped)} are known only to the target "
-            "database; values shown as Debezium sent them (declare `type:` in the mapping, "
-            "or use schemas.enable=true)"
+            "database; values shown as Debezium sent them (use --db, declare `type:` in the "
+            "mapping, or use schemas.enable=true)"
         )
     return result
 
 
-def _untyped_columns(mappings: MappingSet, source: str, table: str, raw: RawEvent) -> list[str]:
+def _untyped_columns(
+    mappings: MappingSet,
+    source: str,
+    table: str,
+    raw: RawEvent,
+    target_types: Mapping[str, Mapping[str, str]],
+) -> list[str]:
     """Source columns the mapping reads whose type neither the event nor the mapping gives."""
     try:
         value = orjson.loads(raw.value) if raw.value is not None else None
@@ -120,7 +136,7 @@ def _untyped_columns(mappings: MappingSet, source: str, table: str, raw: RawEven
         row = value.get(image)
         if isinstance(row, dict):
             present.update(row)
-    typed = mappings.hints(source, table, {})
+    typed = mappings.hints(source, table, target_types)
     return sorted((read_columns(mappings, source, table) & present) - set(typed))
 
 
