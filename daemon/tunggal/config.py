@@ -304,13 +304,22 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> T
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "expected a mapping of settings at the top level")])
     data = _expand_tree(data, file=file)
-    overridden = apply_env_overrides(data, os.environ if environ is None else environ)
+    # A bad override is reported together with the file's own problems: all in one round.
+    env_problems: list[Problem] = []
+    overridden: dict[str, str] = {}
+    try:
+        overridden = apply_env_overrides(data, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        env_problems = exc.problems
     data["base_dir"] = str(path.resolve().parent)
     try:
-        return TunggalConfig.model_validate(data)
+        config = TunggalConfig.model_validate(data)
     except ValidationError as exc:
         problems = pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
-        raise ConfigError([_blame_env(p, overridden) for p in problems]) from None
+        raise ConfigError([*env_problems, *(_blame_env(p, overridden) for p in problems)]) from None
+    if env_problems:
+        raise ConfigError(env_problems)
+    return config
 
 
 # --- environment overrides ----------------------------------------------------------------------

@@ -105,6 +105,17 @@ def test_unknown_override_is_an_error_with_did_you_mean(config_file: Path) -> No
     assert "TUNGGAL_METRIC__PORT: no setting `metric` (did you mean TUNGGAL_METRICS__PORT?)" in text
 
 
+def test_bad_overrides_and_file_problems_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "tunggal.yaml"
+    path.write_text(BASE.replace("max_size: 100", "max_size: many"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"TUNGGAL_RETRY__MAX_DELAY": "5"})
+    text = info.value.render()
+    assert "2 problems found" in text
+    assert "(did you mean TUNGGAL_RETRY__MAX_DELAY_S?)" in text
+    assert f"{path}:5: batch.max_size" in text
+
+
 def test_override_beyond_a_value_or_a_missing_list_entry_is_refused(config_file: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(
