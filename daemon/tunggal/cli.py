@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tunggal.admin.cli import config_group, mapping_group, status_command
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
@@ -299,6 +300,9 @@ def demo(workdir: Path | None, rate: float, duration: float) -> None:
 
 
 main.add_command(dlq_group)
+main.add_command(status_command)
+main.add_command(mapping_group)
+main.add_command(config_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,8 +10,9 @@ import glob
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -291,7 +292,8 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
-def load_config(path: str | Path) -> TunggalConfig:
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> TunggalConfig:
+    """Read, expand and validate the config; `TUNGGAL_<SECTION>__<KEY>` variables override it."""
     path = Path(path)
     file = str(path)
     try:
@@ -306,10 +308,174 @@ def load_config(path: str | Path) -> TunggalConfig:
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", "expected a mapping of settings at the top level")])
     data = _expand_tree(data, file=file)
+    # A bad override is reported together with the file's own problems: all in one round.
+    env_problems: list[Problem] = []
+    overridden: dict[str, str] = {}
+    try:
+        overridden = apply_env_overrides(data, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        env_problems = exc.problems
     data["base_dir"] = str(path.resolve().parent)
     try:
-        return TunggalConfig.model_validate(data)
+        config = TunggalConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
-        ) from None
+        problems = pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
+        raise ConfigError([*env_problems, *(_blame_env(p, overridden) for p in problems)]) from None
+    if env_problems:
+        raise ConfigError(env_problems)
+    return config
+
+
+# --- environment overrides ----------------------------------------------------------------------
+#
+# TUNGGAL_<SECTION>__<KEY>=value overrides `section.key` of the file (containers, CI, secrets
+# managers). "__" separates levels because keys contain single underscores:
+#   TUNGGAL_BATCH__MAX_SIZE=100      -> batch.max_size
+#   TUNGGAL_SOURCES__0__CONNECTOR=x  -> sources[0].connector
+# Only names with "__" are overrides, so the project's other TUNGGAL_* variables (TUNGGAL_CONFIG,
+# TUNGGAL_LOG_FORMAT, TUNGGAL_TARGET_PASSWORD in the example config, ...) are left alone, and a
+# misspelt override is an error rather than silently ignored. The top-level scalars have no
+# section to separate, so their exact names count too: TUNGGAL_STATE_DIR, TUNGGAL_MAPPINGS,
+# TUNGGAL_WATCH_MAPPINGS. TUNGGAL_ALLOW_ROOT=1 keeps the meaning `tunggal run` gives it.
+
+ENV_PREFIX = "TUNGGAL_"
+_TOP_LEVEL_ENV = ("state_dir", "mappings", "watch_mappings")
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_sequence(annotation: Any) -> bool:
+    return any(get_origin(a) in (tuple, list) for a in (annotation, *get_args(annotation)))
+
+
+def env_names(model: type[BaseModel] = TunggalConfig, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every override name, for did-you-mean hints (list items shown as index 0)."""
+    names: list[str] = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        env = f"{prefix}{name.upper()}"
+        inner = _model_of(field.annotation)
+        if inner is None:
+            names.append(env)
+        elif _is_sequence(field.annotation):
+            names.extend(env_names(inner, f"{env}__0__"))
+        else:
+            names.extend(env_names(inner, f"{env}__"))
+    return names
+
+
+def override_names(environ: Mapping[str, str]) -> list[str]:
+    """The variables in `environ` that are config overrides, sorted."""
+    return sorted(
+        var
+        for var in environ
+        if var.startswith(ENV_PREFIX)
+        and ("__" in var or var[len(ENV_PREFIX) :].lower() in _TOP_LEVEL_ENV)
+    )
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Put `TUNGGAL_...__...` values into `data`; return {location: variable} of each.
+
+    Values may use ${VAR} and ${file:PATH} like the file. Lists are comma-separated; an
+    empty value clears an optional setting.
+    """
+    problems: list[Problem] = []
+    applied: dict[str, str] = {}
+    for var in override_names(environ):
+        rest = var[len(ENV_PREFIX) :]
+        where = f"environment variable {var}"
+        try:
+            location = _override(data, rest.lower().split("__"), environ[var], where)
+        except _Unknown as exc:
+            guess = suggest(var, env_names())
+            hint = f"did you mean {guess}?" if guess else "names are TUNGGAL_<SECTION>__<KEY>"
+            problems.append(Problem(where, "", str(exc), hint=hint))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        else:
+            applied[location] = var
+    if problems:
+        raise ConfigError(problems)
+    return applied
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _override(data: dict[str, Any], parts: list[str], value: str, where: str) -> str:
+    """Set the setting `parts` names in `data` (creating sections as needed); its location."""
+    model: type[BaseModel] = TunggalConfig
+    node: dict[str, Any] = data
+    location = ""
+    queue = list(parts)
+    while queue:
+        part = queue.pop(0)
+        field = model.model_fields.get(part)
+        if field is None or field.exclude:
+            raise _Unknown(f"no setting `{part}`" + (f" in `{location}`" if location else ""))
+        location = f"{location}.{part}" if location else part
+        inner = _model_of(field.annotation)
+        if inner is None:
+            if queue:
+                raise _Unknown(f"`{location}` has no settings below it")
+            node[part] = _env_value(field.annotation, value, where, location)
+            return location
+        if not queue:
+            raise _Unknown(f"`{location}` is a section: name one of its keys after __")
+        if _is_sequence(field.annotation):
+            # sources: the next part is the index of an entry the file already has.
+            items = node.get(part)
+            index = queue.pop(0)
+            count = len(items) if isinstance(items, list) else 0
+            if not index.isdigit() or int(index) >= count or not queue:
+                raise ConfigError(
+                    [
+                        Problem(
+                            where,
+                            location,
+                            f"needs the index of one of the {count} entries in the file, "
+                            "then a key",
+                            hint=f"e.g. {ENV_PREFIX}{part.upper()}__0__<KEY>",
+                        )
+                    ]
+                )
+            assert isinstance(items, list)
+            location = f"{location}[{index}]"
+            if not isinstance(items[int(index)], dict):
+                items[int(index)] = {}
+            node = items[int(index)]
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        model = inner
+    raise _Unknown("no setting named")  # parts was empty: the "__" check rules it out
+
+
+def _env_value(annotation: Any, text: str, where: str, location: str) -> Any:
+    if text == "" and type(None) in get_args(annotation):
+        return None
+    text = expand_secrets(text, file=where, location=location) if "${" in text else text
+    if _is_sequence(annotation):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _blame_env(problem: Problem, overridden: dict[str, str]) -> Problem:
+    """A value that came from the environment is reported against its variable, not the file."""
+    for location, var in overridden.items():
+        if problem.location == location or problem.location.startswith(
+            (f"{location}.", f"{location}[")
+        ):
+            return Problem(
+                f"environment variable {var}", problem.location, problem.message, hint=problem.hint
+            )
+    return problem

@@ -411,8 +411,24 @@ class MappingFile(_Model):
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of a mapping file, for editors."""
+    """JSON Schema of a mapping file, for editors.
+
+    The name rules the validators above enforce are added as patterns, so that an editor
+    underlines `from: kegiatan` (no schema) or a column named `kode-opd` while it is typed.
+    They are set here rather than as pydantic constraints: those would replace the validators'
+    messages and hints, and a pattern on dict keys becomes `patternProperties`, under which
+    a non-matching column would not be checked at all.
+    """
+    name = f"^{_IDENTIFIER.pattern}$"
+    column = f"^(?!{RESERVED_PREFIX}){_IDENTIFIER.pattern}$"
     schema = MappingFile.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Tunggal mapping file"
+    schema["properties"]["source"]["pattern"] = name
+    table = schema["$defs"]["TableMapping"]["properties"]
+    table["from"]["pattern"] = r"^[^.]+\..+$"
+    table["to"]["pattern"] = f"^{_IDENTIFIER.pattern}(\\.{_IDENTIFIER.pattern})?$"
+    table["key"]["items"]["pattern"] = column
+    table["soft_delete_column"]["pattern"] = column
+    table["columns"]["propertyNames"] = {"pattern": column}
     return schema
