@@ -309,7 +309,13 @@ class Metrics:
         with self.lock:
             sources = []
             for s in self.sources.values():
-                lag = (now - s.last_event_commit_ts_us / 1e6) if s.last_event_commit_ts_us else None
+                lag = (
+                    max(0.0, now - s.last_event_commit_ts_us / 1e6)
+                    if s.last_event_commit_ts_us
+                    else None
+                )
+                # The rate is updated on commits: a source idle for a while has none.
+                idle = s.last_target_commit is None or now - s.last_target_commit > 10
                 sources.append(
                     {
                         "name": s.name,
@@ -323,7 +329,7 @@ class Metrics:
                         if s.last_target_commit
                         else None,
                         "events_applied": s.events_applied,
-                        "events_per_second": round(s.rate, 1),
+                        "events_per_second": 0.0 if idle else round(s.rate, 1),
                         "snapshot": self._snapshot_status(s.name),
                         "slot_wal_retained_bytes": self.probes.slot_retained_bytes.get(s.name),
                     }
