@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunggal.errors import ConfigError, Problem
-from tunggal.yamlfile import load_yaml_with_lines, suggest
+from tunggal.yamlfile import load_settings_file, suggest
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -296,17 +295,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> T
     """Read, expand and validate the config; `TUNGGAL_<SECTION>__<KEY>` variables override it."""
     path = Path(path)
     file = str(path)
-    try:
-        data, lines = load_yaml_with_lines(path)
-    except OSError as exc:
-        raise ConfigError([Problem(file, "", f"cannot read config file: {exc.strerror}")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(
-            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError([Problem(file, "", "expected a mapping of settings at the top level")])
+    data, lines = load_settings_file(path, "config file")
     data = _expand_tree(data, file=file)
     # A bad override is reported together with the file's own problems: all in one round.
     env_problems: list[Problem] = []

@@ -10,13 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunggal.config import _expand_tree, pydantic_problems
-from tunggal.errors import ConfigError, Problem
+from tunggal.errors import ConfigError
 from tunggal.events.modes import ConnectorModes
-from tunggal.yamlfile import load_yaml_with_lines
+from tunggal.yamlfile import load_settings_file
 
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
 
@@ -153,19 +152,7 @@ def mask(props: Mapping[str, str]) -> dict[str, str]:
 
 def load_connector(path: Path) -> ConnectorSpec:
     file = str(path)
-    try:
-        data, lines = load_yaml_with_lines(path)
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(file, "", f"cannot read connector file: {exc.strerror}")]
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(
-            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError([Problem(file, "", "expected a mapping at the top level")])
+    data, lines = load_settings_file(path, "connector file")
     data = _expand_tree(data, file=file)
     try:
         return ConnectorSpec.model_validate(data)

@@ -45,3 +45,23 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
     """The closest valid name, for "did you mean ...?" hints."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def load_settings_file(path: Path, what: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """A YAML file whose top level must be a mapping (the config, a connector), with the
+    line of every key; unreadable files and syntax errors become one located ConfigError."""
+    from tunggal.errors import ConfigError, Problem
+
+    file = str(path)
+    try:
+        data, lines = load_yaml_with_lines(path)
+    except OSError as exc:
+        raise ConfigError([Problem(file, "", f"cannot read {what}: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(
+            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, "", f"expected a mapping at the top level of the {what}")])
+    return data, lines
