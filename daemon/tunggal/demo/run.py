@@ -74,6 +74,19 @@ def _write_config(
     return config
 
 
+def _default_port_or_free(port: int) -> int:
+    """The daemon's default port, so that `tunggal status` and `curl` work as the README
+    says; another free one if something already listens there."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def _status(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as resp:
@@ -180,7 +193,7 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
                 conn.execute((mappings / "sql" / f"{system}.sql").read_text())
                 seed(conn, system)
         target_dsn = target_pg.create_database("tunggal")
-        metrics_port = free_port()
+        metrics_port = _default_port_or_free(9464)
         config = _write_config(work, mappings, sources, target_dsn, metrics_port)
         # A throwaway demo may run as root; a real deployment runs as its own user.
         env = {**os.environ, "TUNGGAL_DEMO_PASSWORD": "demo", "TUNGGAL_ALLOW_ROOT": "1"}
@@ -197,8 +210,9 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
         log_path = work / "daemon.log"
         console.print(
             f"[bold]Starting the daemon[/] (log: {log_path}, metrics: "
-            f"http://127.0.0.1:{metrics_port}/metrics, status: `tunggal status` "
-            f"or http://127.0.0.1:{metrics_port}/status)"
+            f"http://127.0.0.1:{metrics_port}/metrics)\n"
+            f"In another terminal: [bold].venv/bin/tunggal status"
+            f"{'' if metrics_port == 9464 else f' --url http://127.0.0.1:{metrics_port}'}[/]"
         )
         with open(log_path, "ab") as log_file:
             daemon = subprocess.Popen(
