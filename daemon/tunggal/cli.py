@@ -13,6 +13,7 @@ from types import FrameType
 import click
 
 from tunggal.cliutil import CONFIG_OPTION, _guard
+from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
 
@@ -240,6 +241,7 @@ def demo(workdir: Path | None, rate: float, duration: float) -> None:
 
 
 main.add_command(dlq_group)
+main.add_command(connectors_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
