@@ -39,9 +39,15 @@ class Sources:
     """
 
     def __init__(
-        self, pg: PgCluster, new_db: Callable[[str], str], tmp_path: Path, connect_url: str
+        self,
+        pg: PgCluster,
+        new_db: Callable[[str], str],
+        tmp_path: Path,
+        connect: ConnectStandalone,
     ):
-        self.pg, self.new_db, self.tmp_path, self.connect_url = pg, new_db, tmp_path, connect_url
+        self.pg, self.new_db, self.tmp_path = pg, new_db, tmp_path
+        self.connect_url = connect.url
+        self.connect_log = connect.log_tail  # shown when a wait times out
         self.password = f"pw-{uuid.uuid4().hex}"  # trust auth: any password logs in
         self.dsns: dict[str, str] = {}
         self.connectors: dict[str, str] = {}
@@ -102,7 +108,7 @@ class Sources:
 def sources(
     pg: PgCluster, new_db: Callable[[str], str], tmp_path: Path, kafka_connect: ConnectStandalone
 ) -> Iterator[Sources]:
-    made = Sources(pg, new_db, tmp_path, kafka_connect.url)
+    made = Sources(pg, new_db, tmp_path, kafka_connect)
     try:
         yield made
     finally:
@@ -110,7 +116,11 @@ def sources(
 
 
 def read_ids(
-    broker: TansuBroker, topic: str, want: set[int], timeout: float = 60
+    broker: TansuBroker,
+    topic: str,
+    want: set[int],
+    timeout: float = 60,
+    context: Callable[[], str] | None = None,
 ) -> dict[int, str]:
     """id -> Debezium op of the change events on `topic`, once every wanted id was seen.
 
@@ -122,7 +132,10 @@ def read_ids(
     )
     try:
         partitions = wait_until(
-            lambda: consumer.partitions_for_topic(topic), timeout, message=f"topic {topic}"
+            lambda: consumer.partitions_for_topic(topic),
+            timeout,
+            message=f"topic {topic}",
+            context=context,
         )
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
@@ -140,7 +153,9 @@ def read_ids(
                     seen[row["id"]] = payload["op"]
             return want <= seen.keys()
 
-        wait_until(poll, timeout, interval=0, message=f"ids {sorted(want)} on {topic}")
+        wait_until(
+            poll, timeout, interval=0, message=f"ids {sorted(want)} on {topic}", context=context
+        )
         return seen
     finally:
         consumer.close()
@@ -153,6 +168,16 @@ def states(source: Sources, name: str) -> list[str]:
     return [status["connector"]["state"], *(t["state"] for t in status["tasks"])]
 
 
+def wait_for_state(source: Sources, name: str, state: str) -> None:
+    """Until the connector and its one task are in `state`."""
+    wait_until(
+        lambda: states(source, name) == [state, state],
+        60,
+        message=f"{name} {state}",
+        context=source.connect_log,
+    )
+
+
 def test_apply_streams_to_kafka_and_operates_the_connector(
     sources: Sources, kafka_broker: TansuBroker
 ) -> None:
@@ -160,20 +185,21 @@ def test_apply_streams_to_kafka_and_operates_the_connector(
     dsn = sources.dsns[name]
     sql(dsn, "INSERT INTO kv VALUES (1, 'satu'), (2, 'dua')")  # before: the snapshot reads them
     config = sources.config()
+    topic = f"{name}.public.kv"  # Debezium's <prefix>.<schema>.<table>; prefix = source name
 
     applied = sources.cli("apply", "--config", str(config))
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.strip() == f"{name}: created"
 
-    assert read_ids(kafka_broker, f"{name}.public.kv", {1, 2}) == {1: "r", 2: "r"}
+    assert read_ids(kafka_broker, topic, {1, 2}, context=sources.connect_log) == {1: "r", 2: "r"}
     sql(dsn, "INSERT INTO kv VALUES (3, 'tiga')")  # after the snapshot: streamed
-    assert read_ids(kafka_broker, f"{name}.public.kv", {1, 2, 3})[3] == "c"
+    assert read_ids(kafka_broker, topic, {1, 2, 3}, context=sources.connect_log)[3] == "c"
 
     again = sources.cli("apply", "--config", str(config))
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"{name}: unchanged"
 
-    wait_until(lambda: states(sources, name) == ["RUNNING", "RUNNING"], 60, message="RUNNING")
+    wait_for_state(sources, name, "RUNNING")
     plain = sources.cli("status", name)  # piped: one tab-separated line per connector and task
     assert plain.returncode == 0, plain.stderr
     assert [line.split("\t")[:3] for line in plain.stdout.splitlines()] == [
@@ -183,15 +209,14 @@ def test_apply_streams_to_kafka_and_operates_the_connector(
 
     paused = sources.cli("pause", name)
     assert paused.returncode == 0, paused.stderr
-    wait_until(lambda: states(sources, name) == ["PAUSED", "PAUSED"], 60, message="PAUSED")
+    wait_for_state(sources, name, "PAUSED")
     resumed = sources.cli("resume", name)
     assert resumed.returncode == 0, resumed.stderr
-    wait_until(lambda: states(sources, name) == ["RUNNING", "RUNNING"], 60, message="resumed")
-    sql(dsn, "UPDATE kv SET v = 'dua lagi' WHERE id = 2")
-    sql(dsn, "INSERT INTO kv VALUES (4, 'empat')")
-    assert read_ids(kafka_broker, f"{name}.public.kv", {4})[4] == "c"
+    wait_for_state(sources, name, "RUNNING")
+    sql(dsn, "INSERT INTO kv VALUES (4, 'empat')")  # streaming again after the pause
+    assert read_ids(kafka_broker, topic, {4}, context=sources.connect_log)[4] == "c"
 
-    # An edited connector file is an update, and the task restarts with it.
+    # An edited connector file is an update (Connect restarts the connector with it).
     connector = Path(sources.connectors[name])
     connector.write_text(connector.read_text().replace("'100'", "'250'"))
     updated = sources.cli("apply", "--config", str(config), name)
@@ -199,7 +224,7 @@ def test_apply_streams_to_kafka_and_operates_the_connector(
     assert updated.stdout.strip() == f"{name}: updated"
     restarted = sources.cli("restart", "--include-tasks", name)
     assert restarted.returncode == 0, restarted.stderr
-    wait_until(lambda: states(sources, name) == ["RUNNING", "RUNNING"], 60, message="restarted")
+    wait_for_state(sources, name, "RUNNING")
 
     rendered = sources.cli("render", "--config", str(config))
     assert '"database.password": "********"' in rendered.stdout
@@ -245,7 +270,7 @@ def test_status_shows_a_failed_task_with_its_trace_and_exits_1(sources: Sources)
         failed = [cells for cells in lines if cells[2] == "FAILED"]
         return "\t".join(failed[0]) if failed and result.returncode == 1 else None
 
-    line = wait_until(failed_line, 60, message="FAILED task")
+    line = wait_until(failed_line, 60, message="FAILED task", context=sources.connect_log)
     assert line.startswith(f"{name}\t0\tFAILED\t")
     assert line.endswith(
         "org.apache.kafka.connect.errors.ConnectException: Publication autocreation is "

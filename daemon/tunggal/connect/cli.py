@@ -54,6 +54,8 @@ def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
                 for n in unknown
             ]
         )
+    if not specs:
+        raise ConfigError([Problem(str(config_path), "sources", "no sources: nothing to render")])
     bootstrap = config.kafka.bootstrap_servers if config.kafka is not None else ()
     return [
         Rendered(

@@ -75,7 +75,7 @@ class ConnectClient:
 
     def put_config(self, name: str, config: Mapping[str, str]) -> bool:
         """Create or update the connector; True when it was created."""
-        status = self._request_status("PUT", f"/connectors/{_seg(name)}/config", dict(config))
+        status, _ = self._exchange("PUT", f"/connectors/{_seg(name)}/config", dict(config))
         return status == 201
 
     def connectors(self) -> list[str]:
@@ -105,22 +105,19 @@ class ConnectClient:
         missing_ok: bool = False,
         unknown: str | None = None,
     ) -> Any:
-        _, answer = self._send(method, path, body, missing_ok=missing_ok, unknown=unknown)
-        return answer
+        return self._exchange(method, path, body, missing_ok=missing_ok, unknown=unknown)[1]
 
-    def _request_status(self, method: str, path: str, body: Any = None) -> int:
-        status, _ = self._send(method, path, body)
-        return status
-
-    def _send(
+    def _exchange(
         self,
         method: str,
         path: str,
-        body: Any,
+        body: Any = None,
         *,
         missing_ok: bool = False,
         unknown: str | None = None,
     ) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON answer); 404 gives (404, None) with missing_ok, and
+        "no connector named ..." with unknown=name."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Accept", "application/json")

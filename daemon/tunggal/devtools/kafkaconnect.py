@@ -170,14 +170,16 @@ class ConnectStandalone:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"Kafka Connect exited with code {self.proc.returncode}:\n{self.log_tail()}"
-                )
+                problem = f"Kafka Connect exited with code {self.proc.returncode}"
+                break
             if self._answers():
                 return self
             time.sleep(0.5)
+        else:
+            problem = f"Kafka Connect did not answer on {self.url} within {timeout:g} s"
+        tail = self.log_tail()  # before stop() removes the work directory
         self.stop()
-        raise RuntimeError(f"Kafka Connect did not answer on {self.url} in {timeout}s")
+        raise RuntimeError(f"{problem}:\n{tail}")
 
     def _answers(self) -> bool:
         try:
@@ -187,6 +189,7 @@ class ConnectStandalone:
             return False
 
     def log_tail(self, chars: int = 4000) -> str:
+        """The end of the worker's output and log, for error messages and failing tests."""
         texts = []
         for path in (self.workdir / "stdout.log", self.log_path):
             if path.exists():
