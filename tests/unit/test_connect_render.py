@@ -137,3 +137,12 @@ def test_unreachable_worker_names_the_url_without_its_password() -> None:
     assert f"Kafka Connect at http://127.0.0.1:{client.url.rsplit(':', 1)[1]}" in message
     assert "refused the connection" in message
     assert PASSWORD not in message and "admin" not in message
+
+
+def test_cli_names_an_unreachable_worker_without_credentials_or_traceback() -> None:
+    url = f"http://admin:{PASSWORD}@127.0.0.1:{free_port()}"
+    result = run_cli("connectors", "status", "--connect-url", url)
+    assert result.returncode == 1
+    assert "error: Kafka Connect at http://127.0.0.1:" in result.stderr
+    assert "refused the connection" in result.stderr
+    assert PASSWORD not in result.stderr and "Traceback" not in result.stderr
