@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tunggal.devtools.kafkabroker import TansuBroker
+from tunggal.devtools.kafkaconnect import ConnectStandalone
 from tunggal.devtools.pgcluster import PgCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +40,13 @@ def kafka_broker() -> Iterator[TansuBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_connect(kafka_broker: TansuBroker) -> Iterator[ConnectStandalone]:
+    """One Kafka Connect worker (standalone) on the broker; 10-20 s to start, paid once."""
+    with ConnectStandalone(kafka_broker.bootstrap) as connect:
+        yield connect
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import click
 
 from tunggal.admin.cli import config_group, mapping_group, status_command
 from tunggal.cliutil import CONFIG_OPTION, _guard
+from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
 
@@ -303,6 +304,7 @@ main.add_command(dlq_group)
 main.add_command(status_command)
 main.add_command(mapping_group)
 main.add_command(config_group)
+main.add_command(connectors_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -80,3 +80,15 @@ class ConfigError(FatalError):
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} found:"
         return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+class KafkaConnectError(TunggalError):
+    """The Kafka Connect REST API could not be reached or refused a request.
+
+    `status` is the HTTP status, or None when no answer came (refused, timed out). The message
+    names the worker's URL without credentials and never holds a connector's secrets.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status

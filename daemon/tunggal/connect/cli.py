@@ -1,0 +1,227 @@
+"""`tunggal connectors ...`: our connector files on a Kafka Connect cluster, through its REST API.
+
+Kept free of module-level imports of `tunggal.cli` (which registers this group), so that either
+module can be imported first. Secrets never reach the terminal: printed configs are masked and
+error messages from Connect are scrubbed of the passwords we sent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tunggal.cliutil import CONFIG_OPTION, _guard
+from tunggal.connect.render import connect_config, connector_document, secret_values
+from tunggal.connect.rest import ConnectClient
+from tunggal.errors import ConfigError, Problem
+
+CONNECT_URL_OPTION = click.option(
+    "--connect-url",
+    required=True,
+    envvar="TUNGGAL_CONNECT_URL",
+    metavar="URL",
+    help="Kafka Connect REST URL, e.g. http://connect:8083 (or TUNGGAL_CONNECT_URL).",
+)
+NAMES_ARGUMENT = click.argument("names", nargs=-1, metavar="[NAME]...")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    name: str
+    file: str  # the connector file, for error messages
+    config: dict[str, str]
+
+
+def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
+    """The Connect configs of the named sources (every source when none are named)."""
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all
+
+    config = load_config(config_path)
+    mappings, specs = load_all(config)
+    files = {source.name: str(config.resolve(source.connector)) for source in config.sources}
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        known = ", ".join(sorted(specs)) or "none"
+        raise ConfigError(
+            [
+                Problem(str(config_path), "sources", f"no source named {n!r} (sources: {known})")
+                for n in unknown
+            ]
+        )
+    if not specs:
+        raise ConfigError([Problem(str(config_path), "sources", "no sources: nothing to render")])
+    bootstrap = config.kafka.bootstrap_servers if config.kafka is not None else ()
+    return [
+        Rendered(
+            name,
+            files[name],
+            connect_config(specs[name], mappings.source_tables(name), kafka_bootstrap=bootstrap),
+        )
+        for name in (names or tuple(specs))
+    ]
+
+
+@click.group("connectors")
+def connectors_group() -> None:
+    """Render, apply and operate the sources' Debezium connectors on Kafka Connect."""
+
+
+@connectors_group.command("render")
+@CONFIG_OPTION
+@NAMES_ARGUMENT
+@_guard
+def render_command(config_path: Path, names: tuple[str, ...]) -> None:
+    """Print each source's Kafka Connect connector JSON (passwords masked).
+
+    One JSON document per connector, in the shape `POST /connectors` takes.
+    """
+    for rendered in _render_all(config_path, names):
+        document = connector_document(rendered.name, rendered.config)
+        click.echo(json.dumps(document, indent=2))
+
+
+@connectors_group.command("apply")
+@CONFIG_OPTION
+@CONNECT_URL_OPTION
+@NAMES_ARGUMENT
+@_guard
+def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -> None:
+    """Validate every connector on Connect, then create or update them.
+
+    Nothing is applied unless every connector is valid; each problem is printed with its field.
+    Applying the same files twice changes nothing and says `unchanged`.
+    """
+    rendered = _render_all(config_path, names)
+    client = ConnectClient(connect_url)
+    for one in rendered:
+        client.add_secrets(secret_values(one.config))
+    problems = [
+        Problem(one.file, field, message)
+        for one in rendered
+        for field, message in client.validate(one.config["connector.class"], one.config)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    for one in rendered:
+        current = client.get_config(one.name)
+        if current == one.config:
+            outcome = "unchanged"
+        else:
+            outcome = "created" if client.put_config(one.name, one.config) else "updated"
+        click.echo(f"{one.name}: {outcome}")
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateRow:
+    connector: str
+    task: str  # "-" for the connector itself
+    state: str
+    worker: str
+    trace: str  # the first line of a failure's stack trace, else ""
+
+
+def state_rows(status: dict[str, Any]) -> list[StateRow]:
+    name = str(status.get("name", "?"))
+    rows = [_row(name, "-", status.get("connector", {}))]
+    for task in sorted(status.get("tasks", []), key=lambda t: int(t.get("id", 0))):
+        rows.append(_row(name, str(task.get("id", "?")), task))
+    return rows
+
+
+def _row(connector: str, task: str, entry: dict[str, Any]) -> StateRow:
+    trace = str(entry.get("trace") or "").strip()
+    return StateRow(
+        connector,
+        task,
+        str(entry.get("state", "UNKNOWN")),
+        str(entry.get("worker_id", "-")),
+        trace.splitlines()[0] if trace else "",
+    )
+
+
+@connectors_group.command("status")
+@CONNECT_URL_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Connect's status objects, one JSON array.")
+@NAMES_ARGUMENT
+@_guard
+def status_command(connect_url: str, as_json: bool, names: tuple[str, ...]) -> None:
+    """State of each connector and task (RUNNING, PAUSED, FAILED, ...) and where it runs.
+
+    Every connector on the worker unless NAMEs are given. Exits 1 if any is FAILED.
+    """
+    client = ConnectClient(connect_url)
+    statuses = [client.status(name) for name in (names or sorted(client.connectors()))]
+    rows = [row for status in statuses for row in state_rows(status)]
+    if as_json:
+        click.echo(json.dumps(statuses, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for header in ("connector", "task", "state", "worker", "trace"):
+            table.add_column(header, overflow="ellipsis", no_wrap=header != "trace")
+        colours = {"RUNNING": "green", "PAUSED": "yellow", "FAILED": "red"}
+        for row in rows:
+            colour = colours.get(row.state, "")
+            state = f"[{colour}]{row.state}[/]" if colour else row.state
+            table.add_row(row.connector, row.task, state, row.worker, row.trace)
+        Console().print(table)
+    else:
+        for row in rows:
+            click.echo("\t".join([row.connector, row.task, row.state, row.worker, row.trace]))
+    if not statuses:
+        click.echo(f"no connectors on {client.url}", err=True)
+    if any(row.state == "FAILED" for row in rows):
+        sys.exit(1)
+
+
+# -- restart, pause, resume ----------------------------------------------------------------------
+
+
+@connectors_group.command("restart")
+@CONNECT_URL_OPTION
+@click.option(
+    "--include-tasks", is_flag=True, help="Restart the tasks too, not the connector only."
+)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_guard
+def restart_command(connect_url: str, include_tasks: bool, names: tuple[str, ...]) -> None:
+    """Restart connectors (after fixing what made them fail)."""
+    client = ConnectClient(connect_url)
+    for name in names:
+        client.restart(name, include_tasks=include_tasks)
+        click.echo(f"{name}: restart requested" + (" (with tasks)" if include_tasks else ""))
+
+
+@connectors_group.command("pause")
+@CONNECT_URL_OPTION
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_guard
+def pause_command(connect_url: str, names: tuple[str, ...]) -> None:
+    """Pause connectors: they stop reading the source; their slot keeps its place (and WAL)."""
+    client = ConnectClient(connect_url)
+    for name in names:
+        client.pause(name)
+        click.echo(f"{name}: pause requested")
+
+
+@connectors_group.command("resume")
+@CONNECT_URL_OPTION
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_guard
+def resume_command(connect_url: str, names: tuple[str, ...]) -> None:
+    """Resume paused connectors."""
+    client = ConnectClient(connect_url)
+    for name in names:
+        client.resume(name)
+        click.echo(f"{name}: resume requested")
