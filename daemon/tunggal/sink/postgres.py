@@ -444,8 +444,10 @@ class PostgresSink:
             "SELECT {select_cols} FROM {values} AS v({alias}) "
             "WHERE NOT EXISTS (SELECT 1 FROM public.tunggal_tombstones d "
             "  WHERE d.target_table = {name} AND d.key_json = v._k AND {tomb_not_newer}) "
+            # Strictly older than the watermark: a completed snapshot leaves one at its own
+            # position, and its rows from other Kafka partitions may still arrive after it.
             "AND NOT EXISTS (SELECT 1 FROM public.tunggal_truncations r "
-            "  WHERE r.target_table = {name} AND r.source = v._src AND r.position >= v._pos) "
+            "  WHERE r.target_table = {name} AND r.source = v._src AND r.position > v._pos) "
             "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {newer}"
         ).format(
             tbl=_tbl(table),
