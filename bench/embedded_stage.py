@@ -32,8 +32,11 @@ TUNGGAL = [sys.executable, "-m", "tunggal"]
 ENV = {**os.environ, "TUNGGAL_ALLOW_ROOT": "1"}
 
 
-def _setup(cluster: PgCluster, work: Path, name: str) -> tuple[str, str, Path]:
-    """A source database, a target database with a `synced_at` column, and a config."""
+def setup(
+    cluster: PgCluster, work: Path, name: str, kafka: str | None = None
+) -> tuple[str, str, Path]:
+    """A source database, a target database with a `synced_at` column, and a config (for
+    the embedded engine, or for an `engine: kafka` source on the brokers in `kafka`)."""
     source = cluster.create_database(f"{name}_src")
     target = cluster.create_database(f"{name}_tgt")
     with psycopg.connect(source, autocommit=True) as conn:
@@ -50,11 +53,17 @@ def _setup(cluster: PgCluster, work: Path, name: str) -> tuple[str, str, Path]:
         "user: postgres}\nproperties: {poll.interval.ms: '50'}\n"
     )
     config = run / "tunggal.yaml"
+    engine = ""
+    brokers = ""
+    if kafka:
+        engine = ", engine: kafka"
+        # tansu: a group join takes half the session timeout
+        brokers = f"kafka: {{bootstrap_servers: ['{kafka}'], session_timeout_ms: 2000}}\n"
     config.write_text(
         f"target: {{dsn: '{target}'}}\nmappings: [m.yaml]\nstate_dir: {run}/state\n"
         "watch_mappings: false\nbatch: {max_size: 5000, max_age_ms: 200}\n"
-        "metrics: {enabled: false}\njava: {heap: 512m}\n"
-        f"sources:\n  - {{name: {name}, connector: connector.yaml}}\n"
+        f"metrics: {{enabled: false}}\njava: {{heap: 512m}}\n{brokers}"
+        f"sources:\n  - {{name: {name}, connector: connector.yaml{engine}}}\n"
     )
     subprocess.run([*TUNGGAL, "schema", "--apply", "--config", str(config)], check=True, env=ENV)
     return source, target, config
@@ -103,7 +112,7 @@ def _start_daemon(source: str, name: str, config: Path, log: Path) -> subprocess
 
 def bench_noop(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
     name = "emb_noop"
-    source, _, config = _setup(cluster, work, name)
+    source, _, config = setup(cluster, work, name)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunggal.devtools.noop_engine", str(config), name, str(n)],
         stdout=subprocess.PIPE,
@@ -121,7 +130,7 @@ def bench_noop(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
 
 def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
     name = "emb_daemon"
-    source, target, config = _setup(cluster, work, name)
+    source, target, config = setup(cluster, work, name)
     proc = _start_daemon(source, name, config, work / "daemon.log")
     try:
         _insert(source, 1, n)
@@ -154,24 +163,11 @@ def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
 
 def bench_lag(cluster: PgCluster, work: Path, rate: int, seconds: int) -> dict[str, Any]:
     name = "emb_lag"
-    source, target, config = _setup(cluster, work, name)
+    source, target, config = setup(cluster, work, name)
     proc = _start_daemon(source, name, config, work / "lag.log")
     try:
-        total = _offer(source, rate, seconds)
-        deadline = time.monotonic() + 120
-        with psycopg.connect(target, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
-                if row and row[0] >= total:
-                    break
-                time.sleep(0.2)
-            row = conn.execute(
-                "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag) "
-                "FROM (SELECT extract(epoch FROM synced_at) - _tunggal_ts / 1e6 AS lag "
-                "FROM kegiatan) l"
-            ).fetchone()
-        assert row is not None
-        (p50, p99), worst = row[0], row[1]
+        total = offer(source, rate, seconds)
+        p50, p99, worst = row_lags(target, total)
         return {
             "offered_per_s": rate,
             "seconds": seconds,
@@ -186,7 +182,26 @@ def bench_lag(cluster: PgCluster, work: Path, rate: int, seconds: int) -> dict[s
         proc.wait(timeout=60)
 
 
-def _offer(source: str, rate: int, seconds: int) -> int:
+def row_lags(target: str, total: int) -> tuple[float, float, float]:
+    """p50, p99 and max of (target write time - source commit time) over every row."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(target, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
+            if row and row[0] >= total:
+                break
+            time.sleep(0.2)
+        row = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag) "
+            "FROM (SELECT extract(epoch FROM synced_at) - _tunggal_ts / 1e6 AS lag "
+            "FROM kegiatan) l"
+        ).fetchone()
+    assert row is not None
+    (p50, p99), worst = row[0], row[1]
+    return float(p50), float(p99), float(worst)
+
+
+def offer(source: str, rate: int, seconds: int) -> int:
     """Insert `rate` rows/s for `seconds`, in 20 transactions a second."""
     per_tick = max(1, rate // 20)
     next_id, started = 1, time.perf_counter()

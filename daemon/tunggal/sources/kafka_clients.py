@@ -86,6 +86,8 @@ def kafka_python_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "receive_message_max_bytes": kafka.fetch_max_bytes + 1024 * 1024,
         # New Debezium topics (a table added to the mappings) are found within this time.
         "metadata_max_age_ms": 30_000,
+        # An idle partition's fetch returns after this long: it bounds the added lag.
+        "fetch_max_wait_ms": 100,
         "security_protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:
@@ -195,6 +197,8 @@ def confluent_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "fetch.max.bytes": kafka.fetch_max_bytes,
         "max.partition.fetch.bytes": min(kafka.fetch_max_bytes, 8 * 1024 * 1024),
         "topic.metadata.refresh.interval.ms": 30_000,
+        # An idle partition's fetch returns after this long: it bounds the added lag.
+        "fetch.wait.max.ms": 100,
         "security.protocol": kafka.security_protocol.lower(),
     }
     if kafka.sasl_mechanism:
