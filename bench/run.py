@@ -41,7 +41,6 @@ SHAPES: dict[str, tuple[Shape, str]] = {
     "narrow": (NARROW, "public.kegiatan"),
     "wide": (WIDE, "public.lebar"),
 }
-BATCH_SIZE = 5000
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class Case:
     table: str  # "public.kegiatan"
     dsn: str
     work: Path  # events.jsonl, mapping.yaml, final.pickle, tunggal.yaml live here
+    batch: int = 5000  # batch.max_size for replay
 
     @property
     def events_file(self) -> Path:
@@ -154,7 +154,7 @@ def stage_replay_pg(case: Case) -> StageResult:
     with measured() as clock:
         runner.run(until_idle=True)
     return StageResult(
-        f"replay -> PostgreSQL (batch {BATCH_SIZE})",
+        f"replay -> PostgreSQL (batch {case.batch})",
         runner.totals["events"],
         "events",
         clock.seconds,
@@ -231,14 +231,14 @@ def run_stage(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def prepare(shape_name: str, n: int, dsn: str, root: Path) -> Case:
+def prepare(shape_name: str, n: int, dsn: str, root: Path, batch: int) -> Case:
     """Write the events, mapping and config of one table; create the target table."""
     from tunggal.config import load_config
     from tunggal.runtime.app import load_all, open_sink
     from tunggal.sink.schema import apply_schema, plan_schema
 
     shape, table = SHAPES[shape_name]
-    case = Case(shape_name, table, dsn, root / shape_name)
+    case = Case(shape_name, table, dsn, root / shape_name, batch)
     case.work.mkdir(parents=True)
     workload = mixed_workload(n, seed=11, table=table, shape=shape)
     case.events_file.write_bytes(b"\n".join(workload.lines) + b"\n")
@@ -247,7 +247,7 @@ def prepare(shape_name: str, n: int, dsn: str, root: Path) -> Case:
     (case.work / "tunggal.yaml").write_text(
         f"target:\n  dsn: {dsn}\nmappings: [{case.mapping_file}]\n"
         f"state_dir: {case.work}/state\n"
-        f"batch:\n  max_size: {BATCH_SIZE}\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
+        f"batch:\n  max_size: {batch}\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(shape.ddl.format(name=table))
@@ -299,6 +299,7 @@ def print_table(results: dict[str, list[StageResult]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000, help="batch.max_size for replay")
     parser.add_argument("--tables", default="narrow,wide", help="comma-separated: narrow,wide")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -311,7 +312,7 @@ def main() -> int:
         with psycopg.connect(dsn) as conn:
             server = conn.info.server_version
         for shape_name in args.tables.split(","):
-            case = prepare(shape_name, args.events, dsn, root)
+            case = prepare(shape_name, args.events, dsn, root, args.batch)
             results[shape_name] = [run_stage(stage, case) for stage in STAGES]
     finally:
         cluster.destroy()
@@ -320,7 +321,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "machine": {**_machine(), "postgresql": server},
         "events": args.events,
-        "batch_size": BATCH_SIZE,
+        "batch_size": args.batch,
         "tables": {
             name: [{**asdict(r), "rate": r.rate} for r in stages]
             for name, stages in results.items()
