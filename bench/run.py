@@ -3,7 +3,7 @@
 For a narrow table (8 columns) and a wide one (40 columns: numerics, timestamps, jsonb), it
 generates N synthetic Debezium change events (70% inserts, 25% updates, some on hot keys, 5%
 deletes) and measures on this machine, in one run, against one PostgreSQL:
-  - decode+map only, no database;
+  - decode+map only (with the target's column types as hints, as `replay` does), no writes;
   - `replay` into PostgreSQL through the real runner, sink and batching;
   - raw COPY of the same final rows into a copy of the table: the physical limit;
   - dlt's merge load (csv loader files, primary key) of the same final rows: the peer.
@@ -126,20 +126,27 @@ def _final_rows(case: Case) -> list[tuple[Any, ...]]:
 
 
 def stage_decode_map(case: Case) -> StageResult:
-    from tunggal.events.decode import decode
+    """The runner's CPU work before the sink, as `replay` does it: decoding with the target's
+    column types as hints (they turn numeric strings, day counts and µs into typed values),
+    mapping, and the pipeline's bookkeeping, in chunks of the batch size."""
+    from tunggal.config import load_config
     from tunggal.events.model import RawEvent
-    from tunggal.mapping import load_mappings
+    from tunggal.runtime.app import load_all, open_sink
+    from tunggal.runtime.pipeline import Pipeline
     from tunggal.sources.replay import read_events
 
-    mappings = load_mappings([case.mapping_file])
+    config = load_config(case.work / "tunggal.yaml")
+    mappings, _ = load_all(config)
+    sink = open_sink(config, mappings, check=False)
+    types = {name: info.columns for name, info in sink.introspect().items()}
+    sink.close()
+    pipeline = Pipeline(mappings, {}, types)
     with open(case.events_file, "rb") as stream:
         raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
     with measured() as clock:
-        for raw in raws:
-            event = decode(raw, source="bench")
-            if event is not None:
-                mappings.map_event(event)
-    return StageResult("decode+map (no DB)", len(raws), "events", clock.seconds, clock.cpu_s)
+        for start in range(0, len(raws), case.batch):
+            pipeline.process("bench", raws[start : start + case.batch])
+    return StageResult("decode+map (no DB writes)", len(raws), "events", clock.seconds, clock.cpu_s)
 
 
 def stage_replay_pg(case: Case) -> StageResult:
