@@ -171,20 +171,26 @@ def stage_replay_pg(case: Case) -> StageResult:
 
 
 def stage_copy_pg(case: Case) -> StageResult:
+    """Best of three COPYs, each into a fresh table: one takes only a few tenths of a second,
+    so a single run would make every ratio to it swing with the machine's load."""
     shape = SHAPES[case.shape][0]
     rows = _final_rows(case)
-    copy_table = case.table.partition(".")[2] + "_copy"
+    clocks = []
     with psycopg.connect(case.dsn, autocommit=True) as conn:
-        conn.execute(shape.ddl.format(name=copy_table))
-        with (
-            measured() as clock,
-            conn.transaction(),
-            conn.cursor() as cur,
-            cur.copy(f"COPY {copy_table} ({', '.join(shape.columns)}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-    return StageResult("raw COPY (final rows)", len(rows), "rows", clock.seconds, clock.cpu_s)
+        for attempt in range(3):
+            copy_table = f"{case.table.partition('.')[2]}_copy{attempt}"
+            conn.execute(shape.ddl.format(name=copy_table))
+            with (
+                measured() as clock,
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {copy_table} ({', '.join(shape.columns)}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            clocks.append(clock)
+    best = min(clocks, key=lambda c: c.seconds)
+    return StageResult("raw COPY (final rows)", len(rows), "rows", best.seconds, best.cpu_s)
 
 
 def stage_dlt_merge(case: Case) -> StageResult:
