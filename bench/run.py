@@ -314,6 +314,11 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000, help="batch.max_size for replay")
     parser.add_argument("--tables", default="narrow,wide", help="comma-separated: narrow,wide")
+    parser.add_argument(
+        "--stages",
+        default=",".join(stage.__name__.removeprefix("stage_") for stage in STAGES),
+        help="comma-separated subset of the stages, in STAGES order",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -326,7 +331,11 @@ def main() -> int:
             server = conn.info.server_version
         for shape_name in args.tables.split(","):
             case = prepare(shape_name, args.events, dsn, root, args.batch)
-            results[shape_name] = [run_stage(stage, case) for stage in STAGES]
+            results[shape_name] = [
+                run_stage(stage, case)
+                for stage in STAGES
+                if stage.__name__.removeprefix("stage_") in args.stages.split(",")
+            ]
     finally:
         cluster.destroy()
 
