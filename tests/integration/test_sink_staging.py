@@ -102,3 +102,37 @@ def test_staged_and_unnest_paths_leave_the_same_rows(
     assert rows[52][1:3] == ("v2 52", "big v2 52")
     assert rows[1][3] == dt.datetime(2026, 1, 1, 3, 0, 1)  # 10:00+07:00 in UTC
     assert N - 20 not in rows
+
+
+def test_staging_table_follows_a_column_type_change(
+    new_db: Callable[[str], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = new_db("retype")
+    sql(dsn, "CREATE TABLE r (id bigint PRIMARY KEY, v integer)")
+    (tmp_path / "m.yaml").write_text(
+        "source: s\ntables:\n  - from: public.r\n    to: public.r\n    key: [id]\n"
+        "    columns: {id: id, v: v}\n"
+    )
+    mappings = load_mappings([tmp_path / "m.yaml"])
+    sink = PostgresSink(dsn, mappings.targets())
+
+    def batch(v: int, position: int) -> None:
+        ops: list[tuple[RowOp, None]] = [
+            (Upsert("public.r", (k,), {"id": k, "v": v}, "s", position + k, position + k), None)
+            for k in range(300)
+        ]
+        sink.write(collapse(ops), {}, [])
+
+    try:
+        apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
+        sink.introspect()
+        batch(1, 1000)
+        # `tunggal schema --apply` or an operator widens the column; the sink re-reads types
+        sql(dsn, "ALTER TABLE r ALTER COLUMN v TYPE bigint")
+        sink.introspect()
+        batch(2**40, 2000)  # same session: its staging table from the first batch has integer
+    finally:
+        sink.close()
+    assert sql(dsn, "SELECT DISTINCT v FROM r") == [(2**40,)]
+    # an integer staging column would reject 2**40 and send the batch down the row-by-row path
+    assert "row by row" not in caplog.text

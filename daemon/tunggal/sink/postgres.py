@@ -454,11 +454,14 @@ class PostgresSink:
         text form of an aware datetime would otherwise lose its offset in a timestamp column,
         where the unnest() path converts it to UTC.
         """
-        digest = hashlib.blake2b(repr((table, cols)).encode(), digest_size=8).hexdigest()
+        types = [_stage_type(self._type(table, c)) for c in cols]
+        # The types are in the name: after `tunggal schema --apply` changes a column, the
+        # session's old staging table must not convert values to the old type.
+        digest = hashlib.blake2b(repr((table, cols, types)).encode(), digest_size=8).hexdigest()
         stage = f"tunggal_stage_{digest}"
         columns: list[sql.Composable] = [
-            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_stage_type(self._type(table, c))))
-            for c in cols
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+            for c, t in zip(cols, types, strict=True)
         ]
         columns += [sql.SQL(f"{c} {t}") for c, t in _STAGE_BOOKKEEPING]
         cur.execute(
