@@ -1,170 +1,357 @@
 """Reproducible benchmark: `python bench/run.py [--events N]` (or `make bench`).
 
-Generates N synthetic Debezium change events for a narrow table (70% inserts, 25% updates,
-some on hot keys, 5% deletes), then measures on this machine, in one run:
-  - decode+map only, no database;
-  - `replay` into PostgreSQL through the real runner, sink and batching (batch 5000);
-  - raw COPY of the same final rows into the same table: the physical limit.
+For a narrow table (8 columns) and a wide one (40 columns: numerics, timestamps, jsonb), it
+generates N synthetic Debezium change events (70% inserts, 25% updates, some on hot keys, 5%
+deletes) and measures on this machine, in one run, against one PostgreSQL:
+  - decode+map only (with the target's column types as hints, as `replay` does), no writes;
+  - `replay` into PostgreSQL through the real runner, sink and batching;
+  - raw COPY of the same final rows into a copy of the table: the physical limit;
+  - dlt's merge load (csv loader files, primary key) of the same final rows: the peer.
 Prints a table and writes JSON to bench/results/ so runs can be compared.
+
+A stage is a function `(Case) -> StageResult`, listed in STAGES. Each runs in a fresh spawned
+process so that its peak RSS and CPU seconds are its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import pickle
 import platform
 import resource
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from tunggal.config import load_config
 from tunggal.devtools.pgcluster import PgCluster
-from tunggal.devtools.synth import NARROW_COLUMNS, NARROW_DDL, mixed_workload, narrow_mapping
-from tunggal.events.decode import decode
-from tunggal.events.model import RawEvent
-from tunggal.mapping import load_mappings
-from tunggal.metrics import Metrics
-from tunggal.runtime.app import build_runner
-from tunggal.sources.replay import read_events
+from tunggal.devtools.synth import NARROW, WIDE, Shape, mixed_workload, narrow_mapping
+
+SHAPES: dict[str, tuple[Shape, str]] = {
+    "narrow": (NARROW, "public.kegiatan"),
+    "wide": (WIDE, "public.lebar"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """Everything a stage needs, as plain data so that it crosses into a spawned process."""
+
+    shape: str
+    table: str  # "public.kegiatan"
+    dsn: str
+    work: Path  # events.jsonl, mapping.yaml, final.pickle, tunggal.yaml live here
+    batch: int = 5000  # batch.max_size for replay
+
+    @property
+    def events_file(self) -> Path:
+        return self.work / "events.jsonl"
+
+    @property
+    def mapping_file(self) -> Path:
+        return self.work / "mapping.yaml"
+
+    @property
+    def rows_file(self) -> Path:
+        return self.work / "final.pickle"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    count: int
+    unit: str  # what count counts: "events" or "rows"
+    seconds: float
+    cpu_s: float
+    peak_rss_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+@dataclass
+class _Clock:
+    seconds: float = 0.0
+    cpu_s: float = 0.0
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process and its waited-for children (dlt may use a process pool)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
-def bench_decode_map(events_file: Path, mapping_file: Path) -> dict[str, float]:
-    mappings = load_mappings([mapping_file])
-    with open(events_file, "rb") as stream:
+def _peak_rss_mb() -> float:
+    # Not ru_maxrss: Linux carries it over from the parent across fork and exec, so every
+    # spawned stage would report at least the parent's size.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def measured() -> Iterator[_Clock]:
+    """Wall and CPU time of the block (CPU: the whole process, all its threads)."""
+    clock = _Clock()
+    started, cpu = time.perf_counter(), _cpu()
+    try:
+        yield clock
+    finally:
+        clock.seconds = time.perf_counter() - started
+        clock.cpu_s = _cpu() - cpu
+
+
+def _final_rows(case: Case) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = pickle.loads(case.rows_file.read_bytes())
+    return rows
+
+
+# -- stages ----------------------------------------------------------------------------------
+
+
+def stage_decode_map(case: Case) -> StageResult:
+    """The runner's CPU work before the sink, as `replay` does it: decoding with the target's
+    column types as hints (they turn numeric strings, day counts and µs into typed values),
+    mapping, and the pipeline's bookkeeping, in chunks of the batch size."""
+    from tunggal.config import load_config
+    from tunggal.events.model import RawEvent
+    from tunggal.runtime.app import load_all, open_sink
+    from tunggal.runtime.pipeline import Pipeline
+    from tunggal.sources.replay import read_events
+
+    config = load_config(case.work / "tunggal.yaml")
+    mappings, _ = load_all(config)
+    sink = open_sink(config, mappings, check=False)
+    types = {name: info.columns for name, info in sink.introspect().items()}
+    sink.close()
+    pipeline = Pipeline(mappings, {}, types)
+    with open(case.events_file, "rb") as stream:
         raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
-    started, cpu = time.perf_counter(), _cpu()
-    n = 0
-    for raw in raws:
-        event = decode(raw, source="bench")
-        if event is not None:
-            mappings.map_event(event)
-            n += 1
-    elapsed = time.perf_counter() - started
-    return {
-        "events": len(raws),
-        "seconds": elapsed,
-        "events_per_s": len(raws) / elapsed,
-        "cpu_s": _cpu() - cpu,
-    }
+    with measured() as clock:
+        for start in range(0, len(raws), case.batch):
+            pipeline.process("bench", raws[start : start + case.batch])
+    return StageResult("decode+map (no DB writes)", len(raws), "events", clock.seconds, clock.cpu_s)
 
 
-def bench_replay(work: Path, dsn: str, events_file: Path) -> dict[str, float]:
-    config = load_config(work / "tunggal.yaml")
+def stage_replay_pg(case: Case) -> StageResult:
+    from tunggal.config import load_config
+    from tunggal.metrics import Metrics
+    from tunggal.runtime.app import build_runner
+
+    config = load_config(case.work / "tunggal.yaml")
     runner = build_runner(
-        config, metrics=Metrics(), stop=threading.Event(), replay=("bench", events_file)
+        config, metrics=Metrics(), stop=threading.Event(), replay=("bench", case.events_file)
     )
-    started, cpu = time.perf_counter(), _cpu()
-    runner.run(until_idle=True)
-    elapsed = time.perf_counter() - started
-    events = runner.totals["events"]
+    with measured() as clock:
+        runner.run(until_idle=True)
+    return StageResult(
+        f"replay -> PostgreSQL (batch {case.batch})",
+        runner.totals["events"],
+        "events",
+        clock.seconds,
+        clock.cpu_s,
+        extra={"batches": runner.totals["batches"]},
+    )
+
+
+def stage_copy_pg(case: Case) -> StageResult:
+    """Best of three COPYs, each into a fresh table: one takes only a few tenths of a second,
+    so a single run would make every ratio to it swing with the machine's load."""
+    shape = SHAPES[case.shape][0]
+    rows = _final_rows(case)
+    clocks = []
+    with psycopg.connect(case.dsn, autocommit=True) as conn:
+        for attempt in range(3):
+            copy_table = f"{case.table.partition('.')[2]}_copy{attempt}"
+            conn.execute(shape.ddl.format(name=copy_table))
+            with (
+                measured() as clock,
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {copy_table} ({', '.join(shape.columns)}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            clocks.append(clock)
+    best = min(clocks, key=lambda c: c.seconds)
+    return StageResult("raw COPY (final rows)", len(rows), "rows", best.seconds, best.cpu_s)
+
+
+def stage_dlt_merge(case: Case) -> StageResult:
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    import dlt
+
+    shape = SHAPES[case.shape][0]
+    rows = _final_rows(case)
+    name = case.table.partition(".")[2]
+    # dlt insists on a password; the throwaway server trusts local connections and ignores it.
+    dsn = case.dsn.replace("postgresql://postgres@", "postgresql://postgres:unused@", 1)
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_{case.shape}",
+        pipelines_dir=str(case.work / "dlt"),
+        destination=dlt.destinations.postgres(credentials=dsn),
+        dataset_name="dlt_bench",
+    )
+
+    @dlt.resource(name=name, write_disposition="merge", primary_key="id")
+    def final() -> Iterator[dict[str, Any]]:
+        columns = shape.columns
+        for row in rows:
+            yield dict(zip(columns, row, strict=True))
+
+    # extract, normalize and load: all of dlt's work for the rows, as a user would run it
+    with measured() as clock:
+        pipeline.run(final(), loader_file_format="csv")
+    return StageResult("dlt merge (csv, same rows)", len(rows), "rows", clock.seconds, clock.cpu_s)
+
+
+STAGES: list[Callable[[Case], StageResult]] = [
+    stage_decode_map,
+    stage_replay_pg,
+    stage_copy_pg,
+    stage_dlt_merge,
+]
+
+
+def _in_child(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
+    result = stage(case)
+    result.peak_rss_mb = _peak_rss_mb()
+    return result
+
+
+def run_stage(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_in_child, (stage, case))
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def prepare(shape_name: str, n: int, dsn: str, root: Path, batch: int) -> Case:
+    """Write the events, mapping and config of one table; create the target table."""
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all, open_sink
+    from tunggal.sink.schema import apply_schema, plan_schema
+
+    shape, table = SHAPES[shape_name]
+    case = Case(shape_name, table, dsn, root / shape_name, batch)
+    case.work.mkdir(parents=True)
+    workload = mixed_workload(n, seed=11, table=table, shape=shape)
+    case.events_file.write_bytes(b"\n".join(workload.lines) + b"\n")
+    case.rows_file.write_bytes(pickle.dumps([workload.final[k] for k in sorted(workload.final)]))
+    case.mapping_file.write_text(narrow_mapping(table=table, shape=shape))
+    (case.work / "tunggal.yaml").write_text(
+        f"target:\n  dsn: {dsn}\nmappings: [{case.mapping_file}]\n"
+        f"state_dir: {case.work}/state\n"
+        f"batch:\n  max_size: {batch}\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(shape.ddl.format(name=table))
+    config = load_config(case.work / "tunggal.yaml")
+    mappings, _ = load_all(config)
+    sink = open_sink(config, mappings, check=False)
+    apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
+    sink.close()
+    print(
+        f"{shape_name}: {len(workload.lines)} events ({workload.counts}), "
+        f"{len(workload.final)} final rows, {len(shape.columns)} columns",
+        file=sys.stderr,
+    )
+    return case
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
     return {
-        "events": events,
-        "seconds": elapsed,
-        "events_per_s": events / elapsed,
-        "cpu_s": _cpu() - cpu,
-        "batches": runner.totals["batches"],
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
 
 
-def bench_copy(dsn: str, rows: list[tuple[object, ...]]) -> dict[str, float]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(NARROW_DDL.format(name="kegiatan_copy"))
-        started = time.perf_counter()
-        with (
-            conn.transaction(),
-            conn.cursor() as cur,
-            cur.copy(f"COPY kegiatan_copy ({', '.join(NARROW_COLUMNS)}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-        elapsed = time.perf_counter() - started
-    return {"rows": len(rows), "seconds": elapsed, "rows_per_s": len(rows) / elapsed}
+def print_table(results: dict[str, list[StageResult]]) -> None:
+    print(
+        f"{'table':<8}{'stage':<34}{'rate':>18}{'vs COPY':>9}{'seconds':>9}{'CPU s':>8}"
+        f"{'peak RSS':>10}"
+    )
+    for shape_name, stages in results.items():
+        copy = next((r for r in stages if r.stage.startswith("raw COPY")), None)
+        for r in stages:
+            ratio = f"{r.rate / copy.rate:.1%}" if copy else "-"
+            print(
+                f"{shape_name:<8}{r.stage:<34}{r.rate:>11,.0f} {r.unit + '/s':<6}{ratio:>9}"
+                f"{r.seconds:>9.2f}{r.cpu_s:>8.2f}{r.peak_rss_mb:>7.0f} MB"
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000, help="batch.max_size for replay")
+    parser.add_argument("--tables", default="narrow,wide", help="comma-separated: narrow,wide")
+    parser.add_argument(
+        "--stages",
+        default=",".join(stage.__name__.removeprefix("stage_") for stage in STAGES),
+        help="comma-separated subset of the stages, in STAGES order",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="tunggal-bench-"))
-    workload = mixed_workload(args.events, seed=11)
-    events_file = work / "events.jsonl"
-    events_file.write_bytes(b"\n".join(workload.lines) + b"\n")
-    mapping_file = work / "bench.yaml"
-    mapping_file.write_text(narrow_mapping())
-    results: dict[str, object] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "workload": {
-            "events": len(workload.lines),
-            **workload.counts,
-            "final_rows": len(workload.final),
-        },
-    }
-    print(
-        f"workload: {len(workload.lines)} events ({workload.counts}), "
-        f"{len(workload.final)} final rows",
-        file=sys.stderr,
-    )
-    results["decode_map"] = bench_decode_map(events_file, mapping_file)
-
+    root = Path(tempfile.mkdtemp(prefix="tunggal-bench-"))
+    results: dict[str, list[StageResult]] = {}
     cluster = PgCluster(name="bench", fsync=True).start()
     try:
         dsn = cluster.create_database("bench")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(NARROW_DDL.format(name="kegiatan"))
-        (work / "tunggal.yaml").write_text(
-            f"target:\n  dsn: {dsn}\nmappings: [{mapping_file}]\nstate_dir: {work}/state\n"
-            "batch:\n  max_size: 5000\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
-        )
-        from tunggal.runtime.app import load_all, open_sink
-        from tunggal.sink.schema import apply_schema, plan_schema
-
-        mappings, _ = load_all(load_config(work / "tunggal.yaml"))
-        sink = open_sink(load_config(work / "tunggal.yaml"), mappings, check=False)
-        apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
-        sink.close()
-        results["replay_pg"] = bench_replay(work, dsn, events_file)
-        rows = [workload.final[k] for k in sorted(workload.final)]
-        results["copy_pg"] = bench_copy(dsn, rows)
+        with psycopg.connect(dsn) as conn:
+            server = conn.info.server_version
+        for shape_name in args.tables.split(","):
+            case = prepare(shape_name, args.events, dsn, root, args.batch)
+            results[shape_name] = [
+                run_stage(stage, case)
+                for stage in STAGES
+                if stage.__name__.removeprefix("stage_") in args.stages.split(",")
+            ]
     finally:
         cluster.destroy()
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    replay = results["replay_pg"]
-    copy = results["copy_pg"]
-    assert isinstance(replay, dict) and isinstance(copy, dict)
-    dm = results["decode_map"]
-    assert isinstance(dm, dict)
-    ratio = replay["events_per_s"] / copy["rows_per_s"]
-    results["replay_to_copy_ratio"] = ratio
-    print(f"{'stage':<28}{'rate':>16}{'seconds':>10}")
-    print(f"{'decode+map (no DB)':<28}{dm['events_per_s']:>12,.0f} ev/s{dm['seconds']:>10.2f}")
-    print(
-        f"{'replay -> PostgreSQL':<28}{replay['events_per_s']:>12,.0f} ev/s"
-        f"{replay['seconds']:>10.2f}"
-    )
-    print(
-        f"{'raw COPY (final rows)':<28}{copy['rows_per_s']:>12,.0f} rows/s{copy['seconds']:>8.2f}"
-    )
-    print(f"replay / COPY: {ratio:.1%}   peak RSS: {results['peak_rss_mb']:.0f} MB")
+
+    print_table(results)
+    report: dict[str, Any] = {
+        "machine": {**_machine(), "postgresql": server},
+        "events": args.events,
+        "batch_size": args.batch,
+        "tables": {
+            name: [{**asdict(r), "rate": r.rate} for r in stages]
+            for name, stages in results.items()
+        },
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(report, indent=2, default=str))
     print(f"results: {out}")
     return 0
 

@@ -3,13 +3,15 @@
 `time.precision.mode=adaptive_time_microseconds`, REPLICA IDENTITY DEFAULT).
 
 Used by the replay tests and `bench/`: a mixed workload of inserts, updates (some hitting the
-same keys again) and deletes, together with the final table state it must produce.
+same keys again) and deletes, together with the final table state it must produce, for a narrow
+table (8 columns) or a wide one (40 columns: numerics, timestamps, jsonb).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -62,6 +64,93 @@ def _typed(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+# -- the wide table: 40 columns ------------------------------------------------------------
+
+_WIDE_TYPES: tuple[tuple[str, str], ...] = (
+    ("id", "bigint PRIMARY KEY"),
+    *((f"teks_{i}", "text") for i in range(1, 8)),
+    *((f"angka_{i}", "integer") for i in range(1, 4)),
+    *((f"besar_{i}", "bigint") for i in range(1, 4)),
+    *((f"nilai_{i}", "numeric(18,2)") for i in range(1, 9)),
+    *((f"rasio_{i}", "double precision") for i in range(1, 5)),
+    *((f"tgl_{i}", "date") for i in range(1, 4)),
+    *((f"waktu_{i}", "timestamp") for i in range(1, 5)),
+    *((f"zona_{i}", "timestamptz") for i in range(1, 4)),
+    ("aktif", "boolean"),
+    ("final", "boolean"),
+    ("atribut", "jsonb"),
+    ("riwayat", "jsonb"),
+)
+WIDE_COLUMNS = tuple(name for name, _ in _WIDE_TYPES)
+WIDE_DDL = (
+    "CREATE TABLE {name} (" + ", ".join(f"{name} {ctype}" for name, ctype in _WIDE_TYPES) + ")"
+)
+_EPOCH_DT = dt.datetime(1970, 1, 1)
+
+
+def _wide_row(rnd: random.Random, key: int, version: int) -> dict[str, Any]:
+    # Shaped as Debezium writes each type: numeric as a string (decimal.handling.mode=string),
+    # date as days, timestamp as µs, timestamptz as an ISO string, jsonb as JSON text.
+    changed = dt.datetime(2026, 1, 1) + dt.timedelta(seconds=version, microseconds=key % 1000)
+    micros = int((changed - _EPOCH_DT).total_seconds()) * 1_000_000 + changed.microsecond
+    row: dict[str, Any] = {"id": key}
+    for name, ctype in _WIDE_TYPES[1:]:
+        if ctype == "text":
+            row[name] = f"{name} {key} versi {version} {rnd.randrange(10**6)}"
+        elif ctype == "integer":
+            row[name] = rnd.randrange(-(2**31), 2**31)
+        elif ctype == "bigint":
+            row[name] = rnd.randrange(-(2**62), 2**62)
+        elif ctype.startswith("numeric"):
+            row[name] = f"{rnd.randint(-9_000_000_000, 9_000_000_000) / 100:.2f}"
+        elif ctype == "double precision":
+            row[name] = rnd.random() * 1000
+        elif ctype == "date":
+            row[name] = 20_000 + rnd.randrange(1000)
+        elif ctype == "timestamp":
+            row[name] = micros - rnd.randrange(10**12)
+        elif ctype == "timestamptz":
+            moment = changed - dt.timedelta(microseconds=rnd.randrange(10**12))
+            row[name] = moment.isoformat(timespec="microseconds") + "Z"
+        elif ctype == "boolean":
+            row[name] = rnd.random() < 0.5
+        else:
+            row[name] = orjson.dumps(
+                {"versi": version, "label": f"k{key}", "tags": [rnd.randrange(100) for _ in "ab"]}
+            ).decode()
+    return row
+
+
+def _wide_typed(row: dict[str, Any]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for name, ctype in _WIDE_TYPES:
+        value = row[name]
+        if ctype.startswith("numeric"):
+            value = Decimal(value)
+        elif ctype == "date":
+            value = EPOCH + dt.timedelta(days=value)
+        elif ctype == "timestamp":
+            value = _EPOCH_DT + dt.timedelta(microseconds=value)
+        elif ctype == "timestamptz":
+            value = dt.datetime.fromisoformat(value)
+        out.append(value)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A benchmark table: its columns, DDL (with a {name} slot) and row generator."""
+
+    columns: tuple[str, ...]
+    ddl: str
+    row: Callable[[random.Random, int, int], dict[str, Any]]
+    typed: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+NARROW = Shape(NARROW_COLUMNS, NARROW_DDL, _row, _typed)
+WIDE = Shape(WIDE_COLUMNS, WIDE_DDL, _wide_row, _wide_typed)
+
+
 def _envelope(
     op: str, before: Any, after: Any, lsn: int, ts_us: int, source: str, table: str
 ) -> bytes:
@@ -102,7 +191,12 @@ def _envelope(
 
 
 def mixed_workload(
-    n: int, *, source: str = "bench", table: str = "public.kegiatan", seed: int = 1
+    n: int,
+    *,
+    source: str = "bench",
+    table: str = "public.kegiatan",
+    seed: int = 1,
+    shape: Shape = NARROW,
 ) -> Workload:
     """n events: about 70% inserts, 25% updates (a third on hot keys), 5% deletes."""
     rnd = random.Random(seed)
@@ -118,18 +212,18 @@ def mixed_workload(
         if roll < 0.70 or len(live) < 10:
             key = next_key
             next_key += 1
-            row = _row(rnd, key, i)
+            row = shape.row(rnd, key, i)
             work.lines.append(_envelope("c", None, row, lsn, ts, source, table))
             live.append(key)
             live_set.add(key)
-            work.final[key] = _typed(row)
+            work.final[key] = shape.typed(row)
             work.counts["c"] += 1
         elif roll < 0.95:
             hot = rnd.random() < 0.33
             key = live[rnd.randrange(max(1, len(live) // 20))] if hot else rnd.choice(live)
-            row = _row(rnd, key, i)
+            row = shape.row(rnd, key, i)
             work.lines.append(_envelope("u", None, row, lsn, ts, source, table))
-            work.final[key] = _typed(row)
+            work.final[key] = shape.typed(row)
             work.counts["u"] += 1
         else:
             index = rnd.randrange(len(live))
@@ -137,7 +231,7 @@ def mixed_workload(
             live[index] = live[-1]
             live.pop()
             live_set.discard(key)
-            before = dict.fromkeys(NARROW_COLUMNS)
+            before = dict.fromkeys(shape.columns)
             before["id"] = key
             work.lines.append(_envelope("d", before, None, lsn, ts, source, table))
             work.lines.append(
@@ -154,8 +248,11 @@ def mixed_workload(
     return work
 
 
-def narrow_mapping(source: str = "bench", table: str = "public.kegiatan") -> str:
-    cols = ", ".join(f"{c}: {c}" for c in NARROW_COLUMNS)
+def narrow_mapping(
+    source: str = "bench", table: str = "public.kegiatan", shape: Shape = NARROW
+) -> str:
+    """A mapping that copies every column of `shape` unchanged."""
+    cols = ", ".join(f"{c}: {c}" for c in shape.columns)
     return (
         f"source: {source}\ntables:\n  - from: {table}\n    to: {table}\n    key: [id]\n"
         f"    columns: {{{cols}}}\n"

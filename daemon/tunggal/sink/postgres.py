@@ -7,6 +7,7 @@ deletes leave a tombstone, so replaying any prefix of a source's events is a no-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,10 @@ _MAX_PARAMS = 60_000
 _MAX_ROWS_PER_STATEMENT = 1000
 # Rows per unnest() statement: one array parameter per column, so only memory limits it.
 _UNNEST_ROWS = 5000
+# From this many rows of one shape on, upserts go through COPY into a temporary staging table
+# and one INSERT ... SELECT. psycopg dumps unnest()'s arrays in Python, element by element; COPY
+# formats rows in C. Below it, the extra CREATE/COPY round trips cost more than they save.
+_STAGE_ROWS = 200
 
 # Postgres SQLSTATE classes that a retry can fix: connection exceptions, insufficient
 # resources, operator intervention (shutdown, failover), serialization failure and deadlock,
@@ -110,6 +115,16 @@ _TOMB_NOT_NEWER = sql.SQL(
 )
 
 
+_STAGE_BOOKKEEPING = (("_src", "text"), ("_pos", "numeric"), ("_ts", "bigint"), ("_k", "text"))
+
+
+def _stage_type(ctype: str) -> str:
+    """The staging column type for a target column type (see `PostgresSink._stage`)."""
+    if ctype == "date" or (ctype.startswith("timestamp") and ctype.endswith("without time zone")):
+        return "timestamptz"
+    return ctype
+
+
 def key_json(key: Sequence[Any]) -> str:
     return orjson.dumps(list(key), default=str).decode()
 
@@ -139,6 +154,8 @@ class PostgresSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._dbapi: Any = None
         self._statements: dict[tuple[Any, ...], bytes] = {}
+        # Staging tables filled in the current transaction: a second use must empty them first.
+        self._staged: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     def introspect(self) -> dict[str, TableInfo]:
@@ -233,6 +250,7 @@ class PostgresSink:
     ) -> BatchResult:
         conn = self._connection()
         result = BatchResult()
+        self._staged.clear()
         try:
             with conn.cursor() as cur:
                 for step in steps:
@@ -343,6 +361,9 @@ class PostgresSink:
         for (cols, missing), group in groups.items():
             # unnest() flattens multi-dimensional arrays, so array columns need row-wise VALUES.
             columnar = not any(self._types(table).get(c, "").endswith("]") for c in cols)
+            if columnar and len(group) >= _STAGE_ROWS:
+                self._upsert_staged(cur, table, cols, missing, group, spec, result)
+                continue
             chunk = (
                 _UNNEST_ROWS
                 if columnar
@@ -383,6 +404,81 @@ class PostgresSink:
                 cur.execute(statement, params, binary=columnar)
                 result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
 
+    def _upsert_staged(
+        self,
+        cur: psycopg.Cursor[Any],
+        table: str,
+        cols: tuple[str, ...],
+        missing: frozenset[str],
+        rows: list[Upsert],
+        spec: TargetSpec,
+        result: BatchResult,
+    ) -> None:
+        """COPY the rows into a temporary table, then the same guarded upsert reads from it."""
+        stage = self._stage(cur, table, cols)
+        if stage in self._staged:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+        self._staged.add(stage)
+        names = sql.SQL(", ").join(
+            [*map(sql.Identifier, cols), *map(sql.Identifier, ("_src", "_pos", "_ts", "_k"))]
+        )
+        copy_sql = self._statement(
+            ("copy", stage, cols),
+            lambda: sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), names),
+        )
+        with cur.copy(copy_sql) as copy:
+            write = copy.write_row
+            for r in rows:
+                values = r.values
+                write(
+                    (
+                        *[None if values[c] is UNAVAILABLE else values[c] for c in cols],
+                        r.source,
+                        r.position,
+                        r.commit_ts_us,
+                        key_json(r.key),
+                    )
+                )
+        statement = self._statement(
+            ("upsert-staged", table, cols, missing),
+            self._upsert_sql,
+            table,
+            cols,
+            missing,
+            -1,
+            spec,
+            stage,
+        )
+        cur.execute(statement)
+        result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
+
+    def _stage(self, cur: psycopg.Cursor[Any], table: str, cols: tuple[str, ...]) -> str:
+        """The session's staging table for rows of this shape, created on first use.
+
+        Its timestamp and date columns are timestamptz, cast in the INSERT ... SELECT: COPY's
+        text form of an aware datetime would otherwise lose its offset in a timestamp column,
+        where the unnest() path converts it to UTC.
+        """
+        types = [_stage_type(self._type(table, c)) for c in cols]
+        # The types are in the name: after `tunggal schema --apply` changes a column, the
+        # session's old staging table must not convert values to the old type.
+        digest = hashlib.blake2b(repr((table, cols, types)).encode(), digest_size=8).hexdigest()
+        stage = f"tunggal_stage_{digest}"
+        columns: list[sql.Composable] = [
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+            for c, t in zip(cols, types, strict=True)
+        ]
+        columns += [sql.SQL(f"{c} {t}") for c, t in _STAGE_BOOKKEEPING]
+        cur.execute(
+            self._statement(
+                ("stage", stage),
+                lambda: sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
+                ).format(sql.Identifier(stage), sql.SQL(", ").join(columns)),
+            )
+        )
+        return stage
+
     def _statement(
         self, key: tuple[Any, ...], build: Callable[..., sql.Composable], *args: Any
     ) -> bytes:
@@ -394,12 +490,34 @@ class PostgresSink:
         return text
 
     def _upsert_sql(
-        self, table: str, cols: tuple[str, ...], missing: frozenset[str], n: int, spec: TargetSpec
+        self,
+        table: str,
+        cols: tuple[str, ...],
+        missing: frozenset[str],
+        n: int,
+        spec: TargetSpec,
+        stage: str = "",
     ) -> sql.Composed:
-        """n == 0: one array parameter per column, unnest()ed; else n rows of VALUES."""
+        """n == 0: one array parameter per column, unnest()ed; n < 0: the staging table `stage`;
+        else n rows of VALUES."""
         soft, key = spec.soft_delete_column, spec.key
         bookkeeping = ["text", "numeric", "bigint", "text"]
-        if n == 0:
+        if n < 0:
+            values = sql.SQL("(SELECT {} FROM {})").format(
+                sql.SQL(", ").join(
+                    [
+                        *(
+                            sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(ctype))
+                            if _stage_type(ctype := self._type(table, c)) != ctype
+                            else sql.Identifier(c)
+                            for c in cols
+                        ),
+                        *(sql.Identifier(c) for c, _ in _STAGE_BOOKKEEPING),
+                    ]
+                ),
+                sql.Identifier(stage),
+            )
+        elif n == 0:
             arrays: list[sql.Composable] = [
                 sql.SQL("%s::{}[]").format(sql.SQL(self._type(table, c))) for c in cols
             ]
@@ -471,75 +589,97 @@ class PostgresSink:
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete], result: BatchResult
     ) -> None:
         spec = self._spec(table)
-        key = spec.key
-        for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
-            part = rows[start : start + _MAX_ROWS_PER_STATEMENT]
+        # As for upserts: one array per column and a statement text that does not depend on the
+        # number of rows, unless a key column is itself an array.
+        columnar = not any(self._type(table, c).endswith("]") for c in spec.key)
+        chunk = _UNNEST_ROWS if columnar else _MAX_ROWS_PER_STATEMENT
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
             for soft in (False, True):
                 sub = [r for r in part if r.soft == soft]
                 if not sub:
                     continue
-                one = sql.SQL("({})").format(
-                    sql.SQL(", ").join(
-                        [self._cast(table, c) for c in key]
-                        + [sql.SQL("%s::text"), sql.SQL("%s::numeric"), sql.SQL("%s::bigint")]
-                    )
+                n = 0 if columnar else len(sub)
+                statement = self._statement(
+                    ("delete", table, soft, n), self._delete_sql, table, soft, n, spec
                 )
-                alias = sql.SQL(", ").join(
-                    [*map(sql.Identifier, key), sql.SQL("_src"), sql.SQL("_pos"), sql.SQL("_ts")]
-                )
-                match = sql.SQL(" AND ").join(
-                    sql.SQL("t.{c} = v.{c}").format(c=sql.Identifier(c)) for c in key
-                )
-                newer = _newer("v._src", "v._pos", "v._ts", "t")
-                if soft:
-                    column = spec.soft_delete_column or "deleted_at"
-                    statement = sql.SQL(
-                        "UPDATE {tbl} AS t SET {soft} = to_timestamp(v._ts / 1000000.0), "
-                        "_tunggal_source = v._src, _tunggal_position = v._pos, _tunggal_ts = v._ts "
-                        "FROM (VALUES {values}) AS v({alias}) WHERE {match} AND {newer}"
-                    ).format(
-                        tbl=_tbl(table),
-                        soft=sql.Identifier(column),
-                        values=sql.SQL(", ").join([one] * len(sub)),
-                        alias=alias,
-                        match=match,
-                        newer=newer,
-                    )
+                params: list[Any]
+                if columnar:
+                    params = [[r.key[i] for r in sub] for i in range(len(spec.key))]
+                    params += [
+                        [r.source for r in sub],
+                        [r.position for r in sub],
+                        [r.commit_ts_us for r in sub],
+                    ]
                 else:
-                    statement = sql.SQL(
-                        "DELETE FROM {tbl} AS t USING (VALUES {values}) AS v({alias}) "
-                        "WHERE {match} AND {newer}"
-                    ).format(
-                        tbl=_tbl(table),
-                        values=sql.SQL(", ").join([one] * len(sub)),
-                        alias=alias,
-                        match=match,
-                        newer=newer,
-                    )
-                params: list[Any] = []
-                for r in sub:
-                    params.extend(r.key)
-                    params.extend((r.source, r.position, r.commit_ts_us))
+                    params = []
+                    for r in sub:
+                        params.extend(r.key)
+                        params.extend((r.source, r.position, r.commit_ts_us))
                 cur.execute(statement, params)
                 result.deleted[table] += cur.rowcount if cur.rowcount > 0 else 0
             self._tombstones(cur, table, part)
 
+    def _delete_sql(self, table: str, soft: bool, n: int, spec: TargetSpec) -> sql.Composed:
+        """n == 0: one array parameter per column, unnest()ed; else n rows of VALUES."""
+        key = spec.key
+        if n == 0:
+            values = sql.SQL("unnest({})").format(
+                sql.SQL(", ").join(
+                    [sql.SQL("%s::{}[]").format(sql.SQL(self._type(table, c))) for c in key]
+                    + [sql.SQL("%s::text[]"), sql.SQL("%s::numeric[]"), sql.SQL("%s::bigint[]")]
+                )
+            )
+        else:
+            one = sql.SQL("({})").format(
+                sql.SQL(", ").join(
+                    [self._cast(table, c) for c in key]
+                    + [sql.SQL("%s::text"), sql.SQL("%s::numeric"), sql.SQL("%s::bigint")]
+                )
+            )
+            values = sql.SQL("(VALUES {})").format(sql.SQL(", ").join([one] * n))
+        alias = sql.SQL(", ").join(
+            [*map(sql.Identifier, key), sql.SQL("_src"), sql.SQL("_pos"), sql.SQL("_ts")]
+        )
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{c} = v.{c}").format(c=sql.Identifier(c)) for c in key
+        )
+        newer = _newer("v._src", "v._pos", "v._ts", "t")
+        if soft:
+            column = spec.soft_delete_column or "deleted_at"
+            return sql.SQL(
+                "UPDATE {tbl} AS t SET {soft} = to_timestamp(v._ts / 1000000.0), "
+                "_tunggal_source = v._src, _tunggal_position = v._pos, _tunggal_ts = v._ts "
+                "FROM {values} AS v({alias}) WHERE {match} AND {newer}"
+            ).format(
+                tbl=_tbl(table),
+                soft=sql.Identifier(column),
+                values=values,
+                alias=alias,
+                match=match,
+                newer=newer,
+            )
+        return sql.SQL(
+            "DELETE FROM {tbl} AS t USING {values} AS v({alias}) WHERE {match} AND {newer}"
+        ).format(tbl=_tbl(table), values=values, alias=alias, match=match, newer=newer)
+
     def _tombstones(self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete]) -> None:
-        statement = sql.SQL(
+        cur.execute(
             "INSERT INTO public.tunggal_tombstones AS d (target_table, key_json, source, "
-            "position, ts) VALUES {values} ON CONFLICT (target_table, key_json) DO UPDATE SET "
+            "position, ts) SELECT %s, v.* FROM unnest(%s::text[], %s::text[], %s::numeric[], "
+            "%s::bigint[]) AS v ON CONFLICT (target_table, key_json) DO UPDATE SET "
             "source = EXCLUDED.source, position = EXCLUDED.position, ts = EXCLUDED.ts "
             "WHERE (d.source = EXCLUDED.source AND d.position < EXCLUDED.position) "
-            "OR (d.source <> EXCLUDED.source AND (d.ts, d.source) < (EXCLUDED.ts, EXCLUDED.source))"
-        ).format(
-            values=sql.SQL(", ").join(
-                [sql.SQL("(%s, %s, %s, %s::numeric, %s::bigint)")] * len(rows)
-            )
+            "OR (d.source <> EXCLUDED.source "
+            "AND (d.ts, d.source) < (EXCLUDED.ts, EXCLUDED.source))",
+            [
+                table,
+                [key_json(r.key) for r in rows],
+                [r.source for r in rows],
+                [r.position for r in rows],
+                [r.commit_ts_us for r in rows],
+            ],
         )
-        params: list[Any] = []
-        for r in rows:
-            params.extend((table, key_json(r.key), r.source, r.position, r.commit_ts_us))
-        cur.execute(statement, params)
 
     def _truncate(self, cur: psycopg.Cursor[Any], op: Truncate, result: BatchResult) -> None:
         spec = self._spec(op.table)
