@@ -7,7 +7,13 @@ deletes) and measures on this machine, in one run, against one PostgreSQL:
   - `replay` into PostgreSQL through the real runner, sink and batching;
   - raw COPY of the same final rows into a copy of the table: the physical limit;
   - dlt's merge load (csv loader files, primary key) of the same final rows: the peer.
-Prints a table and writes JSON to bench/results/ so runs can be compared.
+Then, for the narrow table, the daemon as users run it (`tunggal run` subprocesses):
+  - Kafka -> PostgreSQL from a pre-filled topic on the test broker, 1 and 2 instances
+    (bench/kafka_stage.py), and per-row lag at a fixed offered rate through Debezium on
+    Kafka Connect;
+  - the embedded engine with a no-op handler vs `tunggal run` -> PostgreSQL on a real source
+    table change of N rows, and per-row lag at a fixed offered rate (bench/embedded_stage.py).
+Prints tables and writes JSON to bench/results/ so runs can be compared.
 
 A stage is a function `(Case) -> StageResult`, listed in STAGES. Each runs in a fresh spawned
 process so that its peak RSS and CPU seconds are its own.
@@ -309,6 +315,75 @@ def print_table(results: dict[str, list[StageResult]]) -> None:
             )
 
 
+def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The daemon as users run it (`tunggal run` subprocesses), narrow table, on this cluster."""
+    chosen = {p for p in args.pipelines.split(",") if p}
+    out: dict[str, Any] = {}
+    if "kafka" in chosen:
+        from kafka_stage import bench_kafka, bench_kafka_lag
+
+        from tunggal.devtools.kafkabroker import TansuBroker
+
+        broker = TansuBroker().start()
+        try:
+            for n in (1, 2):
+                work = mixed_workload(args.events, source=f"kbench{n}", seed=11)
+                out[f"kafka_{n}"] = bench_kafka(
+                    cluster, broker, work.lines, len(work.final), n, root / "kafka"
+                )
+            out["kafka_lag"] = bench_kafka_lag(
+                cluster, broker, root / "kafka", args.rate, args.seconds
+            )
+        finally:
+            broker.stop()
+    if "embedded" in chosen:
+        from embedded_stage import bench_daemon, bench_lag, bench_noop
+
+        work_dir = root / "embedded"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        out["embedded_noop"] = bench_noop(cluster, work_dir, args.events)
+        out["embedded_daemon"] = bench_daemon(cluster, work_dir, args.events)
+        out["embedded_lag"] = bench_lag(cluster, work_dir, args.rate, args.seconds)
+    return out
+
+
+def _lags(lag: dict[str, Any]) -> str:
+    return f"p50 {lag['lag_p50_s']:.2f}s p99 {lag['lag_p99_s']:.2f}s"
+
+
+def print_pipelines(p: dict[str, Any], rate: int) -> None:
+    if not p:
+        return
+    print(f"\n{'pipeline (narrow table)':<52}{'rate / lag':>22}{'peak RSS':>11}")
+    if "kafka_1" in p:
+        one, two = p["kafka_1"], p["kafka_2"]
+        print(
+            f"{'Kafka -> PostgreSQL, 1 instance':<52}{one['events_per_s']:>15,.0f} ev/s"
+            f"{one['peak_rss_mb_per_instance']:>8.0f} MB"
+        )
+        print(
+            f"{'Kafka -> PostgreSQL, 2 instances':<52}{two['events_per_s']:>15,.0f} ev/s"
+            f"{two['peak_rss_mb_per_instance']:>8.0f} MB   "
+            f"({two['events_per_s'] / one['events_per_s']:.2f}x one)"
+        )
+        lag = p["kafka_lag"]
+        print(
+            f"{f'Kafka lag at {rate}/s, Connect included':<52}"
+            f"{_lags(lag):>22}"
+            f"{lag['peak_rss_mb']:>8.0f} MB"
+        )
+    if "embedded_noop" in p:
+        noop, daemon = p["embedded_noop"], p["embedded_daemon"]
+        print(f"{'embedded engine -> no-op handler':<52}{noop['events_per_s']:>15,.0f} ev/s")
+        print(
+            f"{'embedded engine -> tunggal run -> PostgreSQL':<52}"
+            f"{daemon['events_per_s']:>15,.0f} ev/s{daemon['peak_rss_mb']:>8.0f} MB   "
+            f"({daemon['events_per_s'] / noop['events_per_s']:.0%} of no-op)"
+        )
+        lag = p["embedded_lag"]
+        print(f"{f'embedded lag at {rate}/s':<52}{_lags(lag):>22}{lag['peak_rss_mb']:>8.0f} MB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -319,6 +394,15 @@ def main() -> int:
         default=",".join(stage.__name__.removeprefix("stage_") for stage in STAGES),
         help="comma-separated subset of the stages, in STAGES order",
     )
+    parser.add_argument(
+        "--pipelines",
+        default="kafka,embedded",
+        help="whole-daemon stages after the tables: kafka (Kafka -> PG, 1 and 2 instances; "
+        "lag through Connect), embedded (the engine with a no-op handler vs tunggal run; lag); "
+        "'' skips them",
+    )
+    parser.add_argument("--rate", type=int, default=5000, help="offered rate for the lag stages")
+    parser.add_argument("--seconds", type=int, default=60, help="duration of the lag stages")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -336,10 +420,12 @@ def main() -> int:
                 for stage in STAGES
                 if stage.__name__.removeprefix("stage_") in args.stages.split(",")
             ]
+        pipelines = run_pipelines(cluster, root, args)
     finally:
         cluster.destroy()
 
     print_table(results)
+    print_pipelines(pipelines, args.rate)
     report: dict[str, Any] = {
         "machine": {**_machine(), "postgresql": server},
         "events": args.events,
@@ -348,6 +434,7 @@ def main() -> int:
             name: [{**asdict(r), "rate": r.rate} for r in stages]
             for name, stages in results.items()
         },
+        "pipelines": pipelines,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
