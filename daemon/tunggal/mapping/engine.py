@@ -494,7 +494,14 @@ class TableMapper:
         were deleted in the source meanwhile. Remove them as the delete policy says."""
         if self._delete == "ignore":
             return None
-        return Truncate(self._table, event.source, event.position, event.commit_ts_us, self._soft)
+        return Truncate(
+            self._table,
+            event.source,
+            event.position,
+            event.commit_ts_us,
+            self._soft,
+            watermark=False,
+        )
 
     def _update(self, event: ChangeEvent, after: Row) -> list[RowOp]:
         old = None

@@ -36,6 +36,10 @@ class Truncate:
     position: int
     commit_ts_us: int
     soft: bool
+    # A TRUNCATE leaves a watermark that keeps older changes out for good. The end of a
+    # snapshot must not: a transaction still running when the slot was created streams after
+    # the snapshot with change positions below the snapshot's own.
+    watermark: bool = True
 
 
 RowOp = Upsert | Delete | Truncate

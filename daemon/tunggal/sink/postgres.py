@@ -698,6 +698,8 @@ class PostgresSink:
                 (op.source, op.position),
             )
         result.deleted[op.table] += max(cur.rowcount, 0)
+        if not op.watermark:
+            return
         cur.execute(
             "INSERT INTO public.tunggal_truncations AS r (target_table, source, position, ts) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT (target_table, source) DO UPDATE SET "
