@@ -130,8 +130,9 @@ class ChangeWriter(threading.Thread):
             raise self.error
 
 
+# Run without parameters, so psycopg passes '%' through to format() as it is.
 DIGEST = (
-    "SELECT count(*), md5(coalesce(string_agg(format('%%s|%%s|%%s', id, v, n), ',' "
+    "SELECT count(*), md5(coalesce(string_agg(format('%s|%s|%s', id, v, n), ',' "
     "ORDER BY id), '')) FROM kv"
 )
 

@@ -292,3 +292,50 @@ def test_sigterm_under_load_exits_cleanly_and_resumes(kv_sync: KvSync) -> None:
     assert digest(s.target)[0] > 0
     code, took = daemon.terminate(timeout=30)
     assert code == 0 and took < 10, (code, took, s.logs())
+
+
+def test_nothing_acknowledged_before_the_target_commits(kv_sync: KvSync) -> None:
+    """The target is blocked by a lock while changes stream in, so batches reach the daemon
+    but cannot commit. If anything were marked processed before its commit (stored offsets
+    and the slot's confirmed position ahead of the target), kill -9 would lose it."""
+    s = kv_sync
+    sql(s.source, "INSERT INTO kv SELECT g, 'awal', 0 FROM generate_series(1, 500) g")
+    daemon = s.start_daemon()
+    _wait_equal(s, 90, "snapshot")
+    offsets = s.config.parent / "state" / f"{s.name}.offsets"
+    with psycopg.connect(s.target) as blocker:
+        blocker.execute("LOCK TABLE kv IN ACCESS EXCLUSIVE MODE")
+        writer = s.writer(total=3000, seed=13, keys=800, rows=10, per_txn=2, rate=600)
+        # The first blocked batch may still mark the last one committed before the lock.
+        time.sleep(2.0)
+        stored = offsets.read_bytes()
+        writer.finish(60)
+        time.sleep(3.0)  # many poll intervals and batches: time enough to store offsets
+        assert daemon.alive(), s.logs()
+        assert offsets.read_bytes() == stored, "offsets stored while the target was blocked"
+        daemon.kill()
+        blocker.rollback()
+    s.start_daemon()
+    _wait_equal(s, 90, "target equal to the source after kill -9 with the target blocked")
+    assert _dead_letters(s.target) == 0
+
+
+def test_graceful_stop_redelivers_nothing(kv_sync: KvSync) -> None:
+    """The embedded engine marks a batch processed only once the next one is committed; a
+    graceful stop must still mark the last one, so a restart starts after it."""
+    s = kv_sync
+    sql(s.source, "INSERT INTO kv SELECT g, 'awal', 0 FROM generate_series(1, 300) g")
+    daemon = s.start_daemon()
+    _wait_equal(s, 90, "snapshot")
+    sql(s.source, "UPDATE kv SET v = 'ubah', n = n + 1 WHERE id <= 200")
+    _wait_equal(s, 30, "the update streamed")
+    applied = progress(s.target, s.name)
+    code, _ = daemon.terminate(timeout=30)
+    assert code == 0, s.logs()
+    daemon = s.start_daemon().wait_ready()
+    sql(s.source, "UPDATE kv SET v = 'lagi' WHERE id = 300")
+    _wait_equal(s, 30, "the next change streamed")
+    # One event more: the UPDATE after the restart; the 200 before it were not re-delivered.
+    assert progress(s.target, s.name) == applied + 1, s.logs()
+    code, _ = daemon.terminate(timeout=30)
+    assert code == 0, s.logs()

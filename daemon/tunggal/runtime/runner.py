@@ -196,7 +196,9 @@ class Runner:
             self.clock() - self._oldest >= self.batch.max_age_ms / 1000
         ):
             return True
-        # A source that waits for our answer cannot send more: don't wait for a fuller batch.
+        # A source that waits for our answer cannot send more than it has (the embedded
+        # engine sends at most one more batch while this one is written): a fuller batch
+        # would only add latency.
         return any(c.holds_source for c in self._chunks) and self.inbox.empty()
 
     # -- writing ----------------------------------------------------------------------------

