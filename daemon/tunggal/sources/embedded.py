@@ -187,12 +187,15 @@ class EmbeddedSource:
         or by `max_slot_wal_keep_size`), Debezium would create a new one at the current WAL
         position and silently skip every change in between. Take a new snapshot instead: its
         end removes rows deleted meanwhile (see MappingSet._snapshot_cleanup)."""
+        from tunggal.sources.pgstats import SourceDatabase, slot_exists
+
         offsets = Path(self.properties["offset.storage.file.filename"])
-        if "Postgres" not in self.properties.get("connector.class", "") or not offsets.exists():
+        db = SourceDatabase.from_properties(self.name, self.properties, ())
+        if db is None or not offsets.exists():
             return
-        slot = self.properties.get("slot.name", "debezium")
+        slot = db.slot
         try:
-            exists = slot_exists(self.properties, slot)
+            exists = slot_exists(db)
         except Exception as exc:
             # The engine's own start reports an unreachable source with its real cause.
             log.debug("cannot check replication slot %s: %s", slot, exc)
@@ -420,20 +423,3 @@ def _root_cause(error: Any) -> str:
     while cause.getCause() is not None and cause.getCause() is not cause and seen < 20:
         cause, seen = cause.getCause(), seen + 1
     return f"{cause.getClass().getSimpleName()}: {cause.getMessage()}"
-
-
-def slot_exists(properties: Mapping[str, str], slot: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(
-        host=properties.get("database.hostname"),
-        port=int(properties.get("database.port", "5432")),
-        dbname=properties.get("database.dbname"),
-        user=properties.get("database.user"),
-        password=properties.get("database.password") or None,
-        connect_timeout=5,
-    ) as conn:
-        row = conn.execute(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
-    return row is not None

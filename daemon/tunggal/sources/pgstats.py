@@ -67,8 +67,7 @@ class SourceDatabase:
         return cls(name, slot, tuple(tables), conninfo)
 
 
-def read_source(db: SourceDatabase) -> tuple[float | None, dict[str, int]]:
-    """(WAL bytes retained by the slot, or None while it does not exist; row estimates)."""
+def _connect(db: SourceDatabase) -> psycopg.Connection[Any]:
     conninfo = make_conninfo(
         "",
         **db.conninfo,
@@ -76,7 +75,20 @@ def read_source(db: SourceDatabase) -> tuple[float | None, dict[str, int]]:
         application_name="tunggal-stats",
         options="-c statement_timeout=5000",
     )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+def slot_exists(db: SourceDatabase) -> bool:
+    with _connect(db) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
+        ).fetchone()
+    return row is not None
+
+
+def read_source(db: SourceDatabase) -> tuple[float | None, dict[str, int]]:
+    """(WAL bytes retained by the slot, or None while it does not exist; row estimates)."""
+    with _connect(db) as conn:
         row = conn.execute(SLOT_RETAINED, (db.slot,)).fetchone()
         retained = float(row[0]) if row is not None and row[0] is not None else None
         estimates = {
