@@ -20,12 +20,12 @@ from typing import Any, Final
 
 import orjson
 
-from tunggal.events.model import UNAVAILABLE, RawEvent
+from tunggal.events.model import HEARTBEAT_PREFIX, UNAVAILABLE, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import Delete, MappingSet, RowOp, Truncate, Upsert
 from tunggal.mapping.engine import iter_tables
 from tunggal.mapping.spec import ColumnSpec, ConstPart
-from tunggal.runtime.pipeline import HEARTBEAT_PREFIX, Pipeline
+from tunggal.runtime.pipeline import Pipeline
 
 # Outcomes, in the order the summary lists them.
 MAPPED: Final = "mapped"

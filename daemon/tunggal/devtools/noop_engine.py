@@ -16,6 +16,7 @@ import time
 import orjson
 
 from tunggal.config import load_config
+from tunggal.events.model import HEARTBEAT_PREFIX
 from tunggal.runtime.app import load_all
 from tunggal.sources.base import Chunk, SourceFailure
 from tunggal.sources.embedded import EmbeddedSource
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
             return
         now = time.perf_counter()
         changes = sum(1 for raw in item.events if raw.value is not None)
-        changes -= sum(1 for raw in item.events if raw.destination.startswith("__debezium"))
+        changes -= sum(1 for raw in item.events if raw.destination.startswith(HEARTBEAT_PREFIX))
         if changes and not seen["events"]:
             seen["first"] = now
         seen["events"] += changes

@@ -36,6 +36,8 @@ class _Unavailable:
 
 
 UNAVAILABLE: Final = _Unavailable()
+# Debezium's heartbeat topics are `__debezium-heartbeat.<topic prefix>`.
+HEARTBEAT_PREFIX: Final = "__debezium-heartbeat"
 # What Debezium puts in place of an unchanged TOASTed column (`unavailable.value.placeholder`).
 UNAVAILABLE_PLACEHOLDER: Final = "__debezium_unavailable_value"
 

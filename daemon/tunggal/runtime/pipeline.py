@@ -10,15 +10,13 @@ import orjson
 
 from tunggal.errors import PoisonEventError
 from tunggal.events.decode import Hints, decode
-from tunggal.events.model import RawEvent
+from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
 from tunggal.mapping.ops import RowOp
 from tunggal.sink.postgres import DeadLetter, SourceProgress
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_PREFIX = "__debezium-heartbeat"
 
 
 @dataclass

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from tunggal.config import KafkaConfig
-from tunggal.events.model import RawEvent
+from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
 from tunggal.metrics import Metrics
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
 from tunggal.sources.kafka_clients import ClientError, ConsumerClient, open_client
@@ -36,14 +36,12 @@ log = logging.getLogger(__name__)
 Offsets = dict[tuple[str, int], int]
 LoadOffsets = Callable[[str, Sequence[tuple[str, int]]], Offsets]
 
-HEARTBEAT_TOPIC = "__debezium-heartbeat.{prefix}"
-
 
 def default_topic_pattern(prefix: str, tables: Iterable[str]) -> str:
     """`<prefix>.<schema>.<table>` for every mapped table, plus Debezium's heartbeat topic,
     as one pattern: topics that do not exist yet are picked up when Connect creates them."""
     names = [f"{prefix}.{t}" for t in sorted(set(tables))]
-    names.append(HEARTBEAT_TOPIC.format(prefix=prefix))
+    names.append(f"{HEARTBEAT_PREFIX}.{prefix}")
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
