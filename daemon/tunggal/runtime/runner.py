@@ -89,7 +89,7 @@ class Runner:
     def start(self) -> None:
         self.sink.check_ready()
         for source in self.sources:
-            self.metrics.source(source.name, getattr(source, "engine", "embedded"))
+            self.metrics.source(source.name, source.engine)
             source.start(self.deliver)
         self.started = True
 

@@ -48,6 +48,7 @@ Deliver = Callable[[Chunk | SourceFailure], None]
 
 class Source(Protocol):
     name: str
+    engine: str  # "embedded", "kafka" or "replay": shown in /status and `tunggal status`
 
     def start(self, deliver: Deliver) -> None:
         """Begin producing; call `deliver` from any thread."""

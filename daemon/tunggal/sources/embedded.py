@@ -110,6 +110,8 @@ class _InFlight:
 
 
 class EmbeddedSource:
+    engine = "embedded"
+
     def __init__(
         self,
         name: str,

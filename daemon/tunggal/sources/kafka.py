@@ -1,4 +1,4 @@
-"""Debezium topics on Kafka, consumed in a consumer group (kafka-python).
+"""Debezium topics on Kafka, consumed in a consumer group (confluent-kafka or kafka-python).
 
 Exactly-once into the target: the offsets of the records in a batch are written in the same
 target transaction as the rows (`tunggal_kafka_offsets`). On every partition assignment the
@@ -12,8 +12,8 @@ partition starts exactly where this instance's last committed batch ended. If wa
 out, a late commit is still harmless: row writes are guarded by source position, so events
 applied twice change nothing.
 
-kafka-python's consumer is not thread-safe: everything that touches it runs on this source's
-own thread; the runner only marks chunks settled.
+Neither client's consumer is thread-safe: everything that touches it runs on this source's own
+thread (rebalance callbacks included, inside poll); the runner only marks chunks settled.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+
+import tenacity
 
 from tunggal.config import KafkaConfig
 from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
@@ -85,7 +87,6 @@ class KafkaSource:
     def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._stop.clear()
-        self.metrics.source(self.name, engine="kafka")
         self.metrics.set_state(self.name, "starting")
         self._thread = threading.Thread(
             target=self._run, name=f"tunggal-kafka-{self.name}", daemon=True
@@ -264,23 +265,28 @@ class KafkaSource:
         """Seek every partition to the offset stored in the target with the rows."""
         assert self._client is not None
         self.metrics.kafka_rebalances.labels(self.name).inc()
-        stored: Offsets | None = None
-        delay = 0.5
-        while stored is None:
-            try:
-                stored = self.load_offsets(self.group_id, assigned)
-            except Exception as exc:
-                if self._stop.is_set():
-                    raise
-                log.warning(
-                    "source %s: cannot read stored offsets from the target (%s); retry in %.0fs",
-                    self.name,
-                    exc,
-                    delay,
-                )
-                self.metrics.retries.labels("offsets").inc()
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.metrics.retries.labels("offsets").inc()
+            log.warning(
+                "source %s: cannot read stored offsets from the target (%s); retry in %.0fs",
+                self.name,
+                state.outcome.exception() if state.outcome else None,
+                state.upcoming_sleep,
+            )
+
+        def sleep(seconds: float) -> None:
+            self._stop.wait(seconds)  # stopping ends the wait at once
+
+        # Until the target answers or we are stopping: reading no offsets would start the
+        # partitions from Kafka's older committed ones.
+        stored = tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=0.5, max=30),
+            stop=lambda _: self._stop.is_set(),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )(self.load_offsets, self.group_id, assigned)
         for tp in assigned:
             offset = stored.get(tp)
             if offset is not None:

@@ -48,6 +48,8 @@ def read_events(stream: IO[bytes], name: str) -> Iterator[RawEvent | SourceFailu
 
 
 class ReplaySource:
+    engine = "replay"
+
     def __init__(self, name: str, path: Path, chunk_size: int = 5000) -> None:
         self.name = name
         self.path = path
