@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from measure import applied_rate
 
 from tunggal.devtools.pgcluster import PgCluster
 from tunggal.devtools.procstat import peak_rss_mb
@@ -134,26 +135,11 @@ def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
     proc = _start_daemon(source, name, config, work / "daemon.log")
     try:
         _insert(source, 1, n)
-        first: float | None = None
-        first_applied = 0
-        deadline = time.monotonic() + 600
-        with psycopg.connect(target, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute("SELECT events_applied FROM tunggal_progress").fetchone()
-                applied = int(row[0]) if row else 0
-                if applied and first is None:
-                    first, first_applied = time.perf_counter(), applied
-                if applied >= n:
-                    break
-                time.sleep(0.02)
-            done = time.perf_counter()
-        if first is None or applied < n:
-            raise RuntimeError(f"daemon applied {applied} of {n}; see {work}/daemon.log")
-        events = n - first_applied
+        events, seconds = applied_rate(target, name, n, [proc], f"{work}/daemon.log")
         return {
             "events": events,
-            "seconds": done - first,
-            "events_per_s": events / (done - first),
+            "seconds": seconds,
+            "events_per_s": events / seconds,
             "peak_rss_mb": peak_rss_mb(proc.pid),
         }
     finally:

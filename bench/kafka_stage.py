@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import psycopg
 from kafka import KafkaProducer
+from measure import applied_rate
 
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.pgcluster import PgCluster, free_port
@@ -111,40 +112,23 @@ def bench_kafka(
         )
         for i in range(instances)
     ]
-    first_commit: float | None = None
-    first_applied = 0
-    applied = 0
-    deadline = time.monotonic() + 600
+    try:
+        events, seconds = applied_rate(dsn, source, changes, procs, f"{run_dir}/daemon-*.log")
+        rss = [peak_rss_mb(p.pid) for p in procs]
+        cpu = [cpu_seconds(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT events_applied FROM tunggal_progress WHERE source = %s", (source,)
-            ).fetchone()
-            applied = int(row[0]) if row else 0
-            if applied and first_commit is None:
-                first_commit, first_applied = time.perf_counter(), applied
-            if applied >= changes:
-                break
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a daemon exited early; see {run_dir}/daemon-*.log")
-            time.sleep(0.05)
-        done = time.perf_counter()
         rows = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
-    rss = [peak_rss_mb(p.pid) for p in procs]
-    cpu = [cpu_seconds(p.pid) for p in procs]
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=30)
-    if applied < changes or first_commit is None:
-        raise RuntimeError(f"only {applied} of {changes} events applied; see {run_dir}")
     assert rows is not None and rows[0] == final_rows, (rows, final_rows)
-    seconds = done - first_commit
     return {
         "instances": instances,
-        "events": changes - first_applied,
+        "events": events,
         "seconds": seconds,
-        "events_per_s": (changes - first_applied) / seconds,
+        "events_per_s": events / seconds,
         "peak_rss_mb_per_instance": max(rss),
         "cpu_s": sum(cpu),
         "produce_seconds": filled["seconds"],
