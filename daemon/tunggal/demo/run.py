@@ -220,6 +220,10 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                # Ctrl-C goes to the terminal's whole process group: the daemon would get it
+                # and then our SIGTERM too, and a second signal means "exit at once". In its
+                # own session it gets one SIGTERM from us and stops gracefully.
+                start_new_session=True,
             )
         generator = ChangeGenerator({s: sources.dsn(s) for s in SYSTEMS}, rate=rate, stop=stop)
         generator.start()
