@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -85,6 +86,15 @@ def _with_metrics_port(config: Path) -> Path:
     )
     copy.write_text(text)
     return copy
+
+
+def _received(config: Path, source: str) -> float:
+    """tunggal_events_received_total of the instance running `config`."""
+    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
+    assert port is not None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics").read().decode()
+    found = re.search(rf'^tunggal_events_received_total{{source="{source}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def _setup_narrow(tmp_path: Path, target: str, source: str) -> None:
@@ -359,18 +369,19 @@ def test_rebalance_flushes_the_batch_in_hand(
         kafka_broker,
         source,
         group=group,
-        batch_age_ms=6000,
+        batch_age_ms=15_000,
         batch_size=100_000,
         client=client,
     )
     _schema_apply(config)
     work = mixed_workload(12_000, source=source, seed=14)
     topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=4)
+    # Sent before A starts, so that how long sending takes does not eat into A's batch age.
+    topic.send_lines(work.lines[:6000])
     first: Daemon = daemon_factory(config).start().wait_ready()
     wait_until(lambda: _last_assignment(first, source), 30, message="first instance assigned")
-    topic.send_lines(work.lines[:6000])
-    time.sleep(1.0)  # A has read them; its batch ages for 6 s
-    assert _events_applied(target, source) == 0
+    wait_until(lambda: _received(config, source) >= 6000, 15, message="A to read the first 6000")
+    assert _events_applied(target, source) == 0  # A holds them all in one batch
 
     second: Daemon = daemon_factory(_with_metrics_port(config)).start().wait_ready()
     wait_until(

@@ -192,6 +192,8 @@ class Runner:
             return False
         if self._pending_events >= self.batch.max_size:
             return True
+        if any(c.flush_requested for c in self._chunks):
+            return True
         if self._oldest is not None and (
             self.clock() - self._oldest >= self.batch.max_age_ms / 1000
         ):

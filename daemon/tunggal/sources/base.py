@@ -21,6 +21,9 @@ class Chunk:
     # True when the source soon blocks until this chunk is settled (the embedded engine
     # sends one more batch, then waits): waiting for a fuller batch would only add latency.
     holds_source: bool = False
+    # Set by the source, from any thread: write this chunk's batch now rather than at its
+    # maximum age (a Kafka rebalance waits for it before handing the partitions over).
+    flush_requested: bool = False
     received_at: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None

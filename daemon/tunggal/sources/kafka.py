@@ -6,9 +6,10 @@ consumer seeks to the offsets stored in the target; Kafka's own committed offset
 fallback for a partition the target has never seen. After each target commit the offsets are
 also committed to Kafka, so that standard lag tools see the group's progress.
 
-Rebalances: when partitions are revoked, the listener waits until every chunk already handed
-to the runner is settled (the runner flushes within `batch.max_age_ms`), so the next owner of a
-partition starts exactly where this instance's last committed batch ended. If waiting times
+Rebalances: when partitions are revoked, the listener asks the runner to write the batch in
+hand at once and waits until every chunk already handed to the runner is settled, so the next
+owner of a partition starts exactly where this instance's last committed batch ended. Waiting
+for the batch's maximum age instead could outlast the group's patience. If waiting times
 out, a late commit is still harmless: row writes are guarded by source position, so events
 applied twice change nothing.
 
@@ -239,6 +240,9 @@ class KafkaSource:
 
     # -- rebalances (called inside consumer.poll, on this thread) ------------------------
     def wait_settled(self) -> bool:
+        with self._lock:
+            for chunk in self._outstanding:
+                chunk.flush_requested = True
         deadline = time.monotonic() + self.revoke_timeout_s
         while time.monotonic() < deadline:
             with self._lock:
