@@ -322,7 +322,9 @@ class Metrics:
                         "engine": s.engine,
                         "state": s.state,
                         "error": s.error,
-                        "position": s.position,
+                        # A string: PostgreSQL positions are 128-bit (commit epoch, change LSN),
+                        # beyond what JSON readers take as a number.
+                        "position": None if s.position is None else str(s.position),
                         "lag_seconds": lag,
                         "last_commit": s.last_target_commit,
                         "seconds_since_commit": (now - s.last_target_commit)

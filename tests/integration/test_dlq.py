@@ -234,7 +234,8 @@ def _line(template: bytes, op: str, key: int, lsn: int, status: str | None, nama
     row = dict(value["after"], id=key, kode=f"K{key}", nama=nama, status=status, urusan="3")
     value["op"] = op
     value["before"], value["after"] = (row, None) if op == "d" else (None, row)
-    value["source"].update(lsn=lsn, ts_us=lsn * 1000, ts_ms=lsn)
+    # No lastCommitLsn (as for a first transaction): the position is the bare change LSN.
+    value["source"].update(lsn=lsn, ts_us=lsn * 1000, ts_ms=lsn, sequence=f'[null,"{lsn}"]')
     record.update(key=orjson.dumps({"id": key}).decode(), value=orjson.dumps(value).decode())
     return orjson.dumps(record)
 

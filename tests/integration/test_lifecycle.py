@@ -275,3 +275,79 @@ def test_dropped_replication_slot_takes_a_new_snapshot_and_loses_nothing(
     ) == [(1,)]
     code, _ = daemon.terminate()
     assert code == 0, daemon.output()[-3000:]
+
+
+def _walsender_waits_for(source: str, xid: int) -> bool:
+    """Is the slot being created (by the daemon's walsender) waiting for transaction `xid`?"""
+    return bool(
+        sql(
+            source,
+            "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.backend_type = 'walsender' AND l.locktype = 'transactionid' "
+            "AND NOT l.granted AND l.transactionid::text = %s",
+            (str(xid),),
+        )
+    )
+
+
+def test_transaction_running_at_the_consistent_point_is_not_lost(
+    streaming: dict[str, Any], daemon_factory: Any
+) -> None:
+    """A transaction that starts while the replication slot is being built, writes, and commits
+    after the initial snapshot: its changes have LSNs below the snapshot's position, but they are
+    newer than the rows the snapshot read, and must win over them.
+
+    PostgreSQL builds a logical slot in steps: it waits for the transactions running when it
+    started (A), then for those running at the next step (B); one that starts in between (C) is
+    decoded in full but is invisible to the snapshot exported at the consistent point."""
+    source, target = streaming["source"], streaming["target"]
+    sql(source, "INSERT INTO kv VALUES (1, 'lama'), (2, 'dua')")
+    a, b, c = (psycopg.connect(source) for _ in range(3))
+    try:
+        (xid_a,) = a.execute("SELECT txid_current()").fetchone()  # type: ignore[misc]
+        daemon: Daemon = daemon_factory(streaming["config"]).start()
+        context = lambda: daemon.output()[-3000:]  # noqa: E731
+        wait_until(
+            lambda: _walsender_waits_for(source, xid_a),
+            90,
+            message="slot waits for A",
+            context=context,
+        )
+        (xid_b,) = b.execute("SELECT txid_current()").fetchone()  # type: ignore[misc]
+        a.commit()
+        wait_until(
+            lambda: _walsender_waits_for(source, xid_b),
+            60,
+            message="slot waits for B",
+            context=context,
+        )
+        c.execute("UPDATE kv SET v = 'baru' WHERE id = 1")
+        c.execute("INSERT INTO kv VALUES (3, 'tiga')")
+        b.commit()
+        # The snapshot (taken at the consistent point, C still running) lands first.
+        wait_until(
+            lambda: sql(target, "SELECT id, v FROM kv ORDER BY id") == [(1, "LAMA"), (2, "DUA")],
+            90,
+            message="the snapshot",
+            context=context,
+        )
+        c.commit()
+        wait_until(
+            lambda: (
+                sql(target, "SELECT id, v FROM kv ORDER BY id")
+                == [(1, "BARU"), (2, "DUA"), (3, "TIGA")]
+            ),
+            60,
+            message="C's changes to win over the snapshot's rows",
+            context=context,
+        )
+        # Its changes sit in the snapshot's epoch, above the snapshot's own rows.
+        (epoch,) = sql(target, "SELECT snapshot_epoch::text FROM tunggal_progress")[0]
+        epoch = int(epoch)
+        positions = {k: int(p) for k, p in sql(target, "SELECT id, _tunggal_position FROM kv")}
+        assert positions[2] == epoch << 64
+        assert positions[2] < positions[1] < (epoch + 1) << 64
+        assert daemon.terminate()[0] == 0
+    finally:
+        for conn in (a, b, c):
+            conn.close()

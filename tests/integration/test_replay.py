@@ -13,6 +13,10 @@ from tunggal.devtools.synth import NARROW_COLUMNS, NARROW_DDL, mixed_workload, n
 
 pytestmark = pytest.mark.integration
 
+# Positions in the captured stream: the TRUNCATE is change LSN 26545240 of the transaction after
+# the one that ended at 26542344 (its `sequence`); the snapshot ran at LSN 26541248.
+TRUNCATE_POSITION = 26542344 << 64 | 26545240
+SNAPSHOT_LSN = 26541248
 CAPTURED_T_COLUMNS = [
     "id",
     "n",
@@ -158,10 +162,11 @@ def test_captured_debezium_stream_every_type(new_db: Any, tmp_path: Path, fixtur
     assert sql(
         target,
         "SELECT target_table, position FROM tunggal_truncations WHERE source = 'cap' ORDER BY 1",
-    ) == [("public.k", 26545240)]
-    progress = sql(target, "SELECT position, events_applied FROM tunggal_progress")
-    # 12 lines: 10 change events and 2 tombstones; the last change is the TRUNCATE.
-    assert progress == [(26545240, 10)]
+    ) == [("public.k", TRUNCATE_POSITION)]
+    progress = sql(target, "SELECT position, events_applied, snapshot_epoch FROM tunggal_progress")
+    # 12 lines: 10 change events and 2 tombstones; the last change is the TRUNCATE. The snapshot
+    # at LSN 26541248 started the epoch that the first transaction after it was placed in.
+    assert progress == [(TRUNCATE_POSITION, 10, SNAPSHOT_LSN)]
 
 
 def test_poison_lines_are_dead_lettered_and_good_rows_land(new_db: Any, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from tunggal.errors import DecodeError
 from tunggal.events import (
+    EPOCH_SHIFT,
     UNAVAILABLE,
     UNAVAILABLE_PLACEHOLDER,
     ChangeEvent,
@@ -21,6 +22,7 @@ from tunggal.events import (
     Op,
     RawEvent,
     decode,
+    in_epoch,
 )
 
 EVENTS = Path(__file__).parent.parent / "events"
@@ -146,7 +148,8 @@ def test_snapshot_reads(mode: str) -> None:
         assert event is not None
         assert event.op is Op.READ
         assert event.snapshot
-        assert event.position == 26541248
+        # a snapshot row sits at the snapshot's consistent point: epoch 26541248, change LSN 0
+        assert event.position == 26541248 << EPOCH_SHIFT
         assert event.txid == "727"
         assert event.before is None
     assert [e.table for e in events[:3] if e] == ["public.k", "public.t", "public.t"]
@@ -165,7 +168,10 @@ def test_update(mode: str) -> None:
     assert event.after["n"] == Decimal("1.50")
     assert str(event.after["n"]) == "1.50"  # the scale survives
     assert event.after["txt"] == "x"
+    # The first transaction after the snapshot has no lastCommitLsn ("sequence": [null, ...]):
+    # its position is the bare change LSN until the pipeline places it in the snapshot's epoch.
     assert event.position == 26541288
+    assert in_epoch(event.position, 26541248) == 26541248 << EPOCH_SHIFT | 26541288
     assert event.txid == "728"
     assert not event.snapshot
 
@@ -187,7 +193,9 @@ def test_primary_key_change_is_delete_tombstone_create(mode: str) -> None:
         {"id": 2, "v": "satu"},
     )
     assert deleted.table == created.table == "public.k"
-    assert deleted.position == created.position == 26541736
+    # sequence ["26541736","26541736"]: the previous transaction ended where this one's first
+    # change starts
+    assert deleted.position == created.position == 26541736 << EPOCH_SHIFT | 26541736
     assert deleted.txid == created.txid == "729"
 
 
@@ -218,7 +226,7 @@ def test_truncate(mode: str) -> None:
     assert event.op is Op.TRUNCATE
     assert event.table == "public.k"
     assert (event.key, event.before, event.after) == (None, None, None)
-    assert event.position == 26545240
+    assert event.position == 26542344 << EPOCH_SHIFT | 26545240
     assert event.txid == "732"
 
 
@@ -237,8 +245,31 @@ def test_envelope_fields(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_positions_never_go_backwards_in_the_capture(mode: str) -> None:
-    positions = [event.position for event in decode_all(mode) if event is not None]
+    events = [event for event in decode_all(mode) if event is not None]
+    epoch = events[0].position >> EPOCH_SHIFT
+    positions = [in_epoch(event.position, epoch) for event in events]
     assert positions == sorted(positions)
+    assert len(set(positions[3:])) > 5  # streamed changes are told apart
+
+
+def test_commit_order_beats_change_lsn_order() -> None:
+    """A transaction that was running when the slot reached its consistent point (the snapshot's
+    position) wrote below it, but committed after: it must sort after the snapshot's rows."""
+    snapshot = decode_with_source({"lsn": 5000, "snapshot": "true", "sequence": '[null,"5000"]'})
+    first = decode_with_source({"lsn": 4000, "sequence": '[null,"4000"]'})
+    second = decode_with_source({"lsn": 4100, "sequence": '["5200","4100"]'})
+    assert snapshot < in_epoch(first, snapshot >> EPOCH_SHIFT) < second
+    # Change LSN alone would have put both below the snapshot.
+    assert first < snapshot
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    ["[1]", "nonsense", '["x","1"]', '["-1","1"]', 5, '["99999999999999999999999","1"]'],
+)
+def test_bad_sequence_is_a_decode_error(sequence: object) -> None:
+    with pytest.raises(DecodeError, match=r"source\.sequence: expected"):
+        decode_with_source({"lsn": 1, "sequence": sequence})
 
 
 def test_both_converter_modes_agree_on_every_event() -> None:
@@ -436,6 +467,15 @@ def test_invalid_source_block(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(DecodeError) as caught:
         decode(value_event(json.dumps(payload)), source="cap")
     assert message in str(caught.value)
+
+
+def decode_with_source(changes: dict[str, Any]) -> int:
+    """The position of a streamed change whose source block has `changes`."""
+    payload = valid_payload()
+    payload["source"].update(changes)
+    event = decode(value_event(json.dumps(payload)), source="cap")
+    assert event is not None
+    return event.position
 
 
 def test_lsn_as_digit_string_and_ts_ms_fallback() -> None:

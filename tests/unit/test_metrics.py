@@ -104,7 +104,7 @@ def test_status_carries_what_tunggal_status_shows() -> None:
     clock.now = 2005.0
     status = m.status()
     (source,) = status["sources"]  # type: ignore[misc]
-    assert source["state"] == "streaming" and source["position"] == 77
+    assert source["state"] == "streaming" and source["position"] == "77"
     assert source["lag_seconds"] == 6.0 and source["seconds_since_commit"] == 5.0
     assert "events_per_second" in source and source["last_commit"] == 2000.0
     assert source["snapshot"]["completed"] is True

@@ -154,6 +154,8 @@ WIDE = Shape(WIDE_COLUMNS, WIDE_DDL, _wide_row, _wide_typed)
 def _envelope(
     op: str, before: Any, after: Any, lsn: int, ts_us: int, source: str, table: str
 ) -> bytes:
+    # One transaction per event; the previous one committed just after its own change (Debezium's
+    # `sequence` is [end of the previous commit, this change's LSN]).
     schema, _, name = table.partition(".")
     value = {
         "before": before,
@@ -165,7 +167,7 @@ def _envelope(
             "ts_ms": ts_us // 1000,
             "snapshot": "false",
             "db": "src",
-            "sequence": f'[null,"{lsn}"]',
+            "sequence": f'["{lsn - 16}","{lsn}"]',
             "ts_us": ts_us,
             "ts_ns": ts_us * 1000,
             "schema": schema,

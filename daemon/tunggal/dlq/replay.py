@@ -25,7 +25,7 @@ from tunggal.dlq.store import Entry, Selection
 from tunggal.errors import ConfigError, TransientError
 from tunggal.events.model import RawEvent
 from tunggal.mapping import check_against_database
-from tunggal.runtime.app import load_all
+from tunggal.runtime.app import epoch_lookup, load_all
 from tunggal.runtime.pipeline import Pipeline, Processed
 from tunggal.sink.collapse import Step, collapse
 from tunggal.sink.postgres import DeadLetter, PostgresSink, SourceProgress
@@ -120,7 +120,9 @@ def open_dead_letter_sink(config: TunggalConfig) -> tuple[DeadLetterSink, Pipeli
         raise
     # A source without a connector file (e.g. fed by `tunggal replay`) gets the defaults there.
     modes = {name: spec.modes() for name, spec in connectors.items()}
-    pipeline = Pipeline(mappings, modes, {t: i.columns for t, i in sink.tables.items()})
+    pipeline = Pipeline(
+        mappings, modes, {t: i.columns for t, i in sink.tables.items()}, epoch_lookup(config)
+    )
     return sink, pipeline
 
 

@@ -58,7 +58,7 @@ class Entry:
             "table": self.table,
             "source_table": self.source_table,
             "destination": self.destination,
-            "position": self.position,
+            "position": None if self.position is None else str(self.position),  # may be 128-bit
             "raw_key": self.raw_key,
             "raw_value": self.raw_value,
             "error_class": self.error_class,

@@ -1,7 +1,7 @@
 """Change events: what Debezium sends, decoded into typed `ChangeEvent`s."""
 
 from tunggal.events.coerce import coerce
-from tunggal.events.decode import Hints, decode
+from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
 from tunggal.events.model import (
     UNAVAILABLE,
     UNAVAILABLE_PLACEHOLDER,
@@ -12,6 +12,7 @@ from tunggal.events.model import (
 from tunggal.events.modes import ConnectorModes
 
 __all__ = [
+    "EPOCH_SHIFT",
     "UNAVAILABLE",
     "UNAVAILABLE_PLACEHOLDER",
     "ChangeEvent",
@@ -21,4 +22,5 @@ __all__ = [
     "RawEvent",
     "coerce",
     "decode",
+    "in_epoch",
 ]

@@ -23,7 +23,7 @@ from tunggal.events.values import (
     show,
 )
 
-__all__ = ["ConnectorModes", "Hints", "decode"]
+__all__ = ["EPOCH_SHIFT", "ConnectorModes", "Hints", "decode", "in_epoch"]
 
 # Column name -> PostgreSQL type name, for one table ("public.t"); None when not known. Return a
 # new mapping when the types change: decoders are cached per table and a mapping changed in place
@@ -261,14 +261,57 @@ def _txid(block: dict[str, Any], connector: str, transaction: Any) -> str | None
 # One int per event that grows with every change to a given row, so the sink can refuse to move a
 # row back in time on replay.
 
+# A PostgreSQL position is (commit epoch << 64) | change LSN. Change LSNs alone do not order a row
+# against the snapshot: a transaction that was already running when the slot reached its
+# consistent point S commits after the snapshot but wrote its changes below S. Debezium's
+# `source.sequence` is [lastCommitLsn, lsn], where lastCommitLsn is the end of the previous
+# transaction in commit order, so the pair grows in commit order. Snapshot rows are (S << 64).
+# The first transaction after a snapshot has no lastCommitLsn; its position is the bare change LSN
+# (epoch 0) and the pipeline rebases it onto the snapshot's epoch (see `Pipeline`).
+EPOCH_SHIFT: Final = 64
+_EPOCH_SNAPSHOT_MARKERS: Final = frozenset(
+    {"true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
+)
+
+
+def in_epoch(position: int, epoch: int) -> int:
+    """`position` placed in snapshot epoch `epoch` if it has none of its own (PostgreSQL's first
+    transaction after a snapshot); every other position is returned as it is."""
+    return position if position >> EPOCH_SHIFT else epoch << EPOCH_SHIFT | position
+
+
+def _lsn_value(value: Any, name: str) -> int:
+    if value.__class__ is int and 0 <= value < 1 << EPOCH_SHIFT:
+        return int(value)
+    if value.__class__ is str and value.isascii() and value.isdigit() and len(value) < 21:
+        found = int(value)
+        if found < 1 << EPOCH_SHIFT:
+            return found
+    raise Invalid(f"expected the change's LSN as a non-negative integer, got {show(value)}", name)
+
+
+def _last_commit_lsn(sequence: Any) -> int | None:
+    """The first element of Debezium's `sequence` ('["123","456"]'), or None when it is null."""
+    if sequence is None:
+        return None
+    pair = None
+    if sequence.__class__ is str:
+        try:
+            pair = orjson.loads(sequence)
+        except orjson.JSONDecodeError:
+            pair = None
+    if pair.__class__ is not list or len(pair) != 2:
+        raise Invalid(f"expected [lastCommitLsn, lsn], got {show(sequence)}", "sequence")
+    return None if pair[0] is None else _lsn_value(pair[0], "sequence")
+
 
 def _postgresql_position(block: dict[str, Any]) -> int:
-    lsn = block.get("lsn")
-    if lsn.__class__ is int and lsn >= 0:
-        return int(lsn)
-    if lsn.__class__ is str and lsn.isascii() and lsn.isdigit():
-        return int(lsn)
-    raise Invalid(f"expected the change's LSN as a non-negative integer, got {show(lsn)}", "lsn")
+    lsn = _lsn_value(block.get("lsn"), "lsn")
+    marker = block.get("snapshot")
+    if marker is True or (marker.__class__ is str and marker in _EPOCH_SNAPSHOT_MARKERS):
+        return lsn << EPOCH_SHIFT  # a snapshot's rows all sit at its consistent point
+    last_commit = _last_commit_lsn(block.get("sequence"))
+    return lsn if last_commit is None else last_commit << EPOCH_SHIFT | lsn
 
 
 _BINLOG_FILE: Final = re.compile(r".*\.([0-9]+)")

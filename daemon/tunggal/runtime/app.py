@@ -11,7 +11,7 @@ from tunggal.errors import ConfigError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
-from tunggal.runtime.pipeline import Pipeline
+from tunggal.runtime.pipeline import EpochLookup, Pipeline
 from tunggal.runtime.reload import MappingReloader
 from tunggal.runtime.runner import Runner
 from tunggal.runtime.systemd import Notifier
@@ -56,6 +56,14 @@ def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True
     return sink
 
 
+def epoch_lookup(config: TunggalConfig) -> EpochLookup:
+    """A source's committed snapshot epoch, read from the target (see `Pipeline`)."""
+    from tunggal.sink.postgres import read_snapshot_epoch
+
+    dsn, timeout = config.target.dsn, config.target.connect_timeout_s
+    return lambda source: read_snapshot_epoch(dsn, source, connect_timeout_s=timeout)
+
+
 def build_runner(
     config: TunggalConfig,
     *,
@@ -92,7 +100,9 @@ def build_runner(
                     poll_interval_ms=min(config.batch.max_age_ms, 500),
                 )
             )
-    pipeline = Pipeline(mappings, modes, {t: i.columns for t, i in sink.tables.items()})
+    pipeline = Pipeline(
+        mappings, modes, {t: i.columns for t, i in sink.tables.items()}, epoch_lookup(config)
+    )
     metrics.set_mapping(mappings.content_hash, mappings.files)
     runner = Runner(
         sources,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import orjson
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import Hints, decode
+from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
 from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
@@ -37,23 +37,44 @@ class Processed:
         self.counts[key] = self.counts.get(key, 0) + n
 
 
+# Reads a source's snapshot epoch as committed in the target (None when it has none yet).
+EpochLookup = Callable[[str], int | None]
+
+
 class Pipeline:
+    """Decode and map chunks of one source's raw events, in order.
+
+    PostgreSQL snapshot epochs: the first transaction streamed after a snapshot carries no
+    commit epoch (see `events.decode`), so it is placed in the epoch of the newest snapshot of its
+    source: the one whose rows this process saw, or else the one `epochs` finds committed in the
+    target (another process, or an earlier run, wrote the snapshot).
+    """
+
     def __init__(
         self,
         mappings: MappingSet,
         modes: Mapping[str, ConnectorModes],
         target_types: Mapping[str, Mapping[str, str]],
+        epochs: EpochLookup | None = None,
     ) -> None:
         self.mappings = mappings
         self.modes = dict(modes)
         self.target_types = target_types
         self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
+        self._lookup_epoch = epochs
+        self._epochs: dict[str, int] = {}
 
     def swap(self, mappings: MappingSet, target_types: Mapping[str, Mapping[str, str]]) -> None:
         """Use a new mapping set from the next event on (called between batches)."""
         self.mappings = mappings
         self.target_types = target_types
         self._hints.clear()
+
+    def _committed_epoch(self, source: str) -> int | None:
+        epoch = self._lookup_epoch(source) if self._lookup_epoch is not None else None
+        if epoch is not None:
+            self._epochs[source] = epoch
+        return epoch
 
     def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
@@ -70,6 +91,8 @@ class Pipeline:
         out = into if into is not None else Processed()
         modes = self.modes.get(source, ConnectorModes())
         hints = self._hint_lookup(source)
+        epochs = modes.connector == "postgresql"
+        epoch_unknown = False  # looked up once per chunk at most while there is none
         for raw in raws:
             if raw.destination.startswith(HEARTBEAT_PREFIX):
                 beat = _heartbeat_ts_us(raw)
@@ -82,6 +105,18 @@ class Pipeline:
                 event = decode(raw, source=source, modes=modes, hints=hints)
                 if event is None:  # tombstone: the delete before it did the work
                     continue
+                if epochs:
+                    if event.position >> EPOCH_SHIFT == 0:
+                        epoch = self._epochs.get(source)
+                        if epoch is None and not epoch_unknown:
+                            epoch = self._committed_epoch(source)
+                            epoch_unknown = epoch is None
+                        if epoch is not None:
+                            event = replace(event, position=in_epoch(event.position, epoch))
+                    elif event.snapshot and event.position >> EPOCH_SHIFT > self._epochs.get(
+                        source, 0
+                    ):
+                        self._epochs[source] = event.position >> EPOCH_SHIFT
                 ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
                 table = exc.table or raw.destination or "?"
@@ -108,6 +143,8 @@ class Pipeline:
             progress.position = max(progress.position, event.position)
             progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
             progress.events += 1
+            if event.snapshot and epochs:
+                progress.epoch = max(progress.epoch or 0, event.position >> EPOCH_SHIFT)
             if not ops:
                 out.count((source, event.table, event.op.value, "skipped"))
                 continue

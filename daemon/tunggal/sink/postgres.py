@@ -85,6 +85,7 @@ class SourceProgress:
     position: int
     commit_ts_us: int
     events: int = 0
+    epoch: int | None = None  # PostgreSQL: the newest snapshot epoch in the batch (see Pipeline)
 
 
 @dataclass
@@ -734,11 +735,13 @@ class PostgresSink:
         for source, p in progress.items():
             cur.execute(
                 "INSERT INTO public.tunggal_progress AS p (source, position, commit_ts, "
-                "events_applied, updated_at) VALUES (%s, %s, %s, %s, now()) "
+                "events_applied, snapshot_epoch, updated_at) VALUES (%s, %s, %s, %s, %s, now()) "
                 "ON CONFLICT (source) DO UPDATE SET position = GREATEST(p.position, "
                 "EXCLUDED.position), commit_ts = GREATEST(p.commit_ts, EXCLUDED.commit_ts), "
-                "events_applied = p.events_applied + EXCLUDED.events_applied, updated_at = now()",
-                (source, p.position, p.commit_ts_us, p.events),
+                "events_applied = p.events_applied + EXCLUDED.events_applied, "
+                "snapshot_epoch = GREATEST(p.snapshot_epoch, EXCLUDED.snapshot_epoch), "
+                "updated_at = now()",
+                (source, p.position, p.commit_ts_us, p.events, p.epoch),
             )
 
     def _kafka_offsets(
@@ -777,6 +780,20 @@ def read_kafka_offsets(
     except psycopg.Error as exc:
         raise classify(exc) from exc
     return {(t, int(p)): int(o) for t, p, o in rows}
+
+
+def read_snapshot_epoch(dsn: str, source: str, *, connect_timeout_s: float = 10) -> int | None:
+    """The newest PostgreSQL snapshot epoch committed for `source`, or None (own connection, so
+    that any thread may ask; asked only for a first transaction after a snapshot)."""
+    conninfo = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=int(connect_timeout_s)) as conn:
+            row = conn.execute(
+                "SELECT snapshot_epoch FROM public.tunggal_progress WHERE source = %s", (source,)
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise classify(exc) from exc
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -31,7 +31,10 @@ OWN_TABLES_DDL = [
         position numeric NOT NULL,
         commit_ts bigint NOT NULL,
         events_applied bigint NOT NULL DEFAULT 0,
+        snapshot_epoch numeric,
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    # Added after the first release; targets set up before it get the column here.
+    "ALTER TABLE public.tunggal_progress ADD COLUMN IF NOT EXISTS snapshot_epoch numeric",
     # Kafka sources: where each partition resumes, written in the same transaction as the rows.
     """CREATE TABLE IF NOT EXISTS public.tunggal_kafka_offsets (
         consumer_group text NOT NULL,
