@@ -181,8 +181,14 @@ def test_poison_mix_is_dead_lettered_then_fixed_replayed_listed_and_purged(
         assert before_by_id[entry_id][1:3] == (error_class, error)
     assert sql(target, "SELECT * FROM tunggal_progress") == progress
 
+    # Each failed replay is counted on the entry: written once, failed twice since.
+    assert sql(target, "SELECT DISTINCT attempts FROM tunggal_dead_letters") == [(2,)]
     again = _dlq(config, "replay")
     assert again.returncode == 0 and "replayed 0, still failing 18" in again.stdout
+    assert sql(
+        target,
+        "SELECT DISTINCT attempts, last_failed_at > first_failed_at FROM tunggal_dead_letters",
+    ) == [(3, True)]
     assert len(_letters(target)) == 18  # failing again never duplicates an entry
 
     listed = _dlq(config, "list", "--json")

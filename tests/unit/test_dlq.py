@@ -36,6 +36,8 @@ def _entry(entry_id: int, error: str = "boom", table: str | None = "public.kegia
         mapping_hash="abc",
         first_failed_at=NOW,
         created_at=NOW,
+        attempts=1,
+        last_failed_at=NOW,
     )
 
 

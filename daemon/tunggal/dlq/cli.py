@@ -172,6 +172,8 @@ def show_command(config_path: Path, entry_id: int, as_json: bool) -> None:
         ("mapping hash", entry.mapping_hash or "-"),
         ("first failed", _stamp(entry.first_failed_at)),
         ("created", _stamp(entry.created_at)),
+        ("attempts", str(entry.attempts)),
+        ("last failed", _stamp(entry.last_failed_at)),
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:

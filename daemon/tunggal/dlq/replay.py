@@ -86,7 +86,8 @@ class DeadLetterSink(PostgresSink):
             cur.executemany(
                 "UPDATE public.tunggal_dead_letters SET error_class = %s, error = %s, "
                 "mapping_hash = %s, source_table = COALESCE(%s, source_table), "
-                "position = COALESCE(%s, position) WHERE id = %s",
+                "position = COALESCE(%s, position), attempts = attempts + 1, "
+                "last_failed_at = now() WHERE id = %s",
                 [
                     (d.error_class, d.error, self.mapping_hash, d.source_table, d.position, i)
                     for i, d in failed.items()

@@ -23,7 +23,7 @@ _TABLE = sql.SQL(
 )
 _COLUMNS = sql.SQL(
     "id, source, {table}, source_table, destination, position, raw_key, raw_value, "
-    "error_class, error, mapping_hash, first_failed_at, created_at"
+    "error_class, error, mapping_hash, first_failed_at, created_at, attempts, last_failed_at"
 ).format(table=_TABLE)
 
 
@@ -42,6 +42,8 @@ class Entry:
     mapping_hash: str | None
     first_failed_at: dt.datetime
     created_at: dt.datetime
+    attempts: int  # 1 when written; each `dlq replay` that fails it again adds one
+    last_failed_at: dt.datetime
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Entry:
@@ -66,6 +68,8 @@ class Entry:
             "mapping_hash": self.mapping_hash,
             "first_failed_at": self.first_failed_at.isoformat(),
             "created_at": self.created_at.isoformat(),
+            "attempts": self.attempts,
+            "last_failed_at": self.last_failed_at.isoformat(),
         }
 
 

@@ -55,7 +55,14 @@ OWN_TABLES_DDL = [
         error text NOT NULL,
         mapping_hash text,
         first_failed_at timestamptz NOT NULL DEFAULT now(),
-        created_at timestamptz NOT NULL DEFAULT now())""",
+        created_at timestamptz NOT NULL DEFAULT now(),
+        attempts integer NOT NULL DEFAULT 1,
+        last_failed_at timestamptz NOT NULL DEFAULT now())""",
+    # Added after the first release, like snapshot_epoch above.
+    "ALTER TABLE public.tunggal_dead_letters ADD COLUMN IF NOT EXISTS "
+    "attempts integer NOT NULL DEFAULT 1",
+    "ALTER TABLE public.tunggal_dead_letters ADD COLUMN IF NOT EXISTS "
+    "last_failed_at timestamptz NOT NULL DEFAULT now()",
 ]
 OWN_TABLES = (
     "tunggal_tombstones",
