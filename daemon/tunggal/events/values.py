@@ -80,6 +80,8 @@ _PH_SCALARS: Final = frozenset(
 )
 # A string of any other length cannot be a placeholder; lets hot loops skip the call.
 PLACEHOLDER_LENGTHS: Final = frozenset(len(s) for s in _PH_SCALARS)
+# For a whole row of hashable values at once: `PLACEHOLDER_STRINGS.isdisjoint(row.values())`.
+PLACEHOLDER_STRINGS: Final = _PH_SCALARS
 _PH_ITEMS: Final = _PH_SCALARS | {_PH_UUID}
 
 
