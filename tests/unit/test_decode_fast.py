@@ -277,3 +277,60 @@ def test_an_exception_from_hints_propagates_unchanged() -> None:
     for decoder in (decode, decode_reference):
         with pytest.raises(KeyError, match=r"public\.kegiatan"):
             decoder(raws[0], source="s", hints=broken)
+
+
+# -- fast forms of converters -------------------------------------------------------------------
+
+PG_TYPES = [
+    *("numeric", "numeric(18,2)", "decimal", "money", "float8", "real", "double precision"),
+    *("date", "timestamp", "timestamp(3)", "timestamp(6)", "timestamp(0) without time zone"),
+    *("time", "timetz", "timestamptz", "interval", "bytea", "bit(3)", "integer[]", "numeric[]"),
+]
+ALL_MODES = [
+    ConnectorModes(decimal_handling=d, time_precision=t)  # type: ignore[arg-type]
+    for d in ("precise", "string", "double")
+    for t in ("adaptive", "adaptive_time_microseconds", "connect", "isostring")
+]
+SAMPLES: dict[type, st.SearchStrategy[Any]] = {
+    int: st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([0, -1, 2_932_896, 2_932_897, -719_163, -719_162, 253_402_300_799_999_999])
+    | st.integers(min_value=-(10**17), max_value=10**17),
+    float: st.floats() | st.sampled_from([0.0, -0.0, 2.0**63, 1e300]),
+    str: st.decimals().map(str)
+    | st.text(max_size=12)
+    | st.sampled_from(["1e5", "NaN", "-0", "1_000", "sNaN", "Infinity", " 1.5 ", "12.30"]),
+}
+
+
+def attempt(convert: Callable[[Any], Any], value: Any) -> str:
+    try:
+        return "value " + repr(convert(value))
+    except Exception:
+        return "raised"
+
+
+def test_fast_forms_exist_for_the_common_types() -> None:
+    from tunggal.events.coerce import converter_for
+    from tunggal.events.values import FAST_FORMS
+
+    for pg_type in ("numeric(18,2)", "date", "timestamp", "float8"):
+        assert converter_for(pg_type, DEFAULT_MODES) in FAST_FORMS, pg_type
+
+
+@FUZZ
+@given(data=st.data(), pg_type=st.sampled_from(PG_TYPES), modes=st.sampled_from(ALL_MODES))
+def test_fast_forms_agree_with_their_converters(
+    data: st.DataObject, pg_type: str, modes: ConnectorModes
+) -> None:
+    from tunggal.events.coerce import converter_for
+    from tunggal.events.values import FAST_FORMS
+
+    convert = converter_for(pg_type, modes)
+    form = FAST_FORMS.get(convert) if convert is not None else None
+    if form is None:
+        return
+    kind, fast = form
+    value = data.draw(SAMPLES[kind])
+    expected = attempt(convert, value)
+    # A fast form may raise anything, but only where its converter raises.
+    assert attempt(fast, value) == expected, (pg_type, modes, value)

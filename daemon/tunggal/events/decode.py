@@ -17,6 +17,7 @@ from tunggal.events.connect import StructDecoder, compile_struct
 from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.events.values import (
+    FAST_FORMS,
     PLACEHOLDER_LENGTHS,
     PLACEHOLDER_STRINGS,
     Converter,
@@ -546,8 +547,13 @@ def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _
     """`reference` (a `_schemaless_rows` decoder over `converters`) with its per-column checks
     done for the whole row at once in C. Raises whatever it likes when unsure.
     """
-    by_column = tuple(converters.items())
-    converter_of = converters.get
+    # (convert, kind, fast): `fast` for a value of class `kind`, else `convert`.
+    plan = {
+        name: (convert, *FAST_FORMS.get(convert, (_NoFastForm, convert)))
+        for name, convert in converters.items()
+    }
+    by_column = tuple((name, *steps) for name, steps in plan.items())
+    plan_of = plan.get
 
     def decode_row(row: dict[str, Any]) -> dict[str, Any]:
         values = row.values()
@@ -562,26 +568,36 @@ def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _
         out = row.copy()
         if len(row) < len(by_column):  # a key, or a narrow update
             for name, value in row.items():
-                convert = converter_of(name)
-                if convert is not None and value is not None:
-                    out[name] = convert(value)
+                steps = plan_of(name)
+                if steps is not None and value is not None:
+                    convert, kind, fast = steps
+                    out[name] = fast(value) if value.__class__ is kind else convert(value)
         else:
-            for name, convert in by_column:
+            for name, convert, kind, fast in by_column:
                 value = row.get(name)
                 if value is not None:
-                    out[name] = convert(value)
+                    out[name] = fast(value) if value.__class__ is kind else convert(value)
         return out
 
     return decode_row
 
 
-def _floats_fit(values: Iterable[Any]) -> bool:
-    """Whether every float among `values` is one orjson can have read exactly (see _INT64_MIN).
+class _NoFastForm:
+    """The value class of a converter without a fast form: no JSON value has it."""
 
-    The floats are picked out in C: `compress` keeps the values whose type `is` float.
+
+def _floats_fit(values: Iterable[Any]) -> bool:
+    """Whether every float among `values` is certainly one orjson read exactly (_INT64_MIN).
+
+    It may say no to a float in [2**63, 2**64), which then takes the reference path. The floats
+    are picked out in C: `compress` keeps the values whose type `is` float.
     """
-    floats: list[float] = list(compress(values, map(is_, map(type, values), repeat(float))))
-    return min(floats) > _INT64_MIN and max(floats) < _UINT64_END
+    floats = compress(values, map(is_, map(type, values), repeat(float)))
+    return bool(max(map(abs, floats)) < _FLOAT_CERTAIN)
+
+
+# abs() folds the range (-2**63, 2**64) into one bound, cutting off the top half of uint64.
+_FLOAT_CERTAIN: Final = -_INT64_MIN
 
 
 # -- JSON --------------------------------------------------------------------------------------
