@@ -545,7 +545,8 @@ def _fast_rows(
 
 def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _RowDecoder:
     """`reference` (a `_schemaless_rows` decoder over `converters`) with its per-column checks
-    done for the whole row at once in C. Raises whatever it likes when unsure.
+    done for the whole row at once in C, and the converters' FAST_FORMS where they apply.
+    Raises whatever it likes when unsure.
     """
     # (convert, kind, fast): `fast` for a value of class `kind`, else `convert`.
     plan = {
