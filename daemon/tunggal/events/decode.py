@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import is_
+from operator import is_, itemgetter
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -544,9 +545,9 @@ def _fast_rows(
 
 
 def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _RowDecoder:
-    """`reference` (a `_schemaless_rows` decoder over `converters`) with its per-column checks
-    done for the whole row at once in C, and the converters' FAST_FORMS where they apply.
-    Raises whatever it likes when unsure.
+    """`reference` (a `_schemaless_rows` decoder over `converters`), specialised to the columns
+    of the rows it meets and using the converters' FAST_FORMS where they apply. Raises whatever
+    it likes when unsure.
     """
     # (convert, kind, fast): `fast` for a value of class `kind`, else `convert`.
     plan = {
@@ -555,8 +556,12 @@ def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _
     }
     by_column = tuple((name, *steps) for name, steps in plan.items())
     plan_of = plan.get
+    # A table's rows nearly always have the same columns, and its keys others: one layout per
+    # row width, made from the first row of that width.
+    layouts: dict[int, _Layout] = {}
 
-    def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    def by_census(row: dict[str, Any]) -> dict[str, Any]:
+        # Any row: the per-column checks done for the whole row at once in C.
         values = row.values()
         kinds = set(map(type, values))
         if not kinds <= _SCALAR_KINDS or (
@@ -580,7 +585,74 @@ def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _
                     out[name] = fast(value) if value.__class__ is kind else convert(value)
         return out
 
+    def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+        layout = layouts.get(len(row))
+        if layout is None:
+            layout = layouts[len(row)] = _Layout.of(row, plan)
+        # The layout's columns number len(row), so finding them all proves that the row has
+        # exactly those; a KeyError means another set of columns of the same width.
+        try:
+            plain = layout.plain_values(row)
+        except KeyError:
+            return by_census(row)
+        kinds = set(map(type, plain))
+        if not kinds <= _PLAIN_KINDS or (
+            str in kinds and not PLACEHOLDER_STRINGS.isdisjoint(plain)
+        ):
+            return by_census(row)  # floats, lists, objects, placeholders
+        out = row.copy()
+        # The reference's own checks, for the columns that have a converter.
+        try:
+            for name, convert, kind, fast in layout.converted:
+                value = row[name]
+                if value is None:
+                    continue
+                cls = value.__class__
+                if cls is str:
+                    if len(value) in PLACEHOLDER_LENGTHS and value in PLACEHOLDER_STRINGS:
+                        out[name] = UNAVAILABLE
+                        continue
+                elif cls is float:
+                    if not _INT64_MIN < value < _UINT64_END:
+                        raise _NeedsExactJson
+                elif cls is not int and cls is not bool:
+                    return by_census(row)
+                out[name] = fast(value) if cls is kind else convert(value)
+        except KeyError:  # as above (a converter's own KeyError recurs in by_census)
+            return by_census(row)
+        return out
+
     return decode_row
+
+
+_PLAIN_KINDS: Final = frozenset({type(None), bool, int, str})
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One set of row columns: those without a converter, and the steps of those with one."""
+
+    plain_values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    converted: tuple[tuple[str, Converter, type, Converter], ...]
+
+    @classmethod
+    def of(
+        cls, row: dict[str, Any], plan: Mapping[str, tuple[Converter, type, Converter]]
+    ) -> _Layout:
+        plain = [name for name in row if name not in plan]
+        getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+        if not plain:
+            getter = _no_values
+        elif len(plain) == 1:
+            # itemgetter of one name returns the bare value; of the same name twice, a tuple.
+            getter = itemgetter(plain[0], plain[0])
+        else:
+            getter = itemgetter(*plain)
+        return cls(getter, tuple((name, *plan[name]) for name in row if name in plan))
+
+
+def _no_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
 
 
 class _NoFastForm:
