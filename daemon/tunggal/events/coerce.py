@@ -12,6 +12,7 @@ bit, interval) must arrive in the spelling the modes promise, else the value is 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
@@ -19,6 +20,7 @@ from tunggal.errors import DecodeError
 from tunggal.events.model import UNAVAILABLE
 from tunggal.events.modes import ConnectorModes
 from tunggal.events.values import (
+    FAST_FORMS,
     Converter,
     Invalid,
     as_float,
@@ -201,6 +203,8 @@ def _decimal(modes: ConnectorModes) -> Converter:
             )
         return decimal_from_number(value)
 
+    if not precise:
+        FAST_FORMS[convert] = (str, Decimal)
     return convert
 
 
@@ -239,6 +243,11 @@ def _either(numeric: Converter, iso: Converter, modes: ConnectorModes) -> Conver
         except Invalid:
             raise problem from None
 
+    # The ISO converters refuse anything but a string, so for an int both orders give what
+    # `numeric` gives.
+    numeric_form = FAST_FORMS.get(numeric)
+    if numeric_form is not None and numeric_form[0] is int:
+        FAST_FORMS[convert] = numeric_form
     return convert
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -15,7 +18,9 @@ from tunggal.events.connect import StructDecoder, compile_struct
 from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.events.values import (
+    FAST_FORMS,
     PLACEHOLDER_LENGTHS,
+    PLACEHOLDER_STRINGS,
     Converter,
     Invalid,
     fail,
@@ -23,7 +28,7 @@ from tunggal.events.values import (
     show,
 )
 
-__all__ = ["EPOCH_SHIFT", "ConnectorModes", "Hints", "decode", "in_epoch"]
+__all__ = ["EPOCH_SHIFT", "ConnectorModes", "Hints", "decode", "decode_reference", "in_epoch"]
 
 # Column name -> PostgreSQL type name, for one table ("public.t"); None when not known. Return a
 # new mapping when the types change: decoders are cached per table and a mapping changed in place
@@ -45,6 +50,26 @@ def decode(
     `source` is the source system's name from tunggal.yaml. `hints` gives the column types of a
     table; without schemas it is the only way to tell a date from an int (see `coerce`). Raises
     DecodeError, and nothing else, for anything that is not a Debezium change event.
+    """
+    if raw.value is None:
+        return None
+    event = _decode_fast(raw, source, modes, hints)
+    if event is not None:
+        return event
+    return decode_reference(raw, source=source, modes=modes, hints=hints)
+
+
+def decode_reference(
+    raw: RawEvent,
+    *,
+    source: str,
+    modes: ConnectorModes = _DEFAULT_MODES,
+    hints: Hints | None = None,
+) -> ChangeEvent | None:
+    """`decode` without its fast path: the definition of every result and every error.
+
+    `decode` falls back to it for any event its fast path is not certain of; the equivalence
+    tests compare the two.
     """
     if raw.value is None:
         return None
@@ -447,6 +472,248 @@ def _compile_envelope(schema: Any) -> StructDecoder | None:
             except Invalid as exc:
                 raise exc.at(str(name)) from None
     return None
+
+
+# -- the fast path ----------------------------------------------------------------------------
+#
+# Nearly every event is schemaless JSON text (or bytes) whose rows hold only scalars: null,
+# booleans, numbers, strings. `_decode_fast` reads exactly those with as little Python work per
+# event as it can, and returns None, so that `decode_reference` runs, for anything else: a
+# schema envelope, JSON already parsed, any envelope or row the reference would refuse, a
+# placeholder, a value that fails to convert, an integer beyond 64 bits. It therefore never
+# reports an error of its own: every poison event is described by the reference. An event it
+# does accept gets the reference's result, because it runs the same parser (orjson), the same
+# helpers (`_table`, `_POSITIONS`, ...) and the same converters, and only skips checks whose
+# outcome it has established another way (tests/unit/test_decode_fast.py compares the two).
+
+
+def _decode_fast(
+    raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None
+) -> ChangeEvent | None:
+    text = raw.value
+    if text.__class__ is not bytes and text.__class__ is not str:
+        return None
+    try:
+        value = orjson.loads(text)
+        # A schema envelope {"schema": ..., "payload": ...} has no "op" and ends here too.
+        op_name = value.get("op") if value.__class__ is dict else None
+        op = _OPS.get(op_name) if op_name.__class__ is str else None
+        block = value.get("source")
+        if op is None or block.__class__ is not dict:
+            return None
+        connector = modes.connector
+        declared = block.get("connector")
+        if declared is not None and declared != connector:
+            return None
+        table = _table(block, connector)
+        position = _POSITIONS[connector](block)
+        commit_ts_us = _commit_ts_us(block)
+        txid = _txid(block, connector, value.get("transaction"))
+        marker = block.get("snapshot")
+        before = value.get("before")
+        after = value.get("after")
+        if (before is not None and before.__class__ is not dict) or (
+            after is not None and after.__class__ is not dict
+        ):
+            return None
+        if (after is None and op in _NEEDS_AFTER) or (after is not None and op is Op.DELETE):
+            return None
+        key = _fast_key(raw.key)
+    except Exception:
+        return None
+    if key is _MISS:
+        return None
+    # Outside the try: an exception from the caller's hints function is theirs, as in `decode`.
+    table_hints = hints(table) if hints is not None else None
+    try:
+        decode_row = _fast_rows((source, table), table_hints, modes)
+        before_out = None if before is None else decode_row(before)
+        after_out = None if after is None else decode_row(after)
+        key_out = None if key is None else decode_row(key)
+    except Exception:
+        return None
+    # Positional: measurably cheaper than keywords for a frozen dataclass. A field added or
+    # moved in ChangeEvent shows up as a mismatch in test_decode_fast.
+    return ChangeEvent(
+        source,
+        table,
+        op,
+        key_out,
+        before_out,
+        after_out,
+        position,
+        commit_ts_us,
+        txid,
+        op is Op.READ or marker is True or (marker.__class__ is str and marker in _SNAPSHOT_VALUES),
+        marker == "last",
+        raw,
+    )
+
+
+def _fast_key(text: Any) -> Any:
+    """The key's JSON object (None for none), or _MISS for anything but a schemaless object."""
+    if text is None:
+        return None
+    if text.__class__ is not bytes and text.__class__ is not str:
+        return _MISS
+    key = orjson.loads(text)
+    if key is None:
+        return None
+    if key.__class__ is not dict or ("schema" in key and "payload" in key and len(key) == 2):
+        return _MISS
+    return key
+
+
+_RowDecoder: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
+_SCALAR_KINDS: Final = frozenset({type(None), bool, int, float, str})
+_NO_CONVERTERS: Final[dict[str, Converter]] = {}
+_FAST_ROWS: dict[tuple[str, str], tuple[dict[str, Converter], _RowDecoder]] = {}
+
+
+def _fast_rows(
+    where: tuple[str, str], table_hints: Mapping[str, str] | None, modes: ConnectorModes
+) -> _RowDecoder:
+    # `_converters_for` hands back the same dict while the table's modes and hints stay the
+    # same, so that dict's identity says whether the decoder made from it still holds.
+    converters = _converters_for(where, table_hints, modes) if table_hints else _NO_CONVERTERS
+    cached = _FAST_ROWS.get(where)
+    if cached is not None and cached[0] is converters:
+        return cached[1]
+    reference = _schemaless_rows(where, table_hints, modes, exact=False)
+    decode_row = _compile_rows(converters, reference)
+    if len(_FAST_ROWS) > 4096:
+        _FAST_ROWS.clear()
+    _FAST_ROWS[where] = (converters, decode_row)
+    return decode_row
+
+
+def _compile_rows(converters: dict[str, Converter], reference: _RowDecoder) -> _RowDecoder:
+    """`reference` (a `_schemaless_rows` decoder over `converters`), specialised to the columns
+    of the rows it meets and using the converters' FAST_FORMS where they apply. Raises whatever
+    it likes when unsure.
+    """
+    # (convert, kind, fast): `fast` for a value of class `kind`, else `convert`.
+    plan = {
+        name: (convert, *FAST_FORMS.get(convert, (_NoFastForm, convert)))
+        for name, convert in converters.items()
+    }
+    by_column = tuple((name, *steps) for name, steps in plan.items())
+    plan_of = plan.get
+    # A table's rows nearly always have the same columns, and its keys others: one layout per
+    # row width, made from the first row of that width.
+    layouts: dict[int, _Layout] = {}
+
+    def by_census(row: dict[str, Any]) -> dict[str, Any]:
+        # Any row: the per-column checks done for the whole row at once in C.
+        values = row.values()
+        kinds = set(map(type, values))
+        if not kinds <= _SCALAR_KINDS or (
+            str in kinds and not PLACEHOLDER_STRINGS.isdisjoint(values)
+        ):
+            return reference(row)  # lists, objects, placeholders: column by column
+        if float in kinds and not _floats_fit(values):
+            raise _NeedsExactJson
+        # Only the columns with a converter change; assigning to a key keeps the row's order.
+        out = row.copy()
+        if len(row) < len(by_column):  # a key, or a narrow update
+            for name, value in row.items():
+                steps = plan_of(name)
+                if steps is not None and value is not None:
+                    convert, kind, fast = steps
+                    out[name] = fast(value) if value.__class__ is kind else convert(value)
+        else:
+            for name, convert, kind, fast in by_column:
+                value = row.get(name)
+                if value is not None:
+                    out[name] = fast(value) if value.__class__ is kind else convert(value)
+        return out
+
+    def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+        layout = layouts.get(len(row))
+        if layout is None:
+            layout = layouts[len(row)] = _Layout.of(row, plan)
+        # The layout's columns number len(row), so finding them all proves that the row has
+        # exactly those; a KeyError means another set of columns of the same width.
+        try:
+            plain = layout.plain_values(row)
+        except KeyError:
+            return by_census(row)
+        kinds = set(map(type, plain))
+        if not kinds <= _PLAIN_KINDS or (
+            str in kinds and not PLACEHOLDER_STRINGS.isdisjoint(plain)
+        ):
+            return by_census(row)  # floats, lists, objects, placeholders
+        out = row.copy()
+        # The reference's own checks, for the columns that have a converter.
+        try:
+            for name, convert, kind, fast in layout.converted:
+                value = row[name]
+                if value is None:
+                    continue
+                cls = value.__class__
+                if cls is str:
+                    if len(value) in PLACEHOLDER_LENGTHS and value in PLACEHOLDER_STRINGS:
+                        out[name] = UNAVAILABLE
+                        continue
+                elif cls is float:
+                    if not _INT64_MIN < value < _UINT64_END:
+                        raise _NeedsExactJson
+                elif cls is not int and cls is not bool:
+                    return by_census(row)
+                out[name] = fast(value) if cls is kind else convert(value)
+        except KeyError:  # as above (a converter's own KeyError recurs in by_census)
+            return by_census(row)
+        return out
+
+    return decode_row
+
+
+_PLAIN_KINDS: Final = frozenset({type(None), bool, int, str})
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One set of row columns: those without a converter, and the steps of those with one."""
+
+    plain_values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    converted: tuple[tuple[str, Converter, type, Converter], ...]
+
+    @classmethod
+    def of(
+        cls, row: dict[str, Any], plan: Mapping[str, tuple[Converter, type, Converter]]
+    ) -> _Layout:
+        plain = [name for name in row if name not in plan]
+        getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+        if not plain:
+            getter = _no_values
+        elif len(plain) == 1:
+            # itemgetter of one name returns the bare value; of the same name twice, a tuple.
+            getter = itemgetter(plain[0], plain[0])
+        else:
+            getter = itemgetter(*plain)
+        return cls(getter, tuple((name, *plan[name]) for name in row if name in plan))
+
+
+def _no_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+class _NoFastForm:
+    """The value class of a converter without a fast form: no JSON value has it."""
+
+
+def _floats_fit(values: Iterable[Any]) -> bool:
+    """Whether every float among `values` is certainly one orjson read exactly (_INT64_MIN).
+
+    It may say no to a float in [2**63, 2**64), which then takes the reference path. The floats
+    are picked out in C: `compress` keeps the values whose type `is` float.
+    """
+    floats = compress(values, map(is_, map(type, values), repeat(float)))
+    return bool(max(map(abs, floats)) < _FLOAT_CERTAIN)
+
+
+# abs() folds the range (-2**63, 2**64) into one bound, cutting off the top half of uint64.
+_FLOAT_CERTAIN: Final = -_INT64_MIN
 
 
 # -- JSON --------------------------------------------------------------------------------------

@@ -17,10 +17,18 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
+from weakref import WeakKeyDictionary
 
 from tunggal.events.model import UNAVAILABLE_PLACEHOLDER
 
 Converter: TypeAlias = Callable[[Any], Any]
+
+# Cheaper equivalents of some converters, for the value class a column nearly always holds:
+# FAST_FORMS[convert] = (kind, fast) promises that for a value whose class is exactly `kind`,
+# fast(value) returns what convert(value) returns, and raises (anything at all) when convert
+# raises. decode's fast path uses them; each is defined next to its converter, and
+# test_decode_fast checks every one against its converter.
+FAST_FORMS: Final[WeakKeyDictionary[Converter, tuple[type, Converter]]] = WeakKeyDictionary()
 
 
 class Invalid(ValueError):
@@ -80,6 +88,8 @@ _PH_SCALARS: Final = frozenset(
 )
 # A string of any other length cannot be a placeholder; lets hot loops skip the call.
 PLACEHOLDER_LENGTHS: Final = frozenset(len(s) for s in _PH_SCALARS)
+# For a whole row of hashable values at once: `PLACEHOLDER_STRINGS.isdisjoint(row.values())`.
+PLACEHOLDER_STRINGS: Final = _PH_SCALARS
 _PH_ITEMS: Final = _PH_SCALARS | {_PH_UUID}
 
 
@@ -123,6 +133,9 @@ def as_float(value: Any) -> float:
     if kind is str and value in _FLOAT_WORDS:
         return float(value)
     raise fail("a floating-point number", value)
+
+
+FAST_FORMS[as_float] = (float, float)
 
 
 def as_bool(value: Any) -> bool:
@@ -276,7 +289,12 @@ def days_to_date(label: str) -> Converter:
         except (ValueError, OverflowError):
             raise Invalid(f"{value} days since 1970-01-01 {_OUT_OF_RANGE}") from None
 
+    FAST_FORMS[convert] = (int, _date_from_days)
     return convert
+
+
+def _date_from_days(value: int) -> date:
+    return date.fromordinal(_EPOCH_ORDINAL + value)
 
 
 def _time_of_day(us: int) -> time:
@@ -316,6 +334,13 @@ def local_timestamp(label: str, units_per_second: int) -> Converter:
             raise fail(f"int {_UNIT_NAMES[units_per_second]} for {label}", value)
         return _since_epoch(_to_micros(value, units_per_second))
 
+    if units_per_second <= 1_000_000:
+        factor = 1_000_000 // units_per_second
+
+        def since_epoch(value: int) -> datetime:
+            return _EPOCH + timedelta(0, 0, value * factor)
+
+        FAST_FORMS[convert] = (int, since_epoch)
     return convert
 
 
