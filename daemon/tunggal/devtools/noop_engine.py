@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
         config.resolve(config.state_dir),
         jvm_path=config.java.jvm_path,
         heap=config.java.heap,
+        jvm_options=config.java.options,
         max_batch_size=config.batch.max_size,
         poll_interval_ms=min(config.batch.max_age_ms, 500),
     )
