@@ -401,6 +401,27 @@ def test_writers_of_one_target_share_its_key_order(tmp_path: Path) -> None:
     assert upsert.key == ("1.01", 2024)  # type: ignore[union-attr]
 
 
+def test_renames_are_compiled_safely_for_any_source_column_name(tmp_path: Path) -> None:
+    """Renames run as a generated dict display: source names with quotes, backslashes or
+    newlines are data, never code, and a missing one is still reported by name."""
+    m = load(
+        tmp_path,
+        """\
+        source: s
+        tables:
+          - from: public.src
+            to: dst
+            key: [id]
+            columns: {id: "a'b", nama: "c\\"d", kota: "e\\nf"}
+        """,
+    )
+    (upsert,) = m.map_event(event("c", {"a'b": 1, 'c"d': "x", "e\nf": "y", "other": 2}))
+    assert upsert.values == {"id": 1, "nama": "x", "kota": "y"}  # type: ignore[union-attr]
+    assert upsert.key == (1,)  # type: ignore[union-attr]
+    with pytest.raises(MappingError, match="source column `e\\nf` is not in the event"):
+        m.map_event(event("c", {"a'b": 1, 'c"d': "x"}))
+
+
 def test_sources_tables_and_content_hash(tmp_path: Path) -> None:
     m = load(tmp_path, BASIC)
     assert m.sources() == frozenset({"s"})

@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -340,12 +341,14 @@ class TableMapper:
     """The compiled rules of one `tables:` entry."""
 
     __slots__ = (
+        "_copy",
         "_delete",
         "_derived",
         "_filter",
         "_filter_where",
         "_key",
         "_key_fns",
+        "_key_of_values",
         "_key_where",
         "_renames",
         "_soft",
@@ -391,6 +394,8 @@ class TableMapper:
                 renames.append((column, copied))
                 by_column[column] = _getter(copied)
         self._renames = tuple(renames)
+        self._copy = _compile_copy(self._renames)
+        self._key_of_values = _tuple_getter(key)
         self._derived = tuple(derived)
         self._key_fns = tuple(by_column[k] for k in key)
         self._key_where = where("key", "key")
@@ -401,14 +406,14 @@ class TableMapper:
 
     def _upsert(self, event: ChangeEvent, row: Row) -> Upsert:
         try:
-            values = {target: row[source] for target, source in self._renames}
+            values = self._copy(row)
         except KeyError as exc:
             name = str(exc.args[0])
             column = next(t for t, s in self._renames if s == name)
             raise self._where[column].missing_column(name, row) from None
         for target, fn in self._derived:
             values[target] = fn(row)
-        key = tuple([values[k] for k in self._key])
+        key = self._key_of_values(values)
         if None in key or UNAVAILABLE in key:
             raise self._bad_key(key, "the new row")
         if self._soft_column is not None:
@@ -537,6 +542,27 @@ class TableMapper:
         if self._filter is not None and self._surely_filtered_out(row):
             return []
         return [self._delete_op(event, self._key_of(row, "the deleted row"))]
+
+
+def _compile_copy(renames: Sequence[tuple[str, str]]) -> Callable[[Row], dict[str, Any]]:
+    """`row -> {target: row[source], ...}` as one dict display, compiled once per table.
+
+    It runs for every row: a comprehension over the pairs costs nearly twice as much. Names
+    enter the source text only through repr(), which always gives a plain string literal.
+    Like the comprehension, a missing source column raises KeyError with its name.
+    """
+    items = ", ".join(f"{target!r}: row[{source!r}]" for target, source in renames)
+    copy: Callable[[Row], dict[str, Any]] = eval(f"lambda row: {{{items}}}", {})
+    return copy
+
+
+def _tuple_getter(names: Sequence[str]) -> Callable[[Row], tuple[Any, ...]]:
+    """`values -> (values[names[0]], ...)`; itemgetter gives a bare value for one name."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda values: (values[name],)
+    get: Callable[[Row], tuple[Any, ...]] = itemgetter(*names)
+    return get
 
 
 def _getter(name: str) -> Callable[[Row], Any]:

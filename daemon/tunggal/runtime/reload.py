@@ -1,7 +1,8 @@
 """Hot reload of mapping files: validated first, swapped in only at a batch boundary.
 
 A reload request comes from SIGHUP or from the file watcher; the runner calls the reloader
-between batches, when no event is in hand, so an event is never mapped by half of each set.
+between batches, when no event is in hand and the batch being written has committed, so an
+event is never mapped by half of each set and the sink's targets never change under a write.
 """
 
 from __future__ import annotations

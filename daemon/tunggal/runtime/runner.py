@@ -1,8 +1,16 @@
 """The main loop: take chunks from the sources, batch, write, then acknowledge.
 
 Shape (arq/huey): `start()`, `run_once()`, `run()`, with `close()` in a `finally`. Sources run
-in their own threads and hand chunks over through one bounded queue; decoding, mapping and
-writing happen here, on one thread, so the order of one source's events is kept.
+in their own threads and hand chunks over through one bounded queue. Decoding and mapping
+happen here, on the loop's thread; a batch is written, committed and acknowledged on one writer
+thread, so that the loop decodes the next batch while PostgreSQL works on this one (psycopg
+releases the GIL while it waits for the server). At most one batch is in flight: `flush` waits
+for the previous write before it hands over the next, so batches commit in the order they
+were taken and the order of one source's events is kept. Worked example, batches A, B, C:
+    loop: decode A | flush A -> writer | decode B            | flush B: wait A, -> writer | ...
+    writer:                           | write A, commit, ack A | write B, commit, ack B     | ...
+Work that must not overlap a write (a mapping reload, a source restart) first waits for the
+writer to be idle, so a reload never changes the mapping or the sink's targets under a batch.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import tenacity
 
@@ -53,6 +62,7 @@ class Runner:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.shutdown_grace_s = shutdown_grace_s
+        # Called on the writer thread after each commit.
         self.on_batch = on_batch
         self.notifier = notifier or Notifier({})
         self.reloader = reloader
@@ -69,6 +79,10 @@ class Runner:
         self._pending = Processed()
         self._pending_events = 0
         self._oldest: float | None = None
+        # The one batch being written, and how many events it holds (for the last words).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunggal-writer")
+        self._writing: Future[None] | None = None
+        self._writing_events = 0
         self.started = False
         self._failed = False
         self.totals = {"events": 0, "batches": 0, "dead_letters": 0}
@@ -106,7 +120,9 @@ class Runner:
                     break
         except BaseException:
             # A fatal error acknowledges nothing: don't try to commit the batch in hand again.
+            # Stopping also ends the retries of a batch still in flight, so close() returns.
             self._failed = True
+            self.stop.set()
             raise
         finally:
             self.close()
@@ -134,11 +150,21 @@ class Runner:
             self.flush()
 
     def _between_batches(self) -> None:
-        """Work that must not split a batch: mapping reloads, source restarts, housekeeping."""
-        if self.reload_requested.is_set() and self.reloader is not None:
+        """Work that must not split a batch: mapping reloads, source restarts, housekeeping.
+
+        No event is decoded and unwritten here (`_chunks` is empty), and a reload or restart
+        first waits for the batch in flight: events decoded with the old mapping are written
+        and committed with the old mapping and targets, and the new mapping applies to every
+        event taken afterwards. Nothing is decoded twice or by both mappings.
+        """
+        now = self.clock()
+        reload = self.reload_requested.is_set() and self.reloader is not None
+        if reload or any(now >= due for due in self._restart_at.values()):
+            self._wait_written()
+        if reload:
+            assert self.reloader is not None
             self.reload_requested.clear()
             self.reloader()
-        now = self.clock()
         for name, due in list(self._restart_at.items()):
             if now >= due:
                 del self._restart_at[name]
@@ -242,21 +268,45 @@ class Runner:
         return sleep
 
     def flush(self, *, deadline: float | None = None) -> None:
+        """Hand the batch in hand to the writer, once the batch before it is committed.
+
+        Raises what the write of the previous batch raised; the writer has then settled that
+        batch's chunks with the error, and the batch in hand stays here, unacknowledged."""
         if not self._chunks:
             return
-        pending, chunks = self._pending, self._chunks
-        steps = collapse(pending.ops)
-        started = time.perf_counter()
-        result: BatchResult = self._retrying(deadline)(
-            self.sink.write, steps, pending.progress, pending.dead_letters, pending.offsets
-        )
-        elapsed = time.perf_counter() - started
+        self._wait_written()
+        pending, chunks, events = self._pending, self._chunks, self._pending_events
+        self._pending, self._chunks = Processed(), []
+        self._pending_events, self._oldest = 0, None
+        self._writing_events = events
+        self._writing = self._writer.submit(self._write, pending, chunks, events, deadline)
+
+    def _wait_written(self) -> None:
+        """Wait until the batch in flight is committed; raise its error if it failed."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+        self._writing_events = 0
+
+    def _write(
+        self, pending: Processed, chunks: list[Chunk], events: int, deadline: float | None
+    ) -> None:
+        """Writer thread: commit one batch, then let its sources acknowledge it."""
+        try:
+            steps = collapse(pending.ops)
+            started = time.perf_counter()
+            result: BatchResult = self._retrying(deadline)(
+                self.sink.write, steps, pending.progress, pending.dead_letters, pending.offsets
+            )
+            elapsed = time.perf_counter() - started
+        except BaseException as exc:
+            for chunk in chunks:
+                chunk.settle(exc)
+            raise
         # Committed: only now may the sources acknowledge upstream.
         for chunk in chunks:
             chunk.settle()
-        self._pending, self._chunks = Processed(), []
-        self._pending_events, self._oldest = 0, None
-        self._record(pending, result, elapsed, sum(len(c.events) for c in chunks))
+        self._record(pending, result, elapsed, events)
         if self.on_batch is not None:
             self.on_batch()
 
@@ -290,26 +340,33 @@ class Runner:
         self.notifier.stopping()
         try:
             if self.started and not self._failed:
-                self._drain_inbox()
-                if self._chunks:
-                    try:
-                        self.flush(deadline=self.clock() + self.shutdown_grace_s)
-                    except Exception as exc:
-                        n = sum(len(c.events) for c in self._chunks)
-                        log.error(
-                            "could not commit the last %d events before stopping (%s); "
-                            "they were not acknowledged and will be delivered again",
-                            n,
-                            exc,
-                        )
-                        for chunk in self._chunks:
-                            chunk.settle(exc)
-                        self._chunks = []
-                        raise
+                n = self._writing_events + self._pending_events
+                try:
+                    self._wait_written()
+                    self._drain_inbox()
+                    n = self._pending_events
+                    self.flush(deadline=self.clock() + self.shutdown_grace_s)
+                    self._wait_written()
+                except Exception as exc:
+                    log.error(
+                        "could not commit the last %d events before stopping (%s); "
+                        "they were not acknowledged and will be delivered again",
+                        n,
+                        exc,
+                    )
+                    raise
         finally:
             self._closing.set()
+            # After a failure, the batch in flight ends too: committed, or given up on stop.
+            try:
+                self._wait_written()
+            except Exception as exc:
+                log.debug("the batch in flight failed while stopping: %s", exc)
+            finally:
+                self._writer.shutdown()
             for chunk in [*self._chunks, *self._drain_unsettled()]:
                 chunk.settle(FatalError("shutting down"))
+            self._chunks = []
             for source in self.sources:
                 try:
                     source.close()

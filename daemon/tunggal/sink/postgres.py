@@ -127,7 +127,8 @@ def _stage_type(ctype: str) -> str:
 
 
 def key_json(key: Sequence[Any]) -> str:
-    return orjson.dumps(list(key), default=str).decode()
+    # orjson writes a tuple as an array: no list copy per row (tuple() of a tuple is itself).
+    return orjson.dumps(tuple(key), default=str).decode()
 
 
 class PostgresSink:
@@ -429,17 +430,25 @@ class PostgresSink:
         )
         with cur.copy(copy_sql) as copy:
             write = copy.write_row
-            for r in rows:
-                values = r.values
-                write(
-                    (
-                        *[None if values[c] is UNAVAILABLE else values[c] for c in cols],
-                        r.source,
-                        r.position,
-                        r.commit_ts_us,
-                        key_json(r.key),
+            if missing:
+                for r in rows:
+                    values = r.values
+                    write(
+                        (
+                            *[None if values[c] is UNAVAILABLE else values[c] for c in cols],
+                            r.source,
+                            r.position,
+                            r.commit_ts_us,
+                            key_json(r.key),
+                        )
                     )
-                )
+            else:
+                # Every row of the group has exactly `cols`, in that order (the group's key is
+                # tuple(values)) and none is UNAVAILABLE: the values go as they are.
+                for r in rows:
+                    write(
+                        (*r.values.values(), r.source, r.position, r.commit_ts_us, key_json(r.key))
+                    )
         statement = self._statement(
             ("upsert-staged", table, cols, missing),
             self._upsert_sql,
