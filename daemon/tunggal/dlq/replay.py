@@ -198,7 +198,7 @@ class Replayer:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
             wait=tenacity.wait_exponential_jitter(
-                initial=self.config.retry.initial_delay_s, max=self.config.retry.max_delay_s
+                multiplier=self.config.retry.initial_delay_s, max=self.config.retry.max_delay_s
             ),
             stop=tenacity.stop_after_attempt(5),
             before_sleep=before_sleep,

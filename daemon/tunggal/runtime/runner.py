@@ -249,7 +249,7 @@ class Runner:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError),
             wait=tenacity.wait_exponential_jitter(
-                initial=self.retry.initial_delay_s, max=self.retry.max_delay_s
+                multiplier=self.retry.initial_delay_s, max=self.retry.max_delay_s
             ),
             stop=give_up,
             sleep=self._sleep_for(deadline),
