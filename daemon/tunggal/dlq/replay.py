@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,11 @@ def open_dead_letter_sink(config: TunggalConfig) -> tuple[DeadLetterSink, Pipeli
     # A source without a connector file (e.g. fed by `tunggal replay`) gets the defaults there.
     modes = {name: spec.modes() for name, spec in connectors.items()}
     pipeline = Pipeline(
-        mappings, modes, {t: i.columns for t, i in sink.tables.items()}, epoch_lookup(config)
+        mappings,
+        modes,
+        {t: i.columns for t, i in sink.tables.items()},
+        # As many tries as a write gets (`Replayer._retrying`).
+        epoch_lookup(config, stop=threading.Event(), attempts=5),
     )
     return sink, pipeline
 

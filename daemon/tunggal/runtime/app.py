@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
+import tenacity
+
 from tunggal.config import SourceConfig, TunggalConfig
 from tunggal.connectors import ConnectorSpec, load_connector
-from tunggal.errors import ConfigError
+from tunggal.errors import ConfigError, TransientError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
@@ -17,6 +20,8 @@ from tunggal.runtime.runner import Runner
 from tunggal.runtime.systemd import Notifier
 from tunggal.sink.postgres import PostgresSink
 from tunggal.sources.base import Source
+
+log = logging.getLogger(__name__)
 
 
 def load_all(config: TunggalConfig) -> tuple[MappingSet, dict[str, ConnectorSpec]]:
@@ -56,12 +61,54 @@ def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True
     return sink
 
 
-def epoch_lookup(config: TunggalConfig) -> EpochLookup:
-    """A source's committed snapshot epoch, read from the target (see `Pipeline`)."""
+def epoch_lookup(
+    config: TunggalConfig,
+    *,
+    stop: threading.Event,
+    attempts: int | None = None,
+    metrics: Metrics | None = None,
+) -> EpochLookup:
+    """A source's committed snapshot epoch, read from the target (see `Pipeline`).
+
+    A target that does not answer is retried with the write backoff: the event cannot be
+    placed without its epoch, and nothing is acknowledged while we wait. The daemon waits until
+    `stop` is set, as it does for its writes; `dlq replay` gives up after `attempts`.
+    """
     from tunggal.sink.postgres import read_snapshot_epoch
 
     dsn, timeout = config.target.dsn, config.target.connect_timeout_s
-    return lambda source: read_snapshot_epoch(dsn, source, connect_timeout_s=timeout)
+
+    def give_up(state: tenacity.RetryCallState) -> bool:
+        return stop.is_set() or (attempts is not None and state.attempt_number >= attempts)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if metrics is not None:
+            metrics.retries.labels("target").inc()
+        log.warning(
+            "cannot read the snapshot epoch from the target (%s); retry %d in %.1fs",
+            state.outcome.exception() if state.outcome else None,
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # stopping ends the wait at once
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientError),
+        wait=tenacity.wait_exponential_jitter(
+            multiplier=config.retry.initial_delay_s, max=config.retry.max_delay_s
+        ),
+        stop=give_up,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+    def lookup(source: str) -> int | None:
+        return retrying.copy()(read_snapshot_epoch, dsn, source, connect_timeout_s=timeout)
+
+    return lookup
 
 
 def build_runner(
@@ -102,7 +149,10 @@ def build_runner(
                 )
             )
     pipeline = Pipeline(
-        mappings, modes, {t: i.columns for t, i in sink.tables.items()}, epoch_lookup(config)
+        mappings,
+        modes,
+        {t: i.columns for t, i in sink.tables.items()},
+        epoch_lookup(config, stop=stop, metrics=metrics),
     )
     metrics.set_mapping(mappings.content_hash, mappings.files)
     runner = Runner(

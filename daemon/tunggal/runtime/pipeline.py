@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
-from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
+from tunggal.events.decode import EPOCH_SHIFT, Hints, decode
+from tunggal.events.model import HEARTBEAT_PREFIX, ChangeEvent, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
 from tunggal.mapping.ops import RowOp
@@ -70,11 +70,25 @@ class Pipeline:
         self.target_types = target_types
         self._hints.clear()
 
-    def _committed_epoch(self, source: str) -> int | None:
-        epoch = self._lookup_epoch(source) if self._lookup_epoch is not None else None
-        if epoch is not None:
-            self._epochs[source] = epoch
-        return epoch
+    def _place_in_epoch(self, event: ChangeEvent, unknown: bool) -> tuple[ChangeEvent, bool]:
+        """A PostgreSQL event, placed in its source's newest snapshot epoch if it has no epoch
+        of its own; a snapshot row makes its epoch the newest. `unknown` says the target was
+        asked during this chunk and had none (so it is asked once per chunk at most), and is
+        returned updated."""
+        epoch = event.position >> EPOCH_SHIFT
+        if epoch:
+            if event.snapshot and epoch > self._epochs.get(event.source, 0):
+                self._epochs[event.source] = epoch
+            return event, unknown
+        known = self._epochs.get(event.source)
+        if known is None and not unknown and self._lookup_epoch is not None:
+            known = self._lookup_epoch(event.source)
+            if known is None:
+                return event, True
+            self._epochs[event.source] = known
+        if known is None:
+            return event, unknown
+        return replace(event, position=known << EPOCH_SHIFT | event.position), unknown
 
     def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
@@ -106,17 +120,7 @@ class Pipeline:
                 if event is None:  # tombstone: the delete before it did the work
                     continue
                 if epochs:
-                    if event.position >> EPOCH_SHIFT == 0:
-                        epoch = self._epochs.get(source)
-                        if epoch is None and not epoch_unknown:
-                            epoch = self._committed_epoch(source)
-                            epoch_unknown = epoch is None
-                        if epoch is not None:
-                            event = replace(event, position=in_epoch(event.position, epoch))
-                    elif event.snapshot and event.position >> EPOCH_SHIFT > self._epochs.get(
-                        source, 0
-                    ):
-                        self._epochs[source] = event.position >> EPOCH_SHIFT
+                    event, epoch_unknown = self._place_in_epoch(event, epoch_unknown)
                 ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
                 table = exc.table or raw.destination or "?"
@@ -144,7 +148,8 @@ class Pipeline:
             progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
             progress.events += 1
             if event.snapshot and epochs:
-                progress.epoch = max(progress.epoch or 0, event.position >> EPOCH_SHIFT)
+                # committed with the rows, for a process that never sees them (`_place_in_epoch`)
+                progress.epoch = self._epochs.get(source, progress.epoch)
             if not ops:
                 out.count((source, event.table, event.op.value, "skipped"))
                 continue
