@@ -490,12 +490,21 @@ def _compile_envelope(schema: Any) -> StructDecoder | None:
 def _decode_fast(
     raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None
 ) -> ChangeEvent | None:
-    text = raw.value
-    if text.__class__ is not bytes and text.__class__ is not str:
+    text: Any = raw.value
+    kind = text.__class__
+    if kind is not bytes and kind is not str:
         return None
     try:
-        value = orjson.loads(text)
-        # A schema envelope {"schema": ..., "payload": ...} has no "op" and ends here too.
+        rows: StructDecoder | None = None
+        if text.startswith(_HEAD[kind]):
+            # A schema envelope: only one whose schema text this topic has sent before, so
+            # that only its payload is parsed (see `_cached_payload`).
+            value, rows = _cached_payload(text, "value", raw.destination)
+            if rows.__class__ is not StructDecoder:
+                return None
+        else:
+            value = orjson.loads(text)
+        # Any other document with a schema envelope has no "op" and ends here too.
         op_name = value.get("op") if value.__class__ is dict else None
         op = _OPS.get(op_name) if op_name.__class__ is str else None
         block = value.get("source")
@@ -518,18 +527,30 @@ def _decode_fast(
             return None
         if (after is None and op in _NEEDS_AFTER) or (after is not None and op is Op.DELETE):
             return None
-        key = _fast_key(raw.key)
+        key, key_rows = _fast_key(raw.key, raw.destination)
     except Exception:
         return None
     if key is _MISS:
         return None
     # Outside the try: an exception from the caller's hints function is theirs, as in `decode`.
     table_hints = hints(table) if hints is not None else None
+    where = (source, table)
     try:
-        decode_row = _fast_rows((source, table), table_hints, modes)
+        decode_row: _RowDecoder
+        if rows is None:
+            decode_row = _fast_rows(where, table_hints, modes)
+        else:
+            decode_row = rows.with_hints(where, table_hints, modes)
         before_out = None if before is None else decode_row(before)
         after_out = None if after is None else decode_row(after)
-        key_out = None if key is None else decode_row(key)
+        if key is None:
+            key_out = None
+        elif key_rows is not None:
+            key_out = key_rows.with_hints(where, table_hints, modes)(key)
+        elif rows is None:
+            key_out = decode_row(key)
+        else:
+            return None  # a schemaless key beside a schema envelope: rare, the reference's
     except Exception:
         return None
     # Positional: measurably cheaper than keywords for a frozen dataclass. A field added or
@@ -550,18 +571,25 @@ def _decode_fast(
     )
 
 
-def _fast_key(text: Any) -> Any:
-    """The key's JSON object (None for none), or _MISS for anything but a schemaless object."""
+def _fast_key(text: Any, destination: str) -> tuple[Any, StructDecoder | None]:
+    """The key's object (None for none) and its schema's decoder (None without a schema), or
+    _MISS for anything else: not an object, or a schema envelope not seen before."""
     if text is None:
-        return None
-    if text.__class__ is not bytes and text.__class__ is not str:
-        return _MISS
-    key = orjson.loads(text)
+        return None, None
+    kind = text.__class__
+    if kind is not bytes and kind is not str:
+        return _MISS, None
+    if text.startswith(_HEAD[kind]):
+        key, decoder = _cached_payload(text, "key", destination)
+        if decoder.__class__ is not StructDecoder:
+            return _MISS, None
+    else:
+        key, decoder = orjson.loads(text), None
+        if key.__class__ is dict and "schema" in key and "payload" in key and len(key) == 2:
+            return _MISS, None
     if key is None:
-        return None
-    if key.__class__ is not dict or ("schema" in key and "payload" in key and len(key) == 2):
-        return _MISS
-    return key
+        return None, None
+    return (key, decoder) if key.__class__ is dict else (_MISS, None)
 
 
 _RowDecoder: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
@@ -728,10 +756,9 @@ def _read(
         text, kind = bytes(text), bytes
     fast_key = (destination, where, kind)
     if not exact and (kind is str or kind is bytes):
-        for prefix, compiled in _FAST.get(fast_key, ()):
-            payload = _fast_payload(text, prefix)
-            if payload is not _MISS:
-                return payload, compiled, True
+        payload, compiled = _cached_payload(text, where, destination)
+        if payload is not _MISS:
+            return payload, compiled, True
 
     # Anything but text is taken to be JSON that the source has parsed already.
     document = _loads(text, where, exact) if kind is str or kind is bytes else text
@@ -770,6 +797,16 @@ _SEPARATOR_LENGTH: Final = len(',"payload":')
 # slow path, which is always correct.
 _FAST: dict[tuple[str, str, type], list[tuple[Any, Any]]] = {}
 _FAST_PER_TOPIC: Final = 4
+
+
+def _cached_payload(text: Any, where: str, destination: str) -> tuple[Any, Any]:
+    """(payload, compiled schema) of a schema envelope (str or bytes) whose schema text was seen
+    before on this topic; (_MISS, None) otherwise."""
+    for prefix, compiled in _FAST.get((destination, where, text.__class__), ()):
+        payload = _fast_payload(text, prefix)
+        if payload is not _MISS:
+            return payload, compiled
+    return _MISS, None
 
 
 def _fast_payload(text: Any, prefix: Any) -> Any:
