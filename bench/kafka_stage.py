@@ -137,11 +137,11 @@ def bench_kafka(
 
 
 def bench_kafka_lag(
-    cluster: PgCluster, broker: TansuBroker, work: Path, rate: int, seconds: int
+    cluster: PgCluster, broker: TansuBroker, work: Path, rate: int, seconds: int, warmup: int
 ) -> dict[str, Any]:
     """Rows inserted at a fixed offered rate into a real source table, through Debezium on
     Kafka Connect and the broker, into the target: exact per-row lag, Connect's poll included."""
-    from embedded_stage import offer, row_lags, setup
+    from embedded_stage import offered_lags, setup
 
     from tunggal.devtools.kafkaconnect import ConnectStandalone
 
@@ -185,21 +185,12 @@ def bench_kafka_lag(
                         break
                     time.sleep(0.2)
             time.sleep(5.0)
-            total = offer(source, rate, seconds)
-            p50, p99, worst = row_lags(target, total)
+            lags = offered_lags(source, target, rate, seconds, warmup)
             rss = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    return {
-        "offered_per_s": rate,
-        "seconds": seconds,
-        "rows": total,
-        "lag_p50_s": p50,
-        "lag_p99_s": p99,
-        "lag_max_s": worst,
-        "peak_rss_mb": rss,
-    }
+    return {**lags, "peak_rss_mb": rss}
 
 
 def main() -> int:
@@ -208,6 +199,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--lag-rate", type=int, default=5000, help="0 skips the lag stage")
     parser.add_argument("--lag-seconds", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=20, help="seconds offered before measuring")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tunggal-kbench-"))
     cluster = PgCluster(name="kbench", fsync=True).start()
@@ -224,7 +216,9 @@ def main() -> int:
                 f"{result['peak_rss_mb_per_instance']:.0f} MB per instance)"
             )
         if args.lag_rate:
-            lag = bench_kafka_lag(cluster, broker, work, args.lag_rate, args.lag_seconds)
+            lag = bench_kafka_lag(
+                cluster, broker, work, args.lag_rate, args.lag_seconds, args.warmup
+            )
             results.append({"lag": lag})
             print(
                 f"kafka lag at {args.lag_rate}/s (Connect included): p50 {lag['lag_p50_s']:.3f}s "
