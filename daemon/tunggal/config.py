@@ -46,6 +46,11 @@ class BatchConfig(_Frozen):
     max_age_ms: int = Field(
         500, ge=10, le=60_000, description="Flush when the oldest event in hand is this old."
     )
+    when_caught_up: bool = Field(
+        True,
+        description="Also flush as soon as a Kafka source has read all there is (lower lag); "
+        "false waits for max_size or max_age_ms (fewer, larger transactions).",
+    )
 
 
 class RetryConfig(_Frozen):

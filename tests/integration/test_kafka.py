@@ -45,6 +45,7 @@ def _config(
     schemas: bool = False,
     batch_age_ms: int = 200,
     batch_size: int = 2000,
+    when_caught_up: bool = True,
     client: str = "confluent-kafka",
 ) -> Path:
     connector = tmp_path / f"connector-{source}.yaml"
@@ -56,7 +57,8 @@ def _config(
         f"target: {{dsn: '{target}'}}",
         "mappings: [m.yaml]",
         f"state_dir: {tmp_path / 'state'}",
-        f"batch: {{max_size: {batch_size}, max_age_ms: {batch_age_ms}}}",
+        f"batch: {{max_size: {batch_size}, max_age_ms: {batch_age_ms}, "
+        f"when_caught_up: {str(when_caught_up).lower()}}}",
         "retry: {initial_delay_s: 0.2, max_delay_s: 2}",
         "watch_mappings: false",
         f"metrics: {{port: {free_port()}}}",
@@ -371,6 +373,7 @@ def test_rebalance_flushes_the_batch_in_hand(
         group=group,
         batch_age_ms=15_000,
         batch_size=100_000,
+        when_caught_up=False,  # so that A holds what it read
         client=client,
     )
     _schema_apply(config)

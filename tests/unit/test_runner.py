@@ -206,3 +206,27 @@ def test_transient_failure_is_retried_on_the_writer_thread_in_order() -> None:
     assert acks == {0: 1, 3: 2, 6: 3}
     assert all(c.error is None for c in chunks)
     assert runner.totals == {"events": 9, "batches": 3, "dead_letters": 0}
+
+
+def test_a_caught_up_chunk_is_written_at_once_unless_more_is_waiting() -> None:
+    sink, pipeline, acks = GatedSink(), VersionedPipeline(), {}
+    runner = make_runner(sink, pipeline)
+    runner.batch = BatchConfig(max_size=100, max_age_ms=60_000)
+    runner.start()
+    a, b, c, d = (chunk(n, n + 1, acks, sink) for n in range(4))
+    b.caught_up = d.caught_up = True
+    runner.inbox.put(a)
+    runner.run_once()
+    assert not a.done.wait(0.3)  # one event and 60 s to go: it waits for more
+    # b says the source has read all there is, but c is already waiting behind it; and c,
+    # taken next, came from a full poll.
+    runner.inbox.put(b)
+    runner.inbox.put(c)
+    runner.run_once()
+    runner.run_once()
+    assert runner._chunks == [a, b, c] and not a.done.wait(0.3)
+    runner.inbox.put(d)
+    runner.run_once()
+    assert a.done.wait(5) and d.done.wait(5)
+    assert sink.batches == [[(0, 1), (1, 1), (2, 1), (3, 1)]]
+    runner.close()

@@ -225,9 +225,13 @@ class Runner:
         ):
             return True
         # A source that waits for our answer cannot send more than it has (the embedded
-        # engine sends at most one more batch while this one is written): a fuller batch
-        # would only add latency.
-        return any(c.holds_source for c in self._chunks) and self.inbox.empty()
+        # engine sends at most one more batch while this one is written), and one that has
+        # read all there is has nothing more to send: a fuller batch would only add latency.
+        # Under a backlog, polls come back full and batches grow to max_size as before.
+        if not self.inbox.empty():
+            return False
+        caught_up = self.batch.when_caught_up and self._chunks[-1].caught_up
+        return caught_up or any(c.holds_source for c in self._chunks)
 
     # -- writing ----------------------------------------------------------------------------
     def _retrying(self, deadline: float | None) -> tenacity.Retrying:

@@ -21,6 +21,9 @@ class Chunk:
     # True when the source soon blocks until this chunk is settled (the embedded engine
     # sends one more batch, then waits): waiting for a fuller batch would only add latency.
     holds_source: bool = False
+    # True when the source had nothing more to read as it took this chunk (a Kafka poll that
+    # came back short): while it stays so, a fuller batch would only add latency.
+    caught_up: bool = False
     # Set by the source, from any thread: write this chunk's batch now rather than at its
     # maximum age (a Kafka rebalance waits for it before handing the partitions over).
     flush_requested: bool = False

@@ -128,7 +128,7 @@ class KafkaSource:
                 self._commit_to_kafka()
                 raws = client.poll(self.kafka.max_poll_records, 0.2)
                 if raws:
-                    self._hand_over(raws)
+                    self._hand_over(raws, caught_up=len(raws) < self.kafka.max_poll_records)
                 self._record_lag()
                 self._watch_connection()
         except Exception as exc:  # a consumer bug or a lost group: restart the source
@@ -142,7 +142,7 @@ class KafkaSource:
             except Exception as exc:
                 log.debug("closing kafka consumer: %s", exc)
 
-    def _hand_over(self, raws: list[RawEvent]) -> None:
+    def _hand_over(self, raws: list[RawEvent], *, caught_up: bool) -> None:
         offsets: Offsets = {}
         for raw in raws:
             assert raw.offset is not None
@@ -153,6 +153,7 @@ class KafkaSource:
             raws,
             offsets={(self.group_id, t, p): o for (t, p), o in offsets.items()},
             on_settled=self._settled,
+            caught_up=caught_up,
         )
         with self._lock:
             self._outstanding.append(chunk)

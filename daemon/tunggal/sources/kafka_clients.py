@@ -271,7 +271,16 @@ class ConfluentClient:
         self._consumer.subscribe(list(names), on_assign=assigned, on_revoke=revoked)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawEvent]:
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        # consume() waits for max_records or the whole timeout, which delays every message by
+        # up to the timeout when traffic is light. So: what librdkafka has fetched already; if
+        # that is nothing, wait for one message only, then take what came with it.
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages:
+            first = self._consumer.poll(timeout_s)
+            if first is not None:
+                messages = [first]
+                if max_records > 1:
+                    messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         out: list[RawEvent] = []
         for m in messages:
             error = m.error()
