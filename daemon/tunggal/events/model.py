@@ -42,7 +42,10 @@ HEARTBEAT_PREFIX: Final = "__debezium-heartbeat"
 UNAVAILABLE_PLACEHOLDER: Final = "__debezium_unavailable_value"
 
 
-@dataclass(frozen=True, slots=True)
+# RawEvent and ChangeEvent are made once per event and never changed afterwards, but are not
+# frozen: a frozen dataclass sets each field through object.__setattr__, and that alone cost
+# 1.8 µs of the ~30 µs an event takes on the Kafka path (12 fields: 1.5 µs instead of 0.26).
+@dataclass(slots=True)
 class RawEvent:
     """One message as the source delivered it: Kafka-style key/value JSON text."""
 
@@ -53,7 +56,7 @@ class RawEvent:
     offset: int | None = None  # Kafka offset, or line number for replay files
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChangeEvent:
     source: str  # source system name from tunggal.yaml, e.g. "e_planning"
     table: str  # source table as "schema.table" (PostgreSQL) or "db.table" (MySQL)

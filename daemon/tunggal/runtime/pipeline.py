@@ -150,11 +150,15 @@ class Pipeline:
             if event.snapshot and epochs:
                 # committed with the rows, for a process that never sees them (`_place_in_epoch`)
                 progress.epoch = self._epochs.get(source, progress.epoch)
+            # Op's str value, not `.value`: the enum property costs more than the rest here.
             if not ops:
-                out.count((source, event.table, event.op.value, "skipped"))
+                out.count((source, event.table, str(event.op), "skipped"))
                 continue
-            out.count((source, event.table, event.op.value, "applied"))
-            out.ops.extend((op, raw) for op in ops)
+            out.count((source, event.table, str(event.op), "applied"))
+            if len(ops) == 1:
+                out.ops.append((ops[0], raw))
+            else:
+                out.ops.extend((op, raw) for op in ops)
         return out
 
 
