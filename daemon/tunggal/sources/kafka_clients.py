@@ -199,6 +199,9 @@ def confluent_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "topic.metadata.refresh.interval.ms": 30_000,
         # An idle partition's fetch returns after this long: it bounds the added lag.
         "fetch.wait.max.ms": 100,
+        # librdkafka prefetches up to 64 MB by default: peak RSS 247-256 MB at full speed,
+        # 191-206 MB with 16 MB (still ~30,000 messages, six batches), at the same rate.
+        "queued.max.messages.kbytes": 16384,
         "security.protocol": kafka.security_protocol.lower(),
     }
     if kafka.sasl_mechanism:
