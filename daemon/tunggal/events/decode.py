@@ -553,7 +553,7 @@ def _decode_fast(
             return None  # a schemaless key beside a schema envelope: rare, the reference's
     except Exception:
         return None
-    # Positional: measurably cheaper than keywords for a frozen dataclass. A field added or
+    # Positional: measurably cheaper than keywords. A field added or
     # moved in ChangeEvent shows up as a mismatch in test_decode_fast.
     return ChangeEvent(
         source,

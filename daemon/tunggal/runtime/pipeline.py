@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import EPOCH_SHIFT, Hints, decode
+from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
 from tunggal.events.model import HEARTBEAT_PREFIX, ChangeEvent, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
@@ -88,7 +88,7 @@ class Pipeline:
             self._epochs[event.source] = known
         if known is None:
             return event, unknown
-        return replace(event, position=known << EPOCH_SHIFT | event.position), unknown
+        return replace(event, position=in_epoch(event.position, known)), unknown
 
     def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
