@@ -138,6 +138,7 @@ def stage_decode_map(case: Case) -> StageResult:
     from tunggal.config import load_config
     from tunggal.events.model import RawEvent
     from tunggal.runtime.app import load_all, open_sink
+    from tunggal.runtime.gc_tuning import tune_for_throughput
     from tunggal.runtime.pipeline import Pipeline
     from tunggal.sources.replay import read_events
 
@@ -149,6 +150,7 @@ def stage_decode_map(case: Case) -> StageResult:
     pipeline = Pipeline(mappings, {}, types)
     with open(case.events_file, "rb") as stream:
         raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
+    tune_for_throughput(threading.Event())  # as `tunggal run` and `tunggal replay` do
     with measured() as clock:
         for start in range(0, len(raws), case.batch):
             pipeline.process("bench", raws[start : start + case.batch])
@@ -159,11 +161,13 @@ def stage_replay_pg(case: Case) -> StageResult:
     from tunggal.config import load_config
     from tunggal.metrics import Metrics
     from tunggal.runtime.app import build_runner
+    from tunggal.runtime.gc_tuning import tune_for_throughput
 
     config = load_config(case.work / "tunggal.yaml")
     runner = build_runner(
         config, metrics=Metrics(), stop=threading.Event(), replay=("bench", case.events_file)
     )
+    tune_for_throughput(runner.stop)  # as `tunggal replay` does
     with measured() as clock:
         runner.run(until_idle=True)
     return StageResult(

@@ -116,6 +116,7 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
     from tunggal.config import load_config
     from tunggal.metrics import Metrics
     from tunggal.runtime.app import build_runner
+    from tunggal.runtime.gc_tuning import tune_for_throughput
     from tunggal.runtime.http import StatusServer
 
     config = load_config(config_path)
@@ -153,6 +154,7 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         ).start()
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
     progress = _progress_poller(metrics, runner, replay)
+    tune_for_throughput(stop)
     try:
         runner.run(until_idle=once)
     except TunggalError as exc:
