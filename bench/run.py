@@ -150,7 +150,7 @@ def stage_decode_map(case: Case) -> StageResult:
     pipeline = Pipeline(mappings, {}, types)
     with open(case.events_file, "rb") as stream:
         raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
-    tune_for_throughput(threading.Event())  # as `tunggal run` and `tunggal replay` do
+    tune_for_throughput()  # as `tunggal run` and `tunggal replay` do
     with measured() as clock:
         for start in range(0, len(raws), case.batch):
             pipeline.process("bench", raws[start : start + case.batch])
@@ -167,7 +167,7 @@ def stage_replay_pg(case: Case) -> StageResult:
     runner = build_runner(
         config, metrics=Metrics(), stop=threading.Event(), replay=("bench", case.events_file)
     )
-    tune_for_throughput(runner.stop)  # as `tunggal replay` does
+    tune_for_throughput()  # as `tunggal replay` does
     with measured() as clock:
         runner.run(until_idle=True)
     return StageResult(

@@ -154,7 +154,7 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         ).start()
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
     progress = _progress_poller(metrics, runner, replay)
-    tune_for_throughput(stop)
+    tune_for_throughput()
     try:
         runner.run(until_idle=once)
     except TunggalError as exc:

@@ -1,5 +1,6 @@
 """The daemon's garbage-collector settings (runtime.gc_tuning), each check in a fresh
-interpreter so that this test process keeps CPython's defaults."""
+interpreter so that this test process keeps CPython's defaults. The runner's periodic sweep is
+tested in test_runner.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import textwrap
 from tunggal.runtime.gc_tuning import THRESHOLDS
 
 _PRELUDE = """
-import gc, threading, time, weakref
+import gc, weakref
 from tunggal.runtime.gc_tuning import THRESHOLDS, tune_for_throughput
 
 class Node:
@@ -39,7 +40,7 @@ def test_start_up_objects_are_frozen_and_the_young_pass_is_rarer() -> None:
     out = _run(
         """
         before = gc.get_threshold()
-        tune_for_throughput(threading.Event())
+        tune_for_throughput()
         print(before[0], gc.get_threshold() == THRESHOLDS, gc.get_freeze_count() > 1000)
         """
     )
@@ -51,7 +52,7 @@ def test_start_up_objects_are_frozen_and_the_young_pass_is_rarer() -> None:
 def test_a_cycle_is_collected_once_enough_is_allocated() -> None:
     out = _run(
         """
-        tune_for_throughput(threading.Event())  # the sweep (a minute away) plays no part
+        tune_for_throughput()
         alive = garbage_cycle()
         held, when = [], None
         for i in range(THRESHOLDS[0] * 2):
@@ -64,20 +65,3 @@ def test_a_cycle_is_collected_once_enough_is_allocated() -> None:
     )
     assert out != "None", "the collector never ran"
     assert int(out) > THRESHOLDS[0] // 2, "collected too early: thresholds not raised"
-
-
-def test_the_sweep_collects_a_cycle_without_any_allocation_and_ends_on_stop() -> None:
-    out = _run(
-        """
-        stop = threading.Event()
-        sweeper = tune_for_throughput(stop, sweep_every_s=0.1)
-        alive = garbage_cycle()
-        deadline = time.monotonic() + 10
-        while alive() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        sweeper.join(5)
-        print(alive() is None, sweeper.is_alive())
-        """
-    )
-    assert out == "True False"

@@ -7,7 +7,9 @@ being written" is a state the test holds the runner in, not a race it hopes to h
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ from tunggal.errors import FatalError, TransientError
 from tunggal.events.model import RawEvent
 from tunggal.mapping.ops import Upsert
 from tunggal.metrics import Metrics
+from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
 from tunggal.runtime.pipeline import Processed
 from tunggal.runtime.runner import Runner
 from tunggal.runtime.systemd import Notifier
@@ -229,4 +232,40 @@ def test_a_caught_up_chunk_is_written_at_once_unless_more_is_waiting() -> None:
     runner.run_once()
     assert a.done.wait(5) and d.done.wait(5)
     assert sink.batches == [[(0, 1), (1, 1), (2, 1), (3, 1)]]
+    runner.close()
+
+
+class _Node:
+    cycle: _Node | None = None
+
+
+def test_cyclic_garbage_is_swept_between_batches_about_once_a_minute() -> None:
+    # The daemon raises the collector's thresholds (runtime.gc_tuning); this sweep is what
+    # bounds how long a garbage cycle can hold memory. With automatic collection off, only the
+    # sweep can free the cycle below.
+    now = [1000.0]
+    runner = Runner(
+        [],
+        VersionedPipeline(),  # type: ignore[arg-type]
+        GatedSink(),  # type: ignore[arg-type]
+        Metrics(),
+        notifier=Notifier({}),
+        clock=lambda: now[0],
+    )
+    node = _Node()
+    node.cycle = node
+    alive = weakref.ref(node)
+    del node
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        now[0] += SWEEP_EVERY_S - 1
+        runner.run_once()
+        assert alive() is not None, "swept before a minute had passed"
+        now[0] += 1
+        runner.run_once()
+        assert alive() is None, "not swept after a minute"
+    finally:
+        if was_enabled:
+            gc.enable()
     runner.close()

@@ -10,15 +10,15 @@ allocations, and each pass walks every young object, the batch in hand included.
 So the daemon freezes what start-up allocated (config, mappings, compiled decoders, imported
 modules: never garbage, yet walked by every full pass), and runs the young pass every 100,000
 net allocations instead of 700. A cycle that does become garbage (an exception's traceback,
-say, holding a batch) then waits longer for the collector, so a full collection also runs every
-`SWEEP_EVERY_S` on a thread of its own: cyclic garbage lives a minute at most.
+say, holding a batch) then waits longer for the collector, so the runner also makes a full
+collection every `SWEEP_EVERY_S` between batches (`Runner._between_batches`): cyclic garbage
+lives about a minute at most.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import threading
 from typing import Final
 
 log = logging.getLogger(__name__)
@@ -29,22 +29,9 @@ THRESHOLDS: Final = (100_000, 10, 10)
 SWEEP_EVERY_S: Final = 60.0
 
 
-def tune_for_throughput(
-    stop: threading.Event, *, sweep_every_s: float = SWEEP_EVERY_S
-) -> threading.Thread:
-    """Called once, after start-up and before the first event. Returns the sweeping thread,
-    which ends when `stop` is set."""
+def tune_for_throughput() -> None:
+    """Called once, after start-up and before the first event."""
     gc.collect()  # start-up's own garbage goes now, not into the frozen generation
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
-    log.debug(
-        "collector: %d start-up objects frozen, thresholds %s", gc.get_freeze_count(), THRESHOLDS
-    )
-
-    def sweep() -> None:
-        while not stop.wait(sweep_every_s):
-            gc.collect()
-
-    thread = threading.Thread(target=sweep, name="tunggal-gc-sweep", daemon=True)
-    thread.start()
-    return thread
+    log.debug("collector: %d objects frozen, thresholds %s", gc.get_freeze_count(), THRESHOLDS)

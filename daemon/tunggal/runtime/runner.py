@@ -15,6 +15,7 @@ writer to be idle, so a reload never changes the mapping or the sink's targets u
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -27,6 +28,7 @@ import tenacity
 from tunggal.config import BatchConfig, RetryConfig
 from tunggal.errors import FatalError, TransientError
 from tunggal.metrics import Metrics
+from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
 from tunggal.runtime.pipeline import Pipeline, Processed
 from tunggal.runtime.systemd import Notifier
 from tunggal.sink.collapse import collapse
@@ -73,6 +75,7 @@ class Runner:
         self._restart_at: dict[str, float] = {}
         self._restart_attempts: dict[str, int] = {}
         self._dead_count_at = 0.0
+        self._swept_at = clock()
         self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
         self._closing = threading.Event()
         self._chunks: list[Chunk] = []
@@ -174,6 +177,12 @@ class Runner:
                 self.metrics.set_state(name, "starting")
                 source.close()
                 source.start(self.deliver)
+        if now - self._swept_at >= SWEEP_EVERY_S:
+            # Bounds how long a garbage cycle holds memory under the raised thresholds
+            # (runtime.gc_tuning). On this thread rather than one of its own: JPype's collector
+            # hooks run on the collecting thread, and this one is attached to the JVM.
+            self._swept_at = now
+            log.debug("collector sweep: %d unreachable objects", gc.collect())
         if now - self._dead_count_at >= 30:
             self._dead_count_at = now
             try:
