@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 
 
 def applied_rate(
-    dsn: str, source: str, wanted: int, procs: Sequence[subprocess.Popen[bytes]], logs: str
+    dsn: str,
+    source: str,
+    wanted: int,
+    procs: Sequence[subprocess.Popen[bytes]],
+    logs: str,
+    *,
+    steady: Callable[[], bool] | None = None,
 ) -> tuple[int, float]:
     """(events, seconds) from the first commit of `source` until `wanted` events are applied.
 
     The first commit's events are left out, and so are start-up and the first group join: the
-    rate is the steady one. Raises, pointing at `logs`, if a daemon exits or it takes 10 min.
+    rate is the steady one. With `steady`, the clock starts at the first commit seen once it
+    says so (several instances: once the group has settled). Raises, pointing at `logs`, if a
+    daemon exits or it takes 10 min.
     """
     first: float | None = None
     first_applied = applied = 0
@@ -26,7 +34,7 @@ def applied_rate(
                 "SELECT events_applied FROM tunggal_progress WHERE source = %s", (source,)
             ).fetchone()
             applied = int(row[0]) if row else 0
-            if applied and first is None:
+            if applied and first is None and (steady is None or steady()):
                 first, first_applied = time.perf_counter(), applied
             if applied >= wanted:
                 break
