@@ -135,7 +135,7 @@ def bench_daemon(cluster: PgCluster, work: Path, n: int) -> dict[str, Any]:
     proc = _start_daemon(source, name, config, work / "daemon.log")
     try:
         _insert(source, 1, n)
-        events, seconds = applied_rate(target, name, n, [proc], f"{work}/daemon.log")
+        events, seconds, _, _ = applied_rate(target, name, n, [proc], f"{work}/daemon.log")
         return {
             "events": events,
             "seconds": seconds,

@@ -5,8 +5,18 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import psycopg
+
+
+class Applied(NamedTuple):
+    """Events and seconds in the measured window, and from the first commit to the last."""
+
+    events: int
+    seconds: float
+    all_events: int
+    all_seconds: float
 
 
 def applied_rate(
@@ -17,16 +27,21 @@ def applied_rate(
     logs: str,
     *,
     steady: Callable[[], bool] | None = None,
-) -> tuple[int, float]:
-    """(events, seconds) from the first commit of `source` until `wanted` events are applied.
+    window_closed: Callable[[psycopg.Connection[Any]], bool] | None = None,
+) -> Applied:
+    """The rate of `source` from its first commit until `wanted` events are applied.
 
     The first commit's events are left out, and so are start-up and the first group join: the
-    rate is the steady one. With `steady`, the clock starts at the first commit seen once it
-    says so (several instances: once the group has settled). Raises, pointing at `logs`, if a
-    daemon exits or it takes 10 min.
+    rate is the steady one. With `steady`, the window opens at the first commit seen once it
+    says so (several instances: once the group has settled); with `window_closed`, it closes at
+    the first poll where that says so (several instances: once the first partition is drained,
+    after which one instance may have less left to read than another). All events are waited
+    for either way. Raises, pointing at `logs`, if a daemon exits or it takes 10 min.
     """
+    started: float | None = None
     first: float | None = None
-    first_applied = applied = 0
+    closed: float | None = None
+    started_applied = first_applied = closed_applied = applied = 0
     deadline = time.monotonic() + 600
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
@@ -34,14 +49,23 @@ def applied_rate(
                 "SELECT events_applied FROM tunggal_progress WHERE source = %s", (source,)
             ).fetchone()
             applied = int(row[0]) if row else 0
+            now = time.perf_counter()
+            if applied and started is None:
+                started, started_applied = now, applied
             if applied and first is None and (steady is None or steady()):
-                first, first_applied = time.perf_counter(), applied
+                first, first_applied = now, applied
+            if first is not None and closed is None and window_closed and window_closed(conn):
+                closed, closed_applied = now, applied
             if applied >= wanted:
                 break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a daemon exited early; see {logs}")
             time.sleep(0.02)
     done = time.perf_counter()
-    if first is None or applied < wanted:
+    if started is None or first is None or applied < wanted:
         raise RuntimeError(f"only {applied} of {wanted} events applied; see {logs}")
-    return wanted - first_applied, done - first
+    if closed is None:
+        closed, closed_applied = done, wanted
+    return Applied(
+        closed_applied - first_applied, closed - first, wanted - started_applied, done - started
+    )
