@@ -1,4 +1,5 @@
-"""What the whole-daemon stages share: the apply rate read from the target's progress table."""
+"""What the whole-daemon stages share: the apply rate read from the target's progress table,
+and a quiet database server to start from."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
+
+from tunggal.devtools.pgcluster import PgCluster
 
 
 class Applied(NamedTuple):
@@ -69,3 +72,20 @@ def applied_rate(
     return Applied(
         closed_applied - first_applied, closed - first, wanted - started_applied, done - started
     )
+
+
+def quiesce(cluster: PgCluster) -> None:
+    """Vacuum and analyse every database, then checkpoint: the tables an earlier stage filled
+    would otherwise get autovacuum and a checkpoint's writes in the middle of the next stage,
+    on the same two cores."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+            )
+        ]
+        for name in names:
+            with psycopg.connect(cluster.dsn(name), autocommit=True) as db:
+                db.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")

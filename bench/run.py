@@ -323,23 +323,27 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
     """The daemon as users run it (`tunggal run` subprocesses), narrow table, on this cluster."""
     chosen = {p for p in args.pipelines.split(",") if p}
     out: dict[str, Any] = {}
+    from measure import quiesce
+
     if "kafka" in chosen:
         from kafka_stage import bench_kafka, bench_kafka_lag
 
         from tunggal.devtools.kafkabroker import TansuBroker
 
-        broker = TansuBroker().start()
-        try:
-            for n in (1, 2):
-                work = mixed_workload(args.events, source=f"kbench{n}", seed=11)
+        # Each stage gets a broker of its own: tansu's memory storage grows slower with the data
+        # it holds (its CPU climbs towards a full core as ~400,000 messages arrive at 5,000/s,
+        # and Connect's own produce lag with it), so one stage's topics would slow the next.
+        for n in (1, 2):
+            work = mixed_workload(args.events, source=f"kbench{n}", seed=11)
+            quiesce(cluster)
+            broker = TansuBroker().start()
+            try:
                 out[f"kafka_{n}"] = bench_kafka(
                     cluster, broker, work.lines, len(work.final), n, root / "kafka"
                 )
-        finally:
-            broker.stop()
-        # A broker of its own: tansu's memory storage grows slower with the data it holds
-        # (its CPU climbs towards a full core as ~400,000 messages arrive at 5,000/s, and Connect's
-        # own produce lag with it), which the throughput stages' topics would bring forward.
+            finally:
+                broker.stop()
+        quiesce(cluster)
         broker = TansuBroker().start()
         try:
             out["kafka_lag"] = bench_kafka_lag(
@@ -352,8 +356,11 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
 
         work_dir = root / "embedded"
         work_dir.mkdir(parents=True, exist_ok=True)
+        quiesce(cluster)
         out["embedded_noop"] = bench_noop(cluster, work_dir, args.events)
+        quiesce(cluster)
         out["embedded_daemon"] = bench_daemon(cluster, work_dir, args.events)
+        quiesce(cluster)
         out["embedded_lag"] = bench_lag(cluster, work_dir, args.rate, args.seconds, args.warmup)
     return out
 
