@@ -14,6 +14,24 @@ CREATE TABLE public.opd (
     _tunggal_ts        bigint
 );
 
+-- opd is written by e-Planning and SIPKD: each system's latest values per row are kept here and
+-- merged into public.opd by the rules in e_planning.yaml (`tunggal schema --apply` creates it).
+CREATE SCHEMA tunggal_contributions;
+
+CREATE TABLE tunggal_contributions.public__opd (
+    kode_opd           varchar(30)  NOT NULL,
+    _tunggal_source    text         NOT NULL,
+    nama_opd           varchar(255),
+    singkatan          varchar(50),
+    alamat             text,
+    aktif              boolean,
+    sumber_data        varchar(30),
+    _tunggal_position  numeric      NOT NULL,
+    _tunggal_ts        bigint       NOT NULL,
+    _tunggal_state     text         NOT NULL DEFAULT 'live',
+    PRIMARY KEY (kode_opd, _tunggal_source)
+);
+
 CREATE TABLE public.program (
     kode_program       varchar(30)  PRIMARY KEY,
     nama_program       varchar(500),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from tunggal.events.model import UNAVAILABLE
 from tunggal.mapping.ops import Delete, Truncate, Upsert
-from tunggal.sink.collapse import Segment, collapse, is_newer
+from tunggal.sink.collapse import Segment, collapse
 
 
 def up(key: int, pos: int, source: str = "a", ts: int | None = None, **values: object) -> Upsert:
@@ -26,14 +26,14 @@ def test_last_state_per_key_wins() -> None:
     )
     assert len(steps) == 1 and isinstance(steps[0], Segment)
     ops = {k: p.op for k, p in steps[0].rows.items()}
-    assert ops[("public.t", (1,))].values == {"id": 1, "v": "b"}
-    assert isinstance(ops[("public.t", (2,))], Upsert)
+    assert ops[("public.t", (1,), "a")].values == {"id": 1, "v": "b"}
+    assert isinstance(ops[("public.t", (2,), "a")], Upsert)
 
 
 def test_delete_after_upsert_is_delete() -> None:
     steps = collapse([(up(1, 10), None), (de(1, 11), None)])
     assert isinstance(steps[0], Segment)
-    assert isinstance(steps[0].rows[("public.t", (1,))].op, Delete)
+    assert isinstance(steps[0].rows[("public.t", (1,), "a")].op, Delete)
 
 
 def test_unavailable_column_takes_value_from_earlier_event_in_batch() -> None:
@@ -41,13 +41,13 @@ def test_unavailable_column_takes_value_from_earlier_event_in_batch() -> None:
         [(up(1, 10, doc="long", v="a"), None), (up(1, 11, doc=UNAVAILABLE, v="b"), None)]
     )
     assert isinstance(steps[0], Segment)
-    assert steps[0].rows[("public.t", (1,))].op.values == {"id": 1, "doc": "long", "v": "b"}  # type: ignore[union-attr]
+    assert steps[0].rows[("public.t", (1,), "a")].op.values == {"id": 1, "doc": "long", "v": "b"}  # type: ignore[union-attr]
 
 
 def test_unavailable_stays_when_batch_has_no_earlier_value() -> None:
     steps = collapse([(up(1, 11, doc=UNAVAILABLE), None)])
     assert isinstance(steps[0], Segment)
-    assert steps[0].rows[("public.t", (1,))].op.values["doc"] is UNAVAILABLE  # type: ignore[union-attr]
+    assert steps[0].rows[("public.t", (1,), "a")].op.values["doc"] is UNAVAILABLE  # type: ignore[union-attr]
 
 
 def test_truncate_splits_the_batch() -> None:
@@ -59,13 +59,21 @@ def test_truncate_splits_the_batch() -> None:
 def test_older_event_of_same_source_does_not_replace_newer() -> None:
     steps = collapse([(up(1, 12, v="new"), None), (up(1, 10, v="old"), None)])
     assert isinstance(steps[0], Segment)
-    assert steps[0].rows[("public.t", (1,))].op.values["v"] == "new"  # type: ignore[union-attr]
+    assert steps[0].rows[("public.t", (1,), "a")].op.values["v"] == "new"  # type: ignore[union-attr]
 
 
-def test_across_sources_later_commit_wins_with_deterministic_ties() -> None:
-    assert is_newer("b", 1, 200, "a", 999, 100)
-    assert not is_newer("b", 1, 100, "a", 1, 200)
-    # Equal commit times: decided by source name, the same whichever arrives first.
-    assert is_newer("b", 1, 100, "a", 1, 100)
-    assert not is_newer("a", 1, 100, "b", 1, 100)
-    assert is_newer("a", 5, 0, None, None, None)
+def test_each_source_keeps_its_own_last_change_of_a_row() -> None:
+    """A later commit of b does not hide a's change: both reach the sink, which merges them
+    (a table with one source never sees two)."""
+    steps = collapse(
+        [
+            (up(1, 50, "a", ts=100, v="a1"), None),
+            (up(1, 7, "b", ts=200, v="b1"), None),
+            (up(1, 40, "a", ts=90, v="stale"), None),
+        ]
+    )
+    assert isinstance(steps[0], Segment)
+    ops = {k: p.op for k, p in steps[0].rows.items()}
+    assert ops[("public.t", (1,), "a")].values["v"] == "a1"  # type: ignore[union-attr]
+    assert ops[("public.t", (1,), "b")].values["v"] == "b1"  # type: ignore[union-attr]
+    assert len(steps[0].rows[("public.t", (1,), "a")].raws) == 2

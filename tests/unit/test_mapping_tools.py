@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,34 @@ def _edited(tmp_path: Path, name: str, edits: list[tuple[str, str]]) -> Path:
     return folder
 
 
+# opd's merge rules in the shipped e_planning.yaml: from `merge:` to the entry's `columns:`.
+MERGE_BLOCK = re.search(
+    r"^    merge:\n.*?(?=^    columns:)", (MAPPINGS / "e_planning.yaml").read_text(), re.M | re.S
+)[0]  # type: ignore[index]
+
+
+def test_diff_names_merge_rule_changes(tmp_path: Path) -> None:
+    assert MERGE_BLOCK.startswith("    merge:\n")
+    new = _edited(
+        tmp_path,
+        "new",
+        [
+            ("default: {priority: [e_planning, sipkd]}", "default: latest"),
+            ("deleted_by: [e_planning]", "deleted_by: []"),
+        ],
+    )
+    result = run_cli("mapping", "diff", str(MAPPINGS), str(new))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "~ table public.opd\n"
+        "    merge nama_opd: priority e_planning > sipkd -> latest\n"
+        "    merge alamat: priority e_planning > sipkd -> latest\n"
+    ) in result.stdout
+    assert "    merge aktif: priority e_planning -> latest\n" in result.stdout
+    assert "merge singkatan" not in result.stdout
+    assert "    merge deleted_by: [e_planning] -> []\n" in result.stdout
+
+
 def test_diff_of_identical_sets_is_empty() -> None:
     assert diff(load_mappings([MAPPINGS]), load_mappings([MAPPINGS])) == []
     result = run_cli("mapping", "diff", str(MAPPINGS), str(MAPPINGS))
@@ -236,6 +265,8 @@ def test_diff_names_tables_columns_and_rules(tmp_path: Path) -> None:
             ("filter: 'row.tahun >= 2020'", "filter: 'row.tahun >= 2022'\n    delete: soft"),
             ("      tahun: {from: tahun, type: smallint}\n", ""),
             ("      indikator:", "      catatan: {const: baru}\n      indikator:"),
+            # Without sipkd, opd's merge rules would name a source that no longer writes it.
+            (MERGE_BLOCK, ""),
         ],
     )
     (new / "sipkd.yaml").unlink()
@@ -243,7 +274,10 @@ def test_diff_names_tables_columns_and_rules(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "- table public.realisasi" in out
-    assert "~ table public.opd\n    no longer written by sipkd sipkd.daftunit" in out
+    assert (
+        "~ table public.opd\n    no longer merged: e_planning alone writes it\n"
+        "    no longer written by sipkd sipkd.daftunit"
+    ) in out
     assert "- column kode_opd (sipkd sipkd.daftunit): from: kdunit, transform: [trim]" in out
     assert (
         "~ table public.kegiatan\n"

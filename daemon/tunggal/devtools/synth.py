@@ -151,7 +151,7 @@ NARROW = Shape(NARROW_COLUMNS, NARROW_DDL, _row, _typed)
 WIDE = Shape(WIDE_COLUMNS, WIDE_DDL, _wide_row, _wide_typed)
 
 
-def _envelope(
+def change_line(
     op: str, before: Any, after: Any, lsn: int, ts_us: int, source: str, table: str
 ) -> bytes:
     # One transaction per event; the previous one committed just after its own change (Debezium's
@@ -215,7 +215,7 @@ def mixed_workload(
             key = next_key
             next_key += 1
             row = shape.row(rnd, key, i)
-            work.lines.append(_envelope("c", None, row, lsn, ts, source, table))
+            work.lines.append(change_line("c", None, row, lsn, ts, source, table))
             live.append(key)
             live_set.add(key)
             work.final[key] = shape.typed(row)
@@ -224,7 +224,7 @@ def mixed_workload(
             hot = rnd.random() < 0.33
             key = live[rnd.randrange(max(1, len(live) // 20))] if hot else rnd.choice(live)
             row = shape.row(rnd, key, i)
-            work.lines.append(_envelope("u", None, row, lsn, ts, source, table))
+            work.lines.append(change_line("u", None, row, lsn, ts, source, table))
             work.final[key] = shape.typed(row)
             work.counts["u"] += 1
         else:
@@ -235,7 +235,7 @@ def mixed_workload(
             live_set.discard(key)
             before = dict.fromkeys(shape.columns)
             before["id"] = key
-            work.lines.append(_envelope("d", before, None, lsn, ts, source, table))
+            work.lines.append(change_line("d", before, None, lsn, ts, source, table))
             work.lines.append(
                 orjson.dumps(
                     {

@@ -7,12 +7,13 @@ Pure: the caller reads the catalog (format_type(), primary key and unique constr
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tunggal.errors import Problem
-from tunggal.mapping.engine import MappingDocument, MappingSet, iter_tables, location
+from tunggal.mapping.engine import MappingDocument, MappingSet, TargetSpec, iter_tables, location
 from tunggal.mapping.pgtypes import Family, compatible, parse_type
 from tunggal.mapping.spec import (
     CastStep,
@@ -29,6 +30,30 @@ BOOKKEEPING_COLUMNS: Final[Mapping[str, str]] = {
     "_tunggal_position": "numeric",
     "_tunggal_ts": "bigint",
 }
+
+
+# Each source's latest contribution to each row of a table written by several sources
+# (`mapping.survivorship`, `sink.merge`) lives in a table of this schema, one per target table.
+CONTRIBUTIONS_SCHEMA: Final = "tunggal_contributions"
+CONTRIBUTION_BOOKKEEPING: Final[Mapping[str, str]] = {
+    "_tunggal_source": "text",
+    "_tunggal_position": "numeric",
+    "_tunggal_ts": "bigint",
+    "_tunggal_state": "text",  # live, soft (soft-deleted) or hard (deleted): mapping.survivorship
+}
+
+
+def contributions_table(target: str) -> str:
+    """Where the contributions to `target` ("schema.table") live, as "schema.table".
+
+    `public.opd` -> `tunggal_contributions.public__opd`; a name past PostgreSQL's 63 bytes is
+    cut and given a hash, so that two long names do not meet.
+    """
+    schema, _, table = target.partition(".")
+    name = f"{schema}__{table}"
+    if len(name) > 63:  # plain ASCII names (spec._identifier)
+        name = f"{name[:54]}_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+    return f"{CONTRIBUTIONS_SCHEMA}.{name}"
 
 
 @dataclass(frozen=True)
@@ -198,4 +223,37 @@ def check_against_database(mset: MappingSet, tables: Mapping[str, TableInfo]) ->
             )
         for entry in entries[name]:
             problems.extend(_column_problems(*entry, info))
+        if target.multi_source:
+            problems.extend(_contribution_problems(target, tables, entries[name][0]))
     return problems
+
+
+def _contribution_problems(
+    target: TargetSpec,
+    tables: Mapping[str, TableInfo],
+    entry: tuple[MappingDocument, int, TableMapping],
+) -> list[Problem]:
+    """A table written by several sources needs its contributions table, with every column."""
+    doc, index, _ = entry
+    path = ("tables", index, "to")
+    name = contributions_table(target.name)
+    info = tables.get(name)
+    wanted = [*target.key, *target.merge.columns, *CONTRIBUTION_BOOKKEEPING]
+    lacking = wanted if info is None else [c for c in wanted if c not in info.columns]
+    if not lacking:
+        return []
+    sources = ", ".join(target.merge.sources)
+    message = (
+        f"{target.name} is written by {sources} but has no contributions table {name}"
+        if info is None
+        else f"contributions table {name} lacks columns {', '.join(lacking)}"
+    )
+    return [
+        Problem(
+            doc.path,
+            location(path),
+            message,
+            doc.line(*path),
+            "run `tunggal schema --apply`: each source's values are kept there and merged",
+        )
+    ]

@@ -15,6 +15,7 @@ import orjson
 
 from tunggal.mapping.engine import MappingSet, iter_tables
 from tunggal.mapping.spec import ColumnSpec, TableMapping
+from tunggal.mapping.survivorship import Latest, MergeRules
 
 Kind = Literal["added", "removed", "changed"]
 # Table-level rules compared per writer; `columns` is compared column by column.
@@ -92,6 +93,8 @@ def diff(old: MappingSet, new: MappingSet) -> list[TableChange]:
         if name not in before:
             change = TableChange(name, "added", len(after[name]) > 1)
             change.details.append(f"key: [{', '.join(new_targets[name].key)}]")
+            if new_targets[name].multi_source:
+                change.details.extend(_rule_lines(new_targets[name].merge))
             for writer, table in after[name].items():
                 change.details.append(f"written by {writer}")
                 change.columns.extend(_columns(writer, {}, table.columns))
@@ -107,6 +110,7 @@ def diff(old: MappingSet, new: MappingSet) -> list[TableChange]:
         old_key, new_key = old_targets[name].key, new_targets[name].key
         if old_key != new_key:
             change.details.append(f"key: [{', '.join(old_key)}] -> [{', '.join(new_key)}]")
+        change.details.extend(_merge_changes(old_targets[name].merge, new_targets[name].merge))
         for writer in sorted(before[name].keys() | after[name].keys()):
             was, now = before[name].get(writer), after[name].get(writer)
             if was is None and now is not None:
@@ -125,6 +129,44 @@ def diff(old: MappingSet, new: MappingSet) -> list[TableChange]:
         if change.details or change.columns:
             changes.append(change)
     return changes
+
+
+def _rule_lines(rules: MergeRules) -> list[str]:
+    """A merged table's rules, one line per column that is not `latest`."""
+    lines = [f"merged from {', '.join(rules.sources)}"]
+    lines += [
+        f"merge {column}: {rule.describe()}"
+        for column, rule in rules.columns.items()
+        if not isinstance(rule, Latest)
+    ]
+    others = [c for c, r in rules.columns.items() if isinstance(r, Latest)]
+    if others:
+        lines.append(f"merge {', '.join(others)}: latest")
+    if rules.deleted_by:
+        lines.append(f"merge deleted_by: [{', '.join(sorted(rules.deleted_by))}]")
+    return lines
+
+
+def _merge_changes(old: MergeRules, new: MergeRules) -> list[str]:
+    """What changes in how a table's sources make its rows (the daemon then recomputes it)."""
+    if not old.multi_source and not new.multi_source:
+        return []
+    if not old.multi_source:
+        return _rule_lines(new)
+    if not new.multi_source:
+        return [f"no longer merged: {', '.join(new.sources)} alone writes it"]
+    lines = []
+    for column in [*old.columns, *(c for c in new.columns if c not in old.columns)]:
+        was = old.columns[column].describe() if column in old.columns else "-"
+        now = new.columns[column].describe() if column in new.columns else "-"
+        if was != now:
+            lines.append(f"merge {column}: {was} -> {now}")
+    if old.deleted_by != new.deleted_by:
+        lines.append(
+            f"merge deleted_by: [{', '.join(sorted(old.deleted_by))}] -> "
+            f"[{', '.join(sorted(new.deleted_by))}]"
+        )
+    return lines
 
 
 def _columns(

@@ -33,9 +33,11 @@ from tunggal.mapping.spec import (
     DefaultIfNullStep,
     LookupStep,
     MappingFile,
+    MergeSpec,
     Step,
     TableMapping,
 )
+from tunggal.mapping.survivorship import MergeRules, build_rules
 from tunggal.mapping.transforms import (
     CASTS,
     FLAT_PREFIX,
@@ -107,6 +109,14 @@ class TargetSpec:
     # Set when any writer soft-deletes; `tunggal schema` creates it as timestamptz.
     soft_delete_column: str | None
     writers: tuple[Writer, ...]
+    # How the writers' sources make each row (every table has rules; with one source they
+    # pick that source's values, and only tables with contributions use them: `sink.merge`).
+    merge: MergeRules
+
+    @property
+    def multi_source(self) -> bool:
+        """Written by two or more sources: needs the merge (contributions) path."""
+        return self.merge.multi_source
 
 
 def effective_type(value: str | ColumnSpec) -> str | None:
@@ -140,8 +150,13 @@ def merge_targets(documents: Sequence[MappingDocument]) -> dict[str, TargetSpec]
     columns: dict[str, dict[str, str | None]] = {}
     soft: dict[str, str | None] = {}
     writers: dict[str, list[Writer]] = {}
+    mapped: dict[str, list[tuple[str, Iterable[str]]]] = {}
+    merges: dict[str, MergeSpec] = {}
     for doc, index, table in iter_tables(documents):
         name = table.target
+        mapped.setdefault(name, []).append((doc.spec.source, table.columns))
+        if table.merge is not None:
+            merges.setdefault(name, table.merge)
         keys.setdefault(name, table.key)
         cols = columns.setdefault(name, {})
         for column, value in table.columns.items():
@@ -159,6 +174,7 @@ def merge_targets(documents: Sequence[MappingDocument]) -> dict[str, TargetSpec]
             columns=MappingProxyType(columns[name]),
             soft_delete_column=soft[name],
             writers=tuple(writers[name]),
+            merge=build_rules(name, keys[name], mapped[name], merges.get(name), soft[name]),
         )
         for name in keys
     }

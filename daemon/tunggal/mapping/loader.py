@@ -37,6 +37,9 @@ from tunggal.mapping.spec import (
     DefaultIfNullStep,
     LookupStep,
     MappingFile,
+    MergeSpec,
+    OwnerRule,
+    PriorityRule,
     TableMapping,
 )
 from tunggal.yamlfile import suggest
@@ -142,6 +145,8 @@ _TAG_MODELS: Final[dict[str, type[BaseModel]]] = {
     "<lookup>": LookupStep,
     "<default_if_null>": DefaultIfNullStep,
     "<cast>": CastStep,
+    "<priority>": PriorityRule,
+    "<owner>": OwnerRule,
 }
 _TYPE_WORDS: Final = {
     "model_type": "a mapping (key: value lines)",
@@ -174,6 +179,8 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
         return MappingFile
     if len(loc) == 2 and loc[0] == "tables" and isinstance(loc[1], int):
         return TableMapping
+    if len(loc) == 3 and loc[0] == "tables" and loc[2] == "merge":
+        return MergeSpec
     last = loc[-1]
     return _TAG_MODELS.get(last) if isinstance(last, str) else None
 
@@ -229,6 +236,8 @@ def _translate(error: ErrorDetails) -> tuple[str, str | None]:
         what = "transform" if loc and loc[-1] == "<name>" else f"value for `{field}`"
         guess = suggest(str(value), expected)
         choices = f"one of {', '.join(expected)}"
+        if loc and loc[-1] == "<latest>":
+            choices = "a merge rule is latest, {priority: [a, b]} or {owner: a}"
         return f"unknown {what} {value!r}", (f"did you mean {guess!r}? " if guess else "") + choices
     if kind in ("union_tag_not_found", "union_tag_invalid"):
         if isinstance(value, dict) and value:
@@ -384,6 +393,153 @@ def _cross_file_problems(
     return problems
 
 
+def _merge_problems(
+    entries: Sequence[tuple[MappingDocument, int, TableMapping]],
+) -> list[Problem]:
+    """Survivorship rules that name sources or columns they cannot, or that leave a source out.
+
+    Checked across files: the rules of one target table name the sources of every file that
+    writes it.
+    """
+    problems: list[Problem] = []
+    groups: dict[str, list[tuple[MappingDocument, int, TableMapping]]] = {}
+    for entry in entries:
+        groups.setdefault(entry[2].target, []).append(entry)
+    for target, group in groups.items():
+        declared = [(doc, index, table) for doc, index, table in group if table.merge is not None]
+        if not declared:
+            continue
+        first_doc, first_index, first = declared[0]
+        for doc, index, _ in declared[1:]:
+            path = ("tables", index, "merge")
+            problems.append(
+                Problem(
+                    doc.path,
+                    location(path),
+                    f"merge rules for {target} are also given at "
+                    f"{first_doc.path}:{first_doc.line('tables', first_index, 'merge')}",
+                    doc.line(*path),
+                    "give a target table's merge rules in one entry only",
+                )
+            )
+        problems.extend(_MergeCheck(target, group, first_doc, first_index, first).problems())
+    return problems
+
+
+class _MergeCheck:
+    """The checks of one target table's `merge:` block, each problem at its line."""
+
+    def __init__(
+        self,
+        target: str,
+        group: Sequence[tuple[MappingDocument, int, TableMapping]],
+        doc: MappingDocument,
+        index: int,
+        table: TableMapping,
+    ) -> None:
+        assert table.merge is not None
+        self.target = target
+        self.doc = doc
+        self.base: Loc = ("tables", index, "merge")
+        self.merge = table.merge
+        self.key = set(table.key)
+        self.maps: dict[str, set[str]] = {}
+        for d, _, t in group:
+            self.maps.setdefault(d.spec.source, set()).update(t.columns)
+        self.sources = sorted(self.maps)
+        self.found: list[Problem] = []
+
+    def add(self, path: Loc, message: str, hint: str) -> None:
+        full = (*self.base, *path)
+        self.found.append(
+            Problem(self.doc.path, location(full), message, self.doc.line(*full), hint)
+        )
+
+    def problems(self) -> list[Problem]:
+        mapped = {c for cols in self.maps.values() for c in cols} - self.key
+        governed = sorted(mapped - set(self.merge.columns))  # columns the default decides
+        self._rule(self.merge.default, ("default",), governed)
+        for column, rule in self.merge.columns.items():
+            path: Loc = ("columns", column)
+            if column in self.key:
+                self.add(
+                    path,
+                    f"key column {column} takes no merge rule",
+                    "every source gives the same key; remove it from merge.columns",
+                )
+            elif column not in mapped:
+                guess = suggest(column, sorted(mapped))
+                self.add(
+                    path,
+                    f"no mapping of {self.target} maps column {column}",
+                    f"did you mean `{guess}`?" if guess else f"mapped: {', '.join(sorted(mapped))}",
+                )
+            else:
+                self._rule(rule, path, [column])
+        self._sources(self.merge.deleted_by, ("deleted_by",))
+        return self.found
+
+    def _rule(self, rule: str | PriorityRule | OwnerRule, path: Loc, columns: list[str]) -> None:
+        what = f"{self.target}.{columns[0]}" if len(columns) == 1 else self.target
+        if isinstance(rule, PriorityRule):
+            if not self._sources(rule.priority, (*path, "priority")):
+                return
+            missing = [
+                s
+                for s in self.sources
+                if s not in rule.priority and any(c in self.maps[s] for c in columns)
+            ]
+            if missing:
+                verb = "maps" if len(missing) == 1 else "map"
+                self.add(
+                    (*path, "priority"),
+                    f"priority for {what} misses {', '.join(missing)}, which {verb} "
+                    + (columns[0] if len(columns) == 1 else "columns of it"),
+                    f"list every source that writes it: [{', '.join([*rule.priority, *missing])}]",
+                )
+        elif isinstance(rule, OwnerRule):
+            if not self._sources((rule.owner,), (*path, "owner")):
+                return
+            unmapped = [c for c in columns if c not in self.maps[rule.owner]]
+            if not unmapped:
+                return
+            if len(columns) == 1:
+                holders = [s for s in self.sources if columns[0] in self.maps[s]]
+                self.add(
+                    (*path, "owner"),
+                    f"owner {rule.owner} does not map {what}",
+                    f"pick a source that maps it: {', '.join(holders)}",
+                )
+            else:
+                self.add(
+                    (*path, "owner"),
+                    f"owner {rule.owner} does not map {', '.join(unmapped)} of {self.target}",
+                    "give those columns their own rule under merge.columns",
+                )
+
+    def _sources(self, names: Sequence[str], path: Loc) -> bool:
+        """Whether every name is a source that writes the table, once; else say which is not."""
+        ok = True
+        seen: set[str] = set()
+        for j, name in enumerate(names):
+            at: Loc = path if path[-1] == "owner" else (*path, j)
+            if name in seen:
+                self.add(at, f"source {name} is listed twice", "list each source once")
+                ok = False
+            seen.add(name)
+            if name not in self.maps:
+                guess = suggest(name, self.sources)
+                self.add(
+                    at,
+                    f"source {name} does not write {self.target}",
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else f"the sources that write it: {', '.join(self.sources)}",
+                )
+                ok = False
+        return ok
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -442,6 +598,7 @@ def load_mappings(paths: Sequence[Path]) -> MappingSet:
     for doc, index, table in valid:
         problems.extend(_table_problems(doc, index, table))
     problems.extend(_cross_file_problems(valid))
+    problems.extend(_merge_problems(valid))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
     return MappingSet(tuple(documents), content_hash(raw))

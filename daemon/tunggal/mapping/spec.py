@@ -346,6 +346,67 @@ ColumnValue = Annotated[
 ]
 
 
+# --- merging the sources of one target table -----------------------------------------------
+
+
+SourceName = Annotated[str, AfterValidator(lambda s: _identifier(s, "source name"))]
+
+
+class PriorityRule(_Model):
+    """The first listed source that holds the row with a non-NULL value wins."""
+
+    priority: tuple[SourceName, ...] = Field(
+        min_length=1,
+        description="Sources in order of trust, e.g. [e_planning, sipkd]; every source that "
+        "maps the column must be listed. Later sources fill the gaps the earlier leave NULL.",
+    )
+
+
+class OwnerRule(_Model):
+    """Only one source writes the column; the others' values are never used."""
+
+    owner: SourceName = Field(description="The source that owns the column; it must map it.")
+
+
+def _rule_tag(value: Any) -> str:
+    if isinstance(value, str):
+        return "<latest>"
+    keys = value.keys() if isinstance(value, dict) else type(value).model_fields.keys()
+    return "<owner>" if "owner" in keys else "<priority>"
+
+
+MergeRule = Annotated[
+    Annotated[Literal["latest"], Tag("<latest>")]
+    | Annotated[PriorityRule, Tag("<priority>")]
+    | Annotated[OwnerRule, Tag("<owner>")],
+    Discriminator(_rule_tag),
+]
+
+
+class MergeSpec(_Model):
+    """How the sources that write one target table make each row (survivorship rules).
+
+    Given once per target table, in the entry of any one source that writes it.
+    """
+
+    default: MergeRule = Field(
+        default="latest",
+        description="Rule for every column not under `columns`: latest (the value of the "
+        "holding source whose latest change committed last), {priority: [a, b]} or "
+        "{owner: a}.",
+    )
+    columns: dict[TargetColumn, MergeRule] = Field(
+        default_factory=dict,
+        description="Per-column rules: latest, {priority: [a, b]} or {owner: a}.",
+    )
+    deleted_by: tuple[SourceName, ...] = Field(
+        default=(),
+        description="Sources whose delete (or truncate) removes the row for every source. "
+        "Without it a row stays while any source holds it, and a delete only withdraws that "
+        "source's values.",
+    )
+
+
 # --- tables and files -------------------------------------------------------------------------
 
 
@@ -388,6 +449,12 @@ class TableMapping(_Model):
         min_length=1,
         description="Target column -> a source column name, or a column spec.",
     )
+    merge: MergeSpec | None = Field(
+        default=None,
+        description="Survivorship rules for a target table written by several sources: which "
+        "source's value each column takes, and which deletes remove the row. Give them in one "
+        "writer's entry only.",
+    )
 
     @property
     def source_table(self) -> str:
@@ -402,7 +469,7 @@ class TableMapping(_Model):
 class MappingFile(_Model):
     """How one source system's tables map into the consolidated database."""
 
-    source: Annotated[str, AfterValidator(lambda s: _identifier(s, "source name"))] = Field(
+    source: SourceName = Field(
         description="Source system name, as in tunggal.yaml, e.g. e_planning."
     )
     tables: tuple[TableMapping, ...] = Field(

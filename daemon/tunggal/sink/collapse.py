@@ -1,9 +1,11 @@
-"""Collapse a batch of row operations to the last state per target row.
+"""Collapse a batch of row operations to the last state per target row and source.
 
-Pure code, mirrored by the SQL in `sink.postgres`: the rule for "newer" must be the same in
-both places, or a replay could move a row back in time.
+Pure code, mirrored by the SQL in `sink.postgres` and `sink.merge`: within one source the log
+position decides, and nothing compares one source's change with another's. Keeping each
+source's last change (rather than the last change of any source) is what lets a table written
+by several sources merge their contributions instead of letting one hide another.
 
-Worked example, one batch for target table `opd`, key (kode_opd,):
+Worked example, one batch from source a for target table `opd`, key (kode_opd,):
     Upsert(1.01, nama="Dinas A")   pos 10
     Upsert(1.01, alamat=UNAVAILABLE, nama="Dinas B") pos 12
     Delete(1.02)                   pos 13
@@ -24,29 +26,10 @@ from tunggal.events.model import UNAVAILABLE, RawEvent
 from tunggal.mapping.ops import Delete, RowOp, Truncate, Upsert
 
 
-def is_newer(
-    source: str,
-    position: int,
-    ts: int,
-    than_source: str | None,
-    than_position: int | None,
-    than_ts: int | None,
-) -> bool:
-    """Does a change (source, position, ts) supersede what a row currently holds?
-
-    Within one source, the log position decides. Across sources, the later source commit wins,
-    ties broken by source name so that every replay order gives the same answer.
-    """
-    if than_source is None or than_position is None or than_ts is None:
-        return True
-    if source == than_source:
-        return position > than_position
-    return (ts, source) > (than_ts, than_source)
-
-
 @dataclass
 class Pending:
-    """The surviving operation for one target row, with the raw events that produced it."""
+    """The surviving operation for one target row and source, with the raw events that
+    produced it."""
 
     op: Upsert | Delete
     raws: list[RawEvent | None] = field(default_factory=list)
@@ -54,21 +37,12 @@ class Pending:
 
 @dataclass
 class Segment:
-    """Row operations between two truncates, at most one per (table, key)."""
+    """Row operations between two truncates, at most one per (table, key, source)."""
 
-    rows: dict[tuple[str, tuple[Any, ...]], Pending] = field(default_factory=dict)
+    rows: dict[tuple[str, tuple[Any, ...], str], Pending] = field(default_factory=dict)
 
 
 Step = Segment | Truncate
-
-
-def _supersedes(new: Upsert | Delete, old: Upsert | Delete) -> bool:
-    return is_newer(
-        new.source, new.position, new.commit_ts_us, old.source, old.position, old.commit_ts_us
-    ) or (
-        # Equal positions inside one source: the later one in stream order wins.
-        new.source == old.source and new.position == old.position
-    )
 
 
 def _merge_unavailable(new: Upsert, old: Upsert | Delete) -> Upsert:
@@ -91,11 +65,11 @@ def collapse(ops: Sequence[tuple[RowOp, RawEvent | None]]) -> list[Step]:
                 current = Segment()
             steps.append(op)
             continue
-        slot = (op.table, op.key)
+        slot = (op.table, op.key, op.source)
         pending = current.rows.get(slot)
         if pending is None:
             current.rows[slot] = Pending(op, [raw])
-        elif _supersedes(op, pending.op):
+        elif op.position >= pending.op.position:  # equal: the later one in stream order
             merged = _merge_unavailable(op, pending.op) if isinstance(op, Upsert) else op
             pending.op = merged
             pending.raws.append(raw)

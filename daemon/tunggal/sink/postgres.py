@@ -1,7 +1,9 @@
 """Write collapsed batches into the PostgreSQL target, one transaction per batch.
 
-Every statement is guarded by the same "is newer" rule as `sink.collapse.is_newer`, and hard
-deletes leave a tombstone, so replaying any prefix of a source's events is a no-op.
+Every statement is guarded per source, by the same rule as `sink.collapse`: a change applies
+only when it is newer than what its own source last wrote (a source's own order is its log
+position). Hard deletes leave a tombstone, so replaying any prefix of a source's events is a
+no-op. A table written by several sources goes through its contributions (`sink.merge`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,8 @@ from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
 from tunggal.mapping.ops import Delete, Truncate, Upsert
 from tunggal.sink.collapse import Pending, Segment, Step
-from tunggal.sink.schema import introspect, missing_bookkeeping
+from tunggal.sink.merge import MergeTable, Recomputed, rules_json
+from tunggal.sink.schema import introspect, merged_tables, missing_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,14 @@ class BatchResult:
     upserted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     deleted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (table, column) -> rows this batch changed whose sources disagree on the column
+    conflicts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, table: str, done: Recomputed) -> None:
+        self.upserted[table] += done.upserted
+        self.deleted[table] += done.deleted
+        for column, n in done.conflicts.items():
+            self.conflicts[(table, column)] += n
 
 
 def _tbl(qualified: str) -> sql.Composable:
@@ -100,20 +112,16 @@ def _tbl(qualified: str) -> sql.Composable:
     return sql.Identifier(schema, table)
 
 
-def _newer(v_src: str, v_pos: str, v_ts: str, t: str) -> sql.Composable:
-    """SQL twin of collapse.is_newer: does v supersede the row t?"""
+def _newer(v_src: str, v_pos: str, t: str) -> sql.Composable:
+    """Does v supersede the row t? Only what v's own source wrote is compared: a table with
+    one source holds nothing of another's, but what a source no longer mapped left there."""
     return sql.SQL(
-        "({t}._tunggal_source IS NULL"
-        " OR ({t}._tunggal_source = {src} AND {t}._tunggal_position < {pos})"
-        " OR ({t}._tunggal_source <> {src}"
-        " AND ({t}._tunggal_ts, {t}._tunggal_source) < ({ts}, {src})))"
-    ).format(t=sql.Identifier(t), src=sql.SQL(v_src), pos=sql.SQL(v_pos), ts=sql.SQL(v_ts))
+        "({t}._tunggal_source IS DISTINCT FROM {src} OR {t}._tunggal_position < {pos})"
+    ).format(t=sql.Identifier(t), src=sql.SQL(v_src), pos=sql.SQL(v_pos))
 
 
-_TOMB_NOT_NEWER = sql.SQL(
-    "NOT ((d.source = v._src AND d.position < v._pos)"
-    " OR (d.source <> v._src AND (d.ts, d.source) < (v._ts, v._src)))"
-)
+# A tombstone keeps out what its own source wrote before the delete.
+_TOMB_NOT_NEWER = sql.SQL("d.source = v._src AND d.position >= v._pos")
 
 
 _STAGE_BOOKKEEPING = (("_src", "text"), ("_pos", "numeric"), ("_ts", "bigint"), ("_k", "text"))
@@ -124,6 +132,33 @@ def _stage_type(ctype: str) -> str:
     if ctype == "date" or (ctype.startswith("timestamp") and ctype.endswith("without time zone")):
         return "timestamptz"
     return ctype
+
+
+def _tables_of(steps: Sequence[Step]) -> set[str]:
+    tables: set[str] = set()
+    for step in steps:
+        if isinstance(step, Truncate):
+            tables.add(step.table)
+        else:
+            tables.update(table for table, _, _ in step.rows)
+    return tables
+
+
+def _without(rows: list[Upsert], column: str) -> list[Upsert]:
+    """The upserts without `column` (a merged table computes its soft-delete column)."""
+    if not any(column in r.values for r in rows):
+        return rows
+    return [
+        Upsert(
+            r.table,
+            r.key,
+            {c: v for c, v in r.values.items() if c != column},
+            r.source,
+            r.position,
+            r.commit_ts_us,
+        )
+        for r in rows
+    ]
 
 
 def key_json(key: Sequence[Any]) -> str:
@@ -158,6 +193,13 @@ class PostgresSink:
         self._statements: dict[tuple[Any, ...], bytes] = {}
         # Staging tables filled in the current transaction: a second use must empty them first.
         self._staged: set[str] = set()
+        # Target tables written through contributions, and those whose rows the current
+        # transaction must recompute.
+        self.merged: dict[str, MergeTable] = {}
+        self._touched: set[str] = set()
+        # Per merged table, the rules its rows were last recomputed with by this process.
+        self._merge_applied: dict[str, str] = {}
+        self._merges_prepared = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def introspect(self) -> dict[str, TableInfo]:
@@ -171,7 +213,8 @@ class PostgresSink:
         return self.tables
 
     def check_ready(self) -> None:
-        """Refuse to run while a target table cannot hold bookkeeping; say how to fix it."""
+        """Refuse to run while a target table cannot hold bookkeeping; say how to fix it.
+        Then bring the tables written by several sources up to their current rules."""
         reasons = missing_bookkeeping(self.targets, self.introspect())
         if reasons:
             raise FatalError(
@@ -179,11 +222,100 @@ class PostgresSink:
                 + "\n  - ".join(reasons)
                 + "\nrun `tunggal schema --apply --config <tunggal.yaml>` to add them"
             )
+        self.prepare_merges()
 
     def set_targets(self, targets: Mapping[str, TargetSpec], mapping_hash: str) -> None:
+        """Use new mappings from the next batch on (the caller introspected the target). The
+        tables written by several sources are recomputed first if their rules changed."""
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
         self._statements.clear()
+        self.prepare_merges()
+
+    # -- tables written by several sources -----------------------------------------------------
+    def prepare_merges(self) -> None:
+        """Recompute every merged table whose rules (or writers) changed, from its
+        contributions, and fill the contributions of a table that has none yet from its rows.
+
+        One transaction per table. The stored signature tells whether another process (or an
+        earlier run) already recomputed a table with these rules; `_merge_applied` tells
+        whether this process's own earlier batches used other rules (a reload), in which case
+        it recomputes again, so that every Kafka instance's batches end up under the new rules.
+        """
+        before = set(self.merged)
+        self.merged = {
+            name: MergeTable(self.targets[name], self.tables[name].columns)
+            for name in sorted(merged_tables(self.targets, self.tables))
+            if name in self.tables
+        }
+        if not self.merged:
+            self._merges_prepared = True
+            return
+        conn = self._connection()
+        try:
+            stored = dict(
+                conn.execute(
+                    "SELECT target_table, signature FROM public.tunggal_merge_state"
+                ).fetchall()
+            )
+            conn.commit()
+            for name, table in self.merged.items():
+                signature = table.rules.signature()
+                # A table this process wrote directly until now: its rows are newer than its
+                # contributions (a second source was just added), so they are read back first.
+                switched = self._merges_prepared and name not in before
+                seed = stored.get(name) is None or switched
+                applied = self._merge_applied.get(name, signature)
+                if seed or stored.get(name) != signature or applied != signature:
+                    self._recompute_all(conn, table, seed=seed)
+                self._merge_applied[name] = signature
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if isinstance(exc, Exception):
+                mapped = classify(exc)
+                if isinstance(mapped, TransientError):
+                    self.reset()
+                if mapped is not exc:
+                    raise mapped from exc
+            raise
+        self._merges_prepared = True
+
+    def _recompute_all(
+        self, conn: psycopg.Connection[Any], table: MergeTable, *, seed: bool
+    ) -> None:
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute(table.create_touched())
+            cur.execute(table.lock())
+            seeded = 0
+            if seed:
+                for statement in table.seed():
+                    cur.execute(statement)
+                    seeded += max(cur.rowcount, 0)
+                cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table.touched)))
+            cur.execute(table.touch_all())
+            row = cur.execute(table.recompute()).fetchone()
+            assert row is not None
+            done = table.recomputed(row)
+            cur.execute(
+                "INSERT INTO public.tunggal_merge_state AS s (target_table, signature, rules, "
+                "updated_at) VALUES (%s, %s, %s::jsonb, now()) ON CONFLICT (target_table) DO "
+                "UPDATE SET signature = EXCLUDED.signature, rules = EXCLUDED.rules, "
+                "updated_at = now()",
+                (table.name, table.rules.signature(), rules_json(table.rules)),
+            )
+        conn.commit()
+        log.info(
+            "%s: rows recomputed from the contributions of %s under its current merge rules "
+            "(%d upserted, %d deleted%s) in %.1fs",
+            table.name,
+            ", ".join(table.rules.sources),
+            done.upserted,
+            done.deleted,
+            f"; {seeded} contributions read from rows written before" if seed else "",
+            time.perf_counter() - started,
+        )
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -253,8 +385,12 @@ class PostgresSink:
         conn = self._connection()
         result = BatchResult()
         self._staged.clear()
+        self._touched.clear()
         try:
             with conn.cursor() as cur:
+                # Outside any savepoint: a temp table created in one that rolls back is gone.
+                for name in sorted(_tables_of(steps) & self.merged.keys()):
+                    self._touch(cur, self.merged[name])
                 for step in steps:
                     if isinstance(step, Truncate):
                         self._truncate(cur, step, result)
@@ -262,6 +398,7 @@ class PostgresSink:
                         self._segment_isolated(conn, cur, step, result)
                     else:
                         self._segment(cur, step, result)
+                self._recompute_touched(cur, result)
                 self._dead_letters(cur, [*dead_letters, *result.dead_letters])
                 self._progress(cur, progress)
                 self._kafka_offsets(cur, offsets)
@@ -293,7 +430,32 @@ class PostgresSink:
         for table, deleted in deletes.items():
             self._deletes(cur, table, deleted, result)
         for table, upserted in upserts.items():
+            merged = self.merged.get(table)
+            if merged is not None and merged.rules.soft_delete_column is not None:
+                upserted = _without(upserted, merged.rules.soft_delete_column)
             self._upserts(cur, table, upserted, result)
+
+    def _touch(self, cur: psycopg.Cursor[Any], table: MergeTable) -> None:
+        """Ready the table's list of touched keys, once per transaction."""
+        if table.name not in self._touched:
+            cur.execute(self._statement(("touched", table.name), table.create_touched))
+            self._touched.add(table.name)
+
+    def _recompute_touched(self, cur: psycopg.Cursor[Any], result: BatchResult) -> None:
+        """The visible rows of every merged table this transaction touched, recomputed from
+        their contributions. Tables in name order, so two writers lock them alike."""
+        for name in sorted(self._touched):
+            table = self.merged[name]
+            cur.execute(self._statement(("lock", name), table.lock))
+            row = cur.execute(self._statement(("recompute", name), table.recompute)).fetchone()
+            assert row is not None
+            result.add(name, table.recomputed(row))
+            cur.execute(
+                self._statement(
+                    ("untouch", name),
+                    lambda t=table: sql.SQL("DELETE FROM {}").format(sql.Identifier(t.touched)),
+                )
+            )
 
     def _segment_isolated(
         self,
@@ -303,10 +465,14 @@ class PostgresSink:
         result: BatchResult,
     ) -> None:
         for pending in segment.rows.values():
-            one = Segment(rows={(pending.op.table, pending.op.key): pending})
+            one = Segment(rows={(pending.op.table, pending.op.key, pending.op.source): pending})
             try:
                 with conn.transaction():
                     self._segment(cur, one, result)
+                    # A merged row is built from every source: recompute it here, so that a
+                    # row the target refuses is set aside with the change that made it.
+                    if pending.op.table in self.merged:
+                        self._recompute_touched(cur, result)
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 self._reject(pending, exc, result)
 
@@ -404,7 +570,8 @@ class PostgresSink:
                         params.extend((r.source, r.position, r.commit_ts_us, key_json(r.key)))
                 # Binary arrays: no text escaping of every element on either side.
                 cur.execute(statement, params, binary=columnar)
-                result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
+                if table not in self.merged:  # else counted when the rows are recomputed
+                    result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
 
     def _upsert_staged(
         self,
@@ -460,7 +627,8 @@ class PostgresSink:
             stage,
         )
         cur.execute(statement)
-        result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
+        if table not in self.merged:
+            result.upserted[table] += cur.rowcount if cur.rowcount > 0 else 0
 
     def _stage(self, cur: psycopg.Cursor[Any], table: str, cols: tuple[str, ...]) -> str:
         """The session's staging table for rows of this shape, created on first use.
@@ -512,6 +680,15 @@ class PostgresSink:
         else n rows of VALUES."""
         soft, key = spec.soft_delete_column, spec.key
         bookkeeping = ["text", "numeric", "bigint", "text"]
+        alias = sql.SQL(", ").join(
+            [
+                *map(sql.Identifier, cols),
+                sql.SQL("_src"),
+                sql.SQL("_pos"),
+                sql.SQL("_ts"),
+                sql.SQL("_k"),
+            ]
+        )
         if n < 0:
             values = sql.SQL("(SELECT {} FROM {})").format(
                 sql.SQL(", ").join(
@@ -541,6 +718,9 @@ class PostgresSink:
                 )
             )
             values = sql.SQL("(VALUES {})").format(sql.SQL(", ").join([one] * n))
+        merged = self.merged.get(table)
+        if merged is not None:
+            return merged.upsert(cols, missing, values, alias)
         all_cols = [*cols, *BOOKKEEPING]
         insert_cols = list(map(sql.Identifier, all_cols))
         select_cols = [sql.SQL("v.{}").format(sql.Identifier(c)) for c in cols] + [
@@ -558,15 +738,6 @@ class PostgresSink:
             insert_cols.append(sql.Identifier(soft))
             select_cols.append(sql.SQL("NULL"))
             updates.append(sql.SQL("{c} = NULL").format(c=sql.Identifier(soft)))
-        alias = sql.SQL(", ").join(
-            [
-                *map(sql.Identifier, cols),
-                sql.SQL("_src"),
-                sql.SQL("_pos"),
-                sql.SQL("_ts"),
-                sql.SQL("_k"),
-            ]
-        )
         return sql.SQL(
             "INSERT INTO {tbl} AS t ({insert_cols}) "
             "SELECT {select_cols} FROM {values} AS v({alias}) "
@@ -587,12 +758,7 @@ class PostgresSink:
             tomb_not_newer=_TOMB_NOT_NEWER,
             key=sql.SQL(", ").join(map(sql.Identifier, key)),
             updates=sql.SQL(", ").join(updates),
-            newer=_newer(
-                "EXCLUDED._tunggal_source",
-                "EXCLUDED._tunggal_position",
-                "EXCLUDED._tunggal_ts",
-                "t",
-            ),
+            newer=_newer("EXCLUDED._tunggal_source", "EXCLUDED._tunggal_position", "t"),
         )
 
     def _deletes(
@@ -627,8 +793,10 @@ class PostgresSink:
                         params.extend(r.key)
                         params.extend((r.source, r.position, r.commit_ts_us))
                 cur.execute(statement, params)
-                result.deleted[table] += cur.rowcount if cur.rowcount > 0 else 0
-            self._tombstones(cur, table, part)
+                if table not in self.merged:  # else counted when the rows are recomputed
+                    result.deleted[table] += cur.rowcount if cur.rowcount > 0 else 0
+            if table not in self.merged:  # a withdrawn contribution is its own tombstone
+                self._tombstones(cur, table, part)
 
     def _delete_sql(self, table: str, soft: bool, n: int, spec: TargetSpec) -> sql.Composed:
         """n == 0: one array parameter per column, unnest()ed; else n rows of VALUES."""
@@ -651,10 +819,13 @@ class PostgresSink:
         alias = sql.SQL(", ").join(
             [*map(sql.Identifier, key), sql.SQL("_src"), sql.SQL("_pos"), sql.SQL("_ts")]
         )
+        merged = self.merged.get(table)
+        if merged is not None:
+            return merged.delete(soft, values, alias)
         match = sql.SQL(" AND ").join(
             sql.SQL("t.{c} = v.{c}").format(c=sql.Identifier(c)) for c in key
         )
-        newer = _newer("v._src", "v._pos", "v._ts", "t")
+        newer = _newer("v._src", "v._pos", "t")
         if soft:
             column = spec.soft_delete_column or "deleted_at"
             return sql.SQL(
@@ -679,9 +850,8 @@ class PostgresSink:
             "position, ts) SELECT %s, v.* FROM unnest(%s::text[], %s::text[], %s::numeric[], "
             "%s::bigint[]) AS v ON CONFLICT (target_table, key_json) DO UPDATE SET "
             "source = EXCLUDED.source, position = EXCLUDED.position, ts = EXCLUDED.ts "
-            "WHERE (d.source = EXCLUDED.source AND d.position < EXCLUDED.position) "
-            "OR (d.source <> EXCLUDED.source "
-            "AND (d.ts, d.source) < (EXCLUDED.ts, EXCLUDED.source))",
+            # One tombstone per row, for the table's one source (another's is a leftover).
+            "WHERE d.source <> EXCLUDED.source OR d.position < EXCLUDED.position",
             [
                 table,
                 [key_json(r.key) for r in rows],
@@ -693,7 +863,13 @@ class PostgresSink:
 
     def _truncate(self, cur: psycopg.Cursor[Any], op: Truncate, result: BatchResult) -> None:
         spec = self._spec(op.table)
-        if op.soft:
+        merged = self.merged.get(op.table)
+        if merged is not None:
+            cur.execute(
+                self._statement(("withdraw", op.table, op.soft), merged.withdraw, op.soft),
+                (op.commit_ts_us, op.source, op.position),
+            )
+        elif op.soft:
             column = spec.soft_delete_column or "deleted_at"
             statement = sql.SQL(
                 "UPDATE {tbl} SET {soft} = to_timestamp(%s / 1000000.0) "
@@ -707,7 +883,8 @@ class PostgresSink:
                 ).format(tbl=_tbl(op.table)),
                 (op.source, op.position),
             )
-        result.deleted[op.table] += max(cur.rowcount, 0)
+        if merged is None:
+            result.deleted[op.table] += max(cur.rowcount, 0)
         if not op.watermark:
             return
         cur.execute(

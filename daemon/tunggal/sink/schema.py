@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -10,6 +10,11 @@ from psycopg import sql
 
 from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
+from tunggal.mapping.dbinfo import (
+    CONTRIBUTION_BOOKKEEPING,
+    CONTRIBUTIONS_SCHEMA,
+    contributions_table,
+)
 
 # Tunggal's own tables live in the target's public schema, beside the data they guard.
 OWN_TABLES_DDL = [
@@ -63,6 +68,13 @@ OWN_TABLES_DDL = [
     "attempts integer NOT NULL DEFAULT 1",
     "ALTER TABLE public.tunggal_dead_letters ADD COLUMN IF NOT EXISTS "
     "last_failed_at timestamptz NOT NULL DEFAULT now()",
+    # Tables written by several sources: the rules their rows were last computed with
+    # (`sink.merge`); a change recomputes the table from its contributions.
+    """CREATE TABLE IF NOT EXISTS public.tunggal_merge_state (
+        target_table text PRIMARY KEY,
+        signature text NOT NULL,
+        rules jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now())""",
 ]
 OWN_TABLES = (
     "tunggal_tombstones",
@@ -70,6 +82,7 @@ OWN_TABLES = (
     "tunggal_progress",
     "tunggal_kafka_offsets",
     "tunggal_dead_letters",
+    "tunggal_merge_state",
 )
 
 _INTROSPECT = sa.text("""
@@ -183,11 +196,77 @@ def plan_schema(
                     _ident(name), sql.Identifier(soft)
                 )
             )
+    statements.extend(_contribution_ddl(targets, tables, unresolved))
     rendered = tuple(s.as_string(None) for s in statements)
     return SchemaPlan(rendered, tuple(unresolved))
 
 
-def missing_bookkeeping(targets: Iterable[str], tables: Mapping[str, TableInfo]) -> list[str]:
+def _contribution_ddl(
+    targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInfo], unresolved: list[str]
+) -> list[sql.Composable]:
+    """Contributions tables for the targets several sources write, with their columns typed as
+    in the target (the types the mapping declares, for a target created by this plan)."""
+    statements: list[sql.Composable] = []
+    for name, spec in sorted(targets.items()):
+        if not spec.multi_source:
+            continue
+        info = tables.get(name)
+        types = dict(spec.columns) if info is None else dict(info.columns)
+        wanted = [*spec.key, *spec.merge.columns]
+        untyped = [c for c in wanted if not types.get(c)]
+        if untyped:
+            if info is not None:  # else `plan_schema` already said the table needs types
+                unresolved.append(
+                    f"table {name} has no column {', '.join(untyped)}; "
+                    "fix the mapping or add the column"
+                )
+            continue
+        contributions = contributions_table(name)
+        existing = tables.get(contributions)
+        if not statements:
+            statements.append(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(CONTRIBUTIONS_SCHEMA)
+                )
+            )
+        if existing is None:
+            key = [
+                sql.SQL("{} {} NOT NULL").format(sql.Identifier(c), sql.SQL(str(types[c])))
+                for c in spec.key
+            ]
+            values = [
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(str(types[c])))
+                for c in spec.merge.columns
+            ]
+            statements.append(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} ({}, _tunggal_source text NOT NULL, {}"
+                    "_tunggal_position numeric NOT NULL, _tunggal_ts bigint NOT NULL, "
+                    "_tunggal_state text NOT NULL DEFAULT 'live' "
+                    "CHECK (_tunggal_state IN ('live', 'soft', 'hard')), "
+                    "PRIMARY KEY ({}, _tunggal_source))"
+                ).format(
+                    _ident(contributions),
+                    sql.SQL(", ").join(key),
+                    sql.SQL("").join(sql.SQL("{}, ").format(v) for v in values),
+                    sql.SQL(", ").join(map(sql.Identifier, spec.key)),
+                )
+            )
+            continue
+        for column in [*spec.merge.columns, *CONTRIBUTION_BOOKKEEPING]:
+            if column not in existing.columns:
+                ctype = CONTRIBUTION_BOOKKEEPING.get(column) or types[column]
+                statements.append(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        _ident(contributions), sql.Identifier(column), sql.SQL(str(ctype))
+                    )
+                )
+    return statements
+
+
+def missing_bookkeeping(
+    targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInfo]
+) -> list[str]:
     """Target tables that `run` cannot write yet, as readable reasons."""
     reasons = []
     for name in sorted(targets):
@@ -198,10 +277,25 @@ def missing_bookkeeping(targets: Iterable[str], tables: Mapping[str, TableInfo])
         lacking = [c for c in BOOKKEEPING if c not in info.columns]
         if lacking:
             reasons.append(f"target table {name} lacks bookkeeping columns {', '.join(lacking)}")
+    merging = any(spec.multi_source for spec in targets.values()) or bool(
+        merged_tables(targets, tables)
+    )
     for own in OWN_TABLES:
+        # A target set up before tables could have several sources runs on without it.
+        if own == "tunggal_merge_state" and not merging:
+            continue
         if f"public.{own}" not in tables:
             reasons.append(f"Tunggal's table public.{own} does not exist")
     return reasons
+
+
+def merged_tables(targets: Mapping[str, TargetSpec], tables: Mapping[str, TableInfo]) -> set[str]:
+    """The targets written through contributions: those that have a contributions table.
+
+    A table stays on that path once it has one, even if a mapping change leaves it one source:
+    its contributions are then kept current, and never stale when a second source returns.
+    """
+    return {name for name in targets if contributions_table(name) in tables}
 
 
 def apply_schema(engine: sa.Engine, plan: SchemaPlan) -> None:

@@ -1,0 +1,548 @@
+"""The SQL of tables written by several sources: contributions, and the rows made from them.
+
+Each source's latest change to each row is kept in the table's contributions table
+(`mapping.dbinfo.contributions_table`): its mapped values, position, commit time and state
+(live, soft or hard). A change from source S is compared only with S's own contribution, so
+the order in which different sources' changes arrive cannot matter. After a batch has written
+its contributions, the rows it touched are recomputed from them, set-based, by the rules of
+`mapping.survivorship` (whose `resolve` is this file's Python twin):
+
+    batch:  contributions upserted/withdrawn ──RETURNING key──▶ touched (temp table)
+    end:    lock the table ─▶ recompute the touched keys ─▶ upsert / delete the target rows
+
+The lock is a transaction-scoped advisory lock per target table, taken only for the
+recompute: two Kafka instances may write contributions to the same row at once, and each
+must recompute it after the other's commit, or one contribution would be missing from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from tunggal.mapping import TargetSpec
+from tunggal.mapping.dbinfo import contributions_table
+from tunggal.mapping.pgtypes import Family, parse_type
+from tunggal.mapping.survivorship import (
+    HARD,
+    LIVE,
+    SOFT,
+    Contribution,
+    Latest,
+    MergeRules,
+    Owner,
+    Priority,
+)
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock(int4, int4): our class of locks ('tung'), then hashtext(table).
+_LOCK_CLASS: Final = 0x74756E67
+# Key types that the text of a tombstone's key (`postgres.key_json`) casts back to exactly.
+_TOMBSTONE_KEY_FAMILIES: Final = frozenset(
+    {
+        Family.TEXT,
+        Family.SMALLINT,
+        Family.INTEGER,
+        Family.BIGINT,
+        Family.NUMERIC,
+        Family.BOOLEAN,
+        Family.DATE,
+        Family.UUID,
+    }
+)
+
+
+def _ident(qualified: str) -> sql.Identifier:
+    schema, _, table = qualified.partition(".")
+    return sql.Identifier(schema, table)
+
+
+def _ids(names: Sequence[str], prefix: str = "") -> sql.Composable:
+    if prefix:
+        return sql.SQL(", ").join(
+            sql.SQL(f"{prefix}.{{}}").format(sql.Identifier(n)) for n in names
+        )
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+def _texts(values: Sequence[str]) -> sql.Composable:
+    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(map(sql.Literal, values)))
+
+
+def _match(names: Sequence[str], left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL(f"{left}.{{c}} = {right}.{{c}}").format(c=sql.Identifier(n)) for n in names
+    )
+
+
+@dataclass
+class Recomputed:
+    """What recomputing some rows did to the target."""
+
+    upserted: int = 0
+    deleted: int = 0
+    conflicts: dict[str, int] = field(default_factory=dict)  # column -> rows in conflict
+
+
+class MergeTable:
+    """The statements of one target table written through contributions. Built once per
+    mapping version; the texts are cached by the sink like its other statements."""
+
+    def __init__(self, spec: TargetSpec, types: Mapping[str, str]) -> None:
+        self.spec = spec
+        self.rules: MergeRules = spec.merge
+        self.name = spec.name
+        self.key = spec.key
+        self.values = tuple(self.rules.columns)
+        self.types = types
+        self.contributions = contributions_table(spec.name)
+        digest = hashlib.blake2b(
+            repr((self.name, self.key, [types.get(k) for k in self.key])).encode(), digest_size=8
+        ).hexdigest()
+        self.touched = f"tunggal_touched_{digest}"
+
+    # -- the batch: contributions --------------------------------------------------------------
+
+    def create_touched(self) -> sql.Composed:
+        """The session's list of keys whose contributions this transaction changed."""
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(self.types[k])) for k in self.key
+        )
+        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+            sql.Identifier(self.touched), columns
+        )
+
+    def _into_touched(self, statement: sql.Composable) -> sql.Composed:
+        return sql.SQL("WITH w AS ({}) INSERT INTO {} SELECT * FROM w").format(
+            statement, sql.Identifier(self.touched)
+        )
+
+    def upsert(
+        self,
+        cols: tuple[str, ...],
+        missing: frozenset[str],
+        values: sql.Composable,
+        alias: sql.Composable,
+    ) -> sql.Composed:
+        """Each row's source contribution, if newer than the one that source already gave.
+
+        `values AS v(alias)` yields the mapped columns `cols` then _src, _pos, _ts, _k, as the
+        sink's other upserts do. Unchanged TOAST values (`missing`) keep the stored value.
+        """
+        data = [c for c in cols if c not in self.key]
+        updates: list[sql.Composable] = [
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in data
+            if c not in missing
+        ]
+        updates += [
+            sql.SQL("_tunggal_position = EXCLUDED._tunggal_position"),
+            sql.SQL("_tunggal_ts = EXCLUDED._tunggal_ts"),
+            sql.SQL("_tunggal_state = 'live'"),
+        ]
+        body = sql.SQL(
+            "INSERT INTO {tbl} AS t ({key}, _tunggal_source, {data}_tunggal_position, _tunggal_ts,"
+            " _tunggal_state) SELECT {vkey}, v._src, {vdata}v._pos, v._ts, 'live' "
+            "FROM {values} AS v({alias}) "
+            # A TRUNCATE's watermark keeps that source's older changes out for good.
+            "WHERE NOT EXISTS (SELECT 1 FROM public.tunggal_truncations r "
+            "  WHERE r.target_table = {name} AND r.source = v._src AND r.position > v._pos) "
+            "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET {updates} "
+            "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
+        ).format(
+            tbl=_ident(self.contributions),
+            key=_ids(self.key),
+            data=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in data),
+            vkey=_ids(self.key, "v"),
+            vdata=sql.SQL("").join(sql.SQL("v.{}, ").format(sql.Identifier(c)) for c in data),
+            values=values,
+            alias=alias,
+            name=sql.Literal(self.name),
+            updates=sql.SQL(", ").join(updates),
+            tkey=_ids(self.key, "t"),
+        )
+        return self._into_touched(body)
+
+    def delete(self, soft: bool, values: sql.Composable, alias: sql.Composable) -> sql.Composed:
+        """Withdraw each row's source contribution (keeping its values, for a soft row), or
+        record the withdrawal when that source gave none: it keeps the source's own older
+        changes out, as a tombstone does."""
+        body = sql.SQL(
+            "INSERT INTO {tbl} AS t ({key}, _tunggal_source, _tunggal_position, _tunggal_ts, "
+            "_tunggal_state) SELECT {vkey}, v._src, v._pos, v._ts, {state} "
+            "FROM {values} AS v({alias}) "
+            "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET "
+            "_tunggal_position = EXCLUDED._tunggal_position, _tunggal_ts = EXCLUDED._tunggal_ts, "
+            "_tunggal_state = EXCLUDED._tunggal_state "
+            "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
+        ).format(
+            tbl=_ident(self.contributions),
+            key=_ids(self.key),
+            vkey=_ids(self.key, "v"),
+            state=sql.Literal(SOFT if soft else HARD),
+            values=values,
+            alias=alias,
+            tkey=_ids(self.key, "t"),
+        )
+        return self._into_touched(body)
+
+    def withdraw(self, soft: bool) -> sql.Composed:
+        """A TRUNCATE (or the end of a snapshot): every contribution the source gave before
+        the position is withdrawn, at the truncate's commit time. Parameters: state's commit
+        time, source, position."""
+        body = sql.SQL(
+            "UPDATE {tbl} AS t SET _tunggal_state = {state}, _tunggal_ts = %s "
+            "WHERE _tunggal_source = %s AND _tunggal_position < %s AND _tunggal_state IN ({was}) "
+            "RETURNING {tkey}"
+        ).format(
+            tbl=_ident(self.contributions),
+            state=sql.Literal(SOFT if soft else HARD),
+            was=sql.SQL(", ").join(map(sql.Literal, (LIVE,) if soft else (LIVE, SOFT))),
+            tkey=_ids(self.key, "t"),
+        )
+        return self._into_touched(body)
+
+    # -- the end of the batch: the visible rows ---------------------------------------------------
+
+    def lock(self) -> sql.Composed:
+        return sql.SQL("SELECT pg_advisory_xact_lock({}, hashtext({}))").format(
+            sql.Literal(_LOCK_CLASS), sql.Literal(self.name)
+        )
+
+    def recompute(self) -> sql.Composed:
+        """Recompute the target rows of every touched key from their contributions.
+
+        Returns one row: target rows deleted, target rows upserted, then per rule column the
+        live rows whose eligible sources disagree on it.
+
+        Layers, per key and contribution (`_st` is 'none' for a key with none left):
+          c: the current writers' contributions of the touched keys;
+          e: does any source hold the row (`_any_live`), did a `deleted_by` source withdraw it
+             (`_removed`), and the deciding withdrawal (`_dst`, `_dts`): the latest of those,
+             else the latest of all;
+          f: `_held`: the contributions the columns are taken from (the live ones, or when
+             none is live the soft-deleted ones);
+          g: each column by its rule, the row's bookkeeping from the latest held contribution,
+             and one row per key.
+        """
+        rules = self.rules
+        key = _ids(self.key)
+        withdrawn = sql.SQL("_st IN ('soft', 'hard')")
+        removing = sql.SQL("(_st IN ('soft', 'hard') AND _s = ANY({}))").format(
+            _texts(sorted(rules.deleted_by))
+        )
+        windows: dict[str, sql.Composable] = {
+            "wk": sql.SQL("PARTITION BY {}").format(key),
+            "wl": sql.SQL("PARTITION BY {} ORDER BY _held DESC, _ts DESC, _s DESC").format(key),
+        }
+        picks: list[sql.Composable] = []
+        flags: list[sql.Composable] = []
+        for i, (column, rule) in enumerate(rules.columns.items()):
+            col = sql.Identifier(column)
+            if isinstance(rule, Latest):
+                cond = sql.SQL("_held AND _s = ANY({})").format(_texts(rule.eligible))
+                order: sql.Composable = sql.SQL("_ts DESC, _s DESC")
+                name = (
+                    "wa_" + hashlib.blake2b(repr(rule.eligible).encode(), digest_size=6).hexdigest()
+                )
+            elif isinstance(rule, Priority):
+                cond = sql.SQL("_held AND {} IS NOT NULL AND _s = ANY({})").format(
+                    col, _texts(rule.order)
+                )
+                order = sql.SQL("array_position({}, _s)").format(_texts(rule.order))
+                name = f"wp_{i}"
+            else:
+                assert isinstance(rule, Owner)
+                cond = sql.SQL("_held AND _s = {}").format(sql.Literal(rule.source))
+                order = sql.SQL("_s")
+                name = "wo_" + hashlib.blake2b(rule.source.encode(), digest_size=6).hexdigest()
+            windows[name] = sql.SQL("PARTITION BY {} ORDER BY ({}) DESC, {}").format(
+                key, cond, order
+            )
+            picks.append(
+                sql.SQL("first_value(CASE WHEN {cond} THEN {col} END) OVER {w} AS {col}").format(
+                    cond=cond, col=col, w=sql.Identifier(name)
+                )
+            )
+            judged = rules.conflict_sources(column)
+            if len(judged) < 2:
+                flags.append(sql.SQL("false AS {}").format(sql.Identifier(f"_c{i}")))
+                continue
+            only = sql.SQL("_st = 'live' AND _s = ANY({}) AND {} IS NOT NULL").format(
+                _texts(judged), col
+            )
+            flags.append(
+                sql.SQL(
+                    "min({col}::text) FILTER (WHERE {only}) OVER wk IS DISTINCT FROM "
+                    "max({col}::text) FILTER (WHERE {only}) OVER wk AS {flag}"
+                ).format(col=col, only=only, flag=sql.Identifier(f"_c{i}"))
+            )
+        soft = rules.soft_delete_column
+        target_cols = [
+            *self.key,
+            *self.values,
+            "_tunggal_source",
+            "_tunggal_position",
+            "_tunggal_ts",
+        ]
+        selected = [
+            *(sql.SQL("m.{}").format(sql.Identifier(c)) for c in [*self.key, *self.values]),
+            sql.SQL("m._src"),
+            sql.SQL("m._pos"),
+            sql.SQL("m._lts"),
+        ]
+        if soft is not None:
+            target_cols.append(soft)
+            selected.append(
+                sql.SQL("CASE WHEN m._status = 'soft' THEN to_timestamp(m._dts / 1000000.0) END")
+            )
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in target_cols
+            if c not in self.key
+        )
+        counts = [
+            sql.SQL("count(*) FILTER (WHERE m._status = 'live' AND m.{})").format(
+                sql.Identifier(f"_c{i}")
+            )
+            for i in range(len(self.values))
+        ]
+        return sql.SQL(
+            "WITH k AS (SELECT DISTINCT {key} FROM {touched}), "
+            "c AS (SELECT {kkey}, c._tunggal_source AS _s, c._tunggal_position AS _p, "
+            "  c._tunggal_ts AS _ts, coalesce(c._tunggal_state, 'none') AS _st{cvalues} "
+            "  FROM k LEFT JOIN {contributions} c "
+            "  ON {kmatch} AND c._tunggal_source = ANY({sources})), "
+            "e AS (SELECT c.*, coalesce(bool_or(_st = 'live') OVER wk, false) AS _any_live, "
+            "  coalesce(bool_or({removing}) OVER wk, false) AS _removed, "
+            "  first_value(_st) OVER wd AS _dst, first_value(_ts) OVER wd AS _dts FROM c "
+            "  WINDOW wk AS (PARTITION BY {key}), "
+            "  wd AS (PARTITION BY {key} "
+            "    ORDER BY {removing} DESC, {withdrawn} DESC, _ts DESC, _s DESC)), "
+            "f AS (SELECT e.*, "
+            "  CASE WHEN _any_live THEN _st = 'live' ELSE _st = 'soft' END AS _held FROM e), "
+            "g AS (SELECT {key}, CASE WHEN _removed THEN _dst WHEN _any_live THEN 'live' "
+            "  WHEN _dst IN ('soft', 'hard') THEN _dst ELSE 'hard' END AS _status, _dts, "
+            "  first_value(_s) OVER wl AS _src, first_value(_p) OVER wl AS _pos, "
+            "  first_value(_ts) OVER wl AS _lts, {picks}, {flags}, row_number() OVER wk AS _rn "
+            "  FROM f WINDOW {windows}), "
+            "m AS (SELECT * FROM g WHERE _rn = 1), "
+            "d AS (DELETE FROM {target} AS t USING m WHERE {tmatch} AND m._status = 'hard' "
+            "  RETURNING 1), "
+            "u AS (INSERT INTO {target} AS t ({target_cols}) SELECT {selected} FROM m "
+            "  WHERE m._status <> 'hard' ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING 1) "
+            "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u){counts} FROM m"
+        ).format(
+            key=key,
+            touched=sql.Identifier(self.touched),
+            kkey=_ids(self.key, "k"),
+            cvalues=sql.SQL("").join(
+                sql.SQL(", c.{}").format(sql.Identifier(c)) for c in self.values
+            ),
+            contributions=_ident(self.contributions),
+            kmatch=_match(self.key, "c", "k"),
+            sources=_texts(rules.sources),
+            removing=removing,
+            withdrawn=withdrawn,
+            picks=sql.SQL(", ").join(picks) if picks else sql.SQL("NULL AS _none"),
+            flags=sql.SQL(", ").join(flags) if flags else sql.SQL("false AS _cnone"),
+            windows=sql.SQL(", ").join(
+                sql.SQL("{} AS ({})").format(sql.Identifier(n), w) for n, w in windows.items()
+            ),
+            target=_ident(self.name),
+            tmatch=_match(self.key, "t", "m"),
+            target_cols=_ids(target_cols),
+            selected=sql.SQL(", ").join(selected),
+            updates=updates,
+            counts=sql.SQL("").join(sql.SQL(", {}").format(c) for c in counts),
+        )
+
+    def recomputed(self, row: Sequence[Any]) -> Recomputed:
+        out = Recomputed(deleted=int(row[0]), upserted=int(row[1]))
+        for column, n in zip(self.values, row[2:], strict=True):
+            if n:
+                out.conflicts[column] = int(n)
+        return out
+
+    # -- start-up and mapping changes --------------------------------------------------------------
+
+    def touch_all(self) -> sql.Composed:
+        """Every key with a contribution, for a whole-table recompute."""
+        return sql.SQL("INSERT INTO {} SELECT DISTINCT {} FROM {}").format(
+            sql.Identifier(self.touched), _ids(self.key), _ident(self.contributions)
+        )
+
+    def seed(self) -> list[sql.Composed]:
+        """Contributions for rows written before the table had any (an upgrade, or a second
+        source added to its mappings); README "Many sources, one row" gives the rules.
+
+        1. The source that wrote a row last (`_tunggal_source`) gets it, at its position.
+        2. Another writer gets it at position 0 and time 0 (so that any real change of its own
+           replaces it) when a column that only it could have written holds a value.
+        3. Tombstones become that source's withdrawals.
+        """
+        rules, soft = self.rules, self.rules.soft_delete_column
+        statements = []
+        state = (
+            sql.SQL("CASE WHEN {} IS NULL THEN 'live' ELSE 'soft' END").format(sql.Identifier(soft))
+            if soft
+            else sql.Literal(LIVE)
+        )
+        for source in rules.sources:
+            cols = [c for c in self.values if c in rules.maps[source]]
+            listed = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in cols)
+            statements.append(
+                self._into_touched(
+                    sql.SQL(
+                        "INSERT INTO {tbl} AS t ({key}, _tunggal_source, {cols}_tunggal_position, "
+                        "_tunggal_ts, _tunggal_state) SELECT {key}, _tunggal_source, {cols}"
+                        "_tunggal_position, _tunggal_ts, {state} FROM {target} "
+                        "WHERE _tunggal_source = {src} AND _tunggal_position IS NOT NULL "
+                        "AND _tunggal_ts IS NOT NULL "
+                        "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET {updates} "
+                        "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
+                    ).format(
+                        tbl=_ident(self.contributions),
+                        key=_ids(self.key),
+                        cols=listed,
+                        state=state,
+                        target=_ident(self.name),
+                        src=sql.Literal(source),
+                        updates=sql.SQL(", ").join(
+                            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                            for c in [*cols, "_tunggal_position", "_tunggal_ts", "_tunggal_state"]
+                        ),
+                        tkey=_ids(self.key, "t"),
+                    )
+                )
+            )
+            # Columns this source maps that the row's last writer does not: their values came
+            # from another source, and if only this one maps them, from this one.
+            own = [
+                (c, tuple(s for s in rules.sources if c in rules.maps[s]))
+                for c in cols
+                if sum(c in rules.maps[s] for s in rules.sources) == 1
+            ]
+            if not own:
+                continue
+            picked = [
+                sql.SQL("CASE WHEN _tunggal_source = ANY({}) THEN NULL ELSE {} END").format(
+                    _texts(mappers), sql.Identifier(c)
+                )
+                for c, mappers in own
+            ]
+            by_column = {c: p for (c, _), p in zip(own, picked, strict=True)}
+            values = [by_column.get(c, sql.NULL) for c in cols]
+            statements.append(
+                self._into_touched(
+                    sql.SQL(
+                        "INSERT INTO {tbl} ({key}, _tunggal_source, {cols}_tunggal_position, "
+                        "_tunggal_ts, _tunggal_state) SELECT {key}, {src}, {values}0, 0, 'live' "
+                        "FROM {target} WHERE _tunggal_source <> {src} "
+                        "AND _tunggal_source = ANY({sources}) AND ({any}) "
+                        "ON CONFLICT ({key}, _tunggal_source) DO NOTHING RETURNING {key}"
+                    ).format(
+                        tbl=_ident(self.contributions),
+                        key=_ids(self.key),
+                        cols=listed,
+                        src=sql.Literal(source),
+                        values=sql.SQL("").join(sql.SQL("{}, ").format(v) for v in values),
+                        target=_ident(self.name),
+                        sources=_texts(rules.sources),
+                        any=sql.SQL(" OR ").join(
+                            sql.SQL("({}) IS NOT NULL").format(p) for p in picked
+                        ),
+                    )
+                )
+            )
+        key_types = [self.types[k] for k in self.key]
+        families = [parse_type(t) for t in key_types]
+        if all(f is not None and f.family in _TOMBSTONE_KEY_FAMILIES for f in families):
+            keys = sql.SQL(", ").join(
+                sql.SQL("(d.key_json::jsonb ->> {})::{}").format(sql.Literal(i), sql.SQL(t))
+                for i, t in enumerate(key_types)
+            )
+            statements.append(
+                self._into_touched(
+                    sql.SQL(
+                        "INSERT INTO {tbl} AS t ({key}, _tunggal_source, _tunggal_position, "
+                        "_tunggal_ts, _tunggal_state) SELECT {keys}, d.source, d.position, d.ts, "
+                        "'hard' FROM public.tunggal_tombstones d WHERE d.target_table = {name} "
+                        "AND d.source = ANY({sources}) "
+                        "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET "
+                        "_tunggal_position = EXCLUDED._tunggal_position, "
+                        "_tunggal_ts = EXCLUDED._tunggal_ts, _tunggal_state = 'hard' "
+                        "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
+                    ).format(
+                        tbl=_ident(self.contributions),
+                        key=_ids(self.key),
+                        keys=keys,
+                        name=sql.Literal(self.name),
+                        sources=_texts(rules.sources),
+                        tkey=_ids(self.key, "t"),
+                    )
+                )
+            )
+        else:
+            log.warning(
+                "%s: its key types (%s) do not come back from tunggal_tombstones exactly; "
+                "rows deleted before it had contributions are not carried over",
+                self.name,
+                ", ".join(key_types),
+            )
+        return statements
+
+
+def rules_json(rules: MergeRules) -> str:
+    """The rules as `tunggal_merge_state.rules` keeps them, for people reading the table."""
+    return orjson.dumps(
+        {
+            "sources": list(rules.sources),
+            "columns": {c: r.describe() for c, r in rules.columns.items()},
+            "deleted_by": sorted(rules.deleted_by),
+        }
+    ).decode()
+
+
+# --- reading, for `tunggal explain` and `tunggal conflicts` -------------------------------------
+
+
+def read_contributions(
+    cur: psycopg.Cursor[Any], spec: TargetSpec, key: Sequence[Any], types: Mapping[str, str]
+) -> list[Contribution]:
+    """Every stored contribution to one row, current writers' or not."""
+    table = MergeTable(spec, types)
+    where = sql.SQL(" AND ").join(
+        sql.SQL("{} = %s::{}").format(sql.Identifier(k), sql.SQL(types[k])) for k in spec.key
+    )
+    rows = cur.execute(
+        sql.SQL(
+            "SELECT _tunggal_source, _tunggal_position, _tunggal_ts, _tunggal_state, {} "
+            "FROM {} WHERE {} ORDER BY _tunggal_source"
+        ).format(
+            sql.SQL(", ").join(map(sql.Identifier, table.values))
+            if table.values
+            else sql.SQL("NULL"),
+            _ident(table.contributions),
+            where,
+        ),
+        [str(k) for k in key],
+    ).fetchall()
+    return [
+        Contribution(
+            source=row[0],
+            values=dict(zip(table.values, row[4:], strict=False)),
+            position=int(row[1]),
+            commit_ts_us=int(row[2]),
+            state=row[3],
+        )
+        for row in rows
+    ]
