@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tunggal.admin.cli import config_group, mapping_group, status_command
+from tunggal.admin.cli import (
+    config_group,
+    conflicts_command,
+    explain_command,
+    mapping_group,
+    status_command,
+)
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
@@ -306,6 +312,8 @@ main.add_command(dlq_group)
 main.add_command(status_command)
 main.add_command(mapping_group)
 main.add_command(config_group)
+main.add_command(explain_command)
+main.add_command(conflicts_command)
 main.add_command(connectors_group)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,6 +132,13 @@ class Metrics:
         self.restarts = Counter(
             "tunggal_source_restarts", "Sources restarted after a failure", ["source"], registry=r
         )
+        self.merge_conflicts = Counter(
+            "tunggal_merge_conflicts",
+            "Rows written whose holding sources disagree on a column (both non-NULL, "
+            "different); `tunggal conflicts` lists the current ones",
+            ["table", "column"],
+            registry=r,
+        )
         r.register(_LagCollector(self))
         self._add_operations_metrics(r)
         self._add_kafka_metrics(r)

@@ -183,3 +183,53 @@ def test_upgrade_fills_contributions_from_rows_written_before(new_db: Any, tmp_p
     _replay(config, "a", [_line("a", "c", 1300, 170, {"id": "2", "nama": "x"}, "2")], "a-old")
     assert [r[0] for r in _rows(target)] == ["1"]
     assert orjson.loads(orjson.dumps(sql(target, "SELECT count(*) FROM opd"))) == [[1]]
+
+
+def test_explain_and_conflicts_say_where_each_value_comes_from(new_db: Any, tmp_path: Path) -> None:
+    target = new_db("merge")
+    config = _setup(tmp_path, target, MAPPING_A + RULES, MAPPING_B)
+    _replay(config, "b", B_EVENTS, "b")
+    _replay(config, "a", A_EVENTS, "a")
+    explained = run_cli("explain", "--config", str(config), "opd", "1", "--json")
+    assert explained.returncode == 0, explained.stderr
+    found = orjson.loads(explained.stdout)
+    assert (found["state"], found["merged"], found["source"]) == ("live", True, "b")
+    columns = {c["column"]: c for c in found["columns"]}
+    nama = columns["nama"]
+    assert (nama["value"], nama["source"], nama["rule"]) == ("Dinas A2", "a", "priority a > b")
+    # A PostgreSQL position: (end of the previous commit << 64) | the change's LSN.
+    assert nama["commit_ts"] == "2026-01-01T00:02:30Z"
+    assert nama["position"] == str((1100 - 16) << 64 | 1100)
+    assert nama["others"] == [{"source": "b", "value": "DINAS B", "state": "live", "mapped": True}]
+    assert nama["conflict"] is True
+    assert (columns["singkatan"]["source"], columns["singkatan"]["rule"]) == ("b", "owner b")
+    assert (columns["alamat"]["value"], columns["alamat"]["source"]) == ("Jl. Pahlawan 2", "a")
+    # sumber_data differs by design (each file's constant): not a disagreement.
+    assert columns["sumber_data"]["conflict"] is False
+    assert [(c["source"], c["state"]) for c in found["contributions"]] == [
+        ("a", "live"),
+        ("b", "live"),
+    ]
+    plain = run_cli("explain", "--config", str(config), "opd", "1")
+    assert plain.returncode == 0, plain.stderr
+    assert "nama" in plain.stdout and "priority a > b" in plain.stdout
+    assert "b: DINAS B" in plain.stdout and "disagree on nama" in plain.stdout
+
+    listed = run_cli("conflicts", "--config", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    disagreements = orjson.loads(listed.stdout)
+    assert [(d["table"], d["key"], d["column"]) for d in disagreements] == [
+        ("public.opd", {"kode": "1"}, "nama")
+    ]
+    assert [(v["source"], v["value"], v["commit_ts"]) for v in disagreements[0]["values"]] == [
+        ("a", "Dinas A2", "2026-01-01T00:02:30Z"),
+        ("b", "DINAS B", "2026-01-01T00:03:20Z"),
+    ]
+    text = run_cli("conflicts", "--config", str(config))
+    assert "1 disagreement(s) in 1 row(s)" in text.stdout, text.stdout + text.stderr
+
+    missing = run_cli("explain", "--config", str(config), "opd", "9")
+    assert missing.returncode == 1 and "no row kode=9" in missing.stderr
+    wrong = run_cli("explain", "--config", str(config), "opdd", "1")
+    assert wrong.returncode == 2 and "did you mean public.opd" in wrong.stderr
+    assert "Traceback" not in missing.stderr + wrong.stderr

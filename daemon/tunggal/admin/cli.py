@@ -263,6 +263,86 @@ def diff_command(as_json: bool, old: Path, new: Path) -> None:
             click.echo(text)
 
 
+# -- many sources, one row ---------------------------------------------------------------------
+
+
+@click.command("explain")
+@CONFIG_OPTION
+@JSON_OPTION
+@click.argument("table")
+@click.argument("key", nargs=-1, required=True)
+@_guard
+def explain_command(config_path: Path, as_json: bool, table: str, key: tuple[str, ...]) -> None:
+    """Where each value of one target row comes from: TABLE and the values of its KEY.
+
+    Per column: the value, the source that supplied it by the table's merge rules, that
+    source's commit time and position, and what every other source holds. Exit 1 if no row
+    and no source's trace of it exists.
+    """
+    from tunggal.admin import output, provenance
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all, open_sink
+
+    config = load_config(config_path)
+    mappings, _ = load_all(config)
+    spec = provenance.target_spec(mappings, table)
+    sink = open_sink(config, mappings, check=False)
+    try:
+        sink.introspect()
+        found = provenance.explain(sink, spec, key)
+    finally:
+        sink.close()
+    if as_json:
+        click.echo(found.as_json())
+    elif found.found:
+        output.show(*found.grids(), notes=[(n, "yellow") for n in found.notes])
+    if not found.found:
+        keys = ", ".join(f"{k}={v}" for k, v in found.key.items())
+        click.secho(f"{spec.name} has no row {keys}, and no source has written one", err=True)
+        sys.exit(1)
+
+
+@click.command("conflicts")
+@CONFIG_OPTION
+@click.option("--table", "table", default=None, help="Only this target table.")
+@click.option("--limit", default=100, show_default=True, help="At most this many per table.")
+@JSON_OPTION
+@_guard
+def conflicts_command(config_path: Path, table: str | None, limit: int, as_json: bool) -> None:
+    """Rows whose sources disagree on a column (both non-NULL, different): what the admins
+    must fix in the source systems. Only tables written by several sources have them."""
+    from tunggal.admin import output, provenance
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all, open_sink
+
+    config = load_config(config_path)
+    mappings, _ = load_all(config)
+    specs = (
+        [provenance.target_spec(mappings, table, "--table")]
+        if table
+        else [s for s in mappings.targets().values() if s.multi_source]
+    )
+    sink = open_sink(config, mappings, check=False)
+    try:
+        sink.introspect()
+        found = provenance.conflicts(sink, specs, limit)
+    finally:
+        sink.close()
+    if as_json:
+        click.echo(provenance.conflicts_json(found))
+        return
+    rows = len({(d.table, tuple(d.key.values())) for d in found})
+    summary = (
+        f"{len(found)} disagreement(s) in {rows} row(s)"
+        if found
+        else "no disagreements: the sources agree on every merged row"
+    )
+    if found:
+        output.show(provenance.conflicts_grid(found), notes=[(summary, "bold")])
+    else:
+        click.echo(summary)
+
+
 # -- config --------------------------------------------------------------------------------------
 
 

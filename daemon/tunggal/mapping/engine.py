@@ -150,7 +150,7 @@ def merge_targets(documents: Sequence[MappingDocument]) -> dict[str, TargetSpec]
     columns: dict[str, dict[str, str | None]] = {}
     soft: dict[str, str | None] = {}
     writers: dict[str, list[Writer]] = {}
-    mapped: dict[str, list[tuple[str, Iterable[str]]]] = {}
+    mapped: dict[str, list[tuple[str, Mapping[str, str | ColumnSpec]]]] = {}
     merges: dict[str, MergeSpec] = {}
     for doc, index, table in iter_tables(documents):
         name = table.target

@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from tunggal.mapping.spec import MergeSpec, OwnerRule, PriorityRule
+from tunggal.mapping.spec import ColumnSpec, MergeSpec, OwnerRule, PriorityRule
 
 State = Literal["live", "soft", "hard"]
 LIVE: Final = "live"
@@ -95,16 +95,21 @@ class MergeRules:
     columns: Mapping[str, Rule]  # every mapped non-key column, in target order
     deleted_by: frozenset[str] = frozenset()
     soft_delete_column: str | None = None
+    # source -> the columns it maps to a constant (`const:`): they differ by design
+    constants: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def multi_source(self) -> bool:
         return len(self.sources) > 1
 
     def conflict_sources(self, column: str) -> tuple[str, ...]:
-        """Sources whose disagreement on `column` is a conflict: those its rule can pick.
-        An owned column has none: the admins chose to ignore the other sources."""
+        """Sources whose disagreement on `column` is a conflict: those its rule can pick that
+        do not map it to a constant (each system's own `sumber_data` differs by design). An
+        owned column has none: the admins chose to ignore the other sources."""
         rule = self.columns[column]
-        return () if isinstance(rule, Owner) else rule.candidates
+        if isinstance(rule, Owner):
+            return ()
+        return tuple(s for s in rule.candidates if column not in self.constants.get(s, frozenset()))
 
     def signature(self) -> str:
         """Changes whenever the rows these rules compute could change (rules, writers, the
@@ -124,20 +129,23 @@ class MergeRules:
 def build_rules(
     table: str,
     key: Sequence[str],
-    writers: Sequence[tuple[str, Iterable[str]]],
+    writers: Sequence[tuple[str, Mapping[str, str | ColumnSpec]]],
     merge: MergeSpec | None = None,
     soft_delete_column: str | None = None,
 ) -> MergeRules:
     """The rules the mappings give a target table; assumes the loader validated them.
 
-    `writers`: (source, target columns it maps) per mapping entry, in file order; a source with
+    `writers`: (source, its `columns:`) per mapping entry, in file order; a source with
     several entries maps the union of theirs.
     """
     maps: dict[str, set[str]] = {}
+    constants: dict[str, set[str]] = {}
     order: list[str] = []
     for source, cols in writers:
-        for col in cols:
+        for col, value in cols.items():
             maps.setdefault(source, set()).add(col)
+            if isinstance(value, ColumnSpec) and value.has("const"):
+                constants.setdefault(source, set()).add(col)
             if col not in order:
                 order.append(col)
     sources = tuple(sorted(maps))
@@ -156,6 +164,7 @@ def build_rules(
         columns=rules,
         deleted_by=frozenset(merge.deleted_by if merge is not None else ()),
         soft_delete_column=soft_delete_column,
+        constants={s: frozenset(c) for s, c in constants.items()},
     )
 
 

@@ -64,7 +64,18 @@ class MappingReloader:
                     source,
                     ", ".join(sorted(added)),
                 )
-        self.sink.set_targets(mappings.targets(), mappings.content_hash)
+        try:
+            # Tables written by several sources are recomputed here if their rules changed.
+            self.sink.set_targets(mappings.targets(), mappings.content_hash)
+        except TunggalError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            log.error(
+                "mapping reload refused, still running on %s: cannot apply the merge rules in "
+                "the target: %s",
+                old.content_hash[:12],
+                exc,
+            )
+            return False
         self.pipeline.swap(mappings, {t: i.columns for t, i in self.sink.tables.items()})
         self.metrics.set_mapping(mappings.content_hash, mappings.files)
         self.metrics.reloads.labels("success").inc()

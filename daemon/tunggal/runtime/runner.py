@@ -333,6 +333,8 @@ class Runner:
             m.table_rows(table, "upsert", n)
         for table, n in result.deleted.items():
             m.table_rows(table, "delete", n)
+        for (table, column), n in result.conflicts.items():
+            m.merge_conflicts.labels(table, column).inc(n)
         dead = [*pending.dead_letters, *result.dead_letters]
         for letter in dead:
             m.dead_letters.labels(letter.source).inc()

@@ -515,34 +515,122 @@ def rules_json(rules: MergeRules) -> str:
 # --- reading, for `tunggal explain` and `tunggal conflicts` -------------------------------------
 
 
-def read_contributions(
-    cur: psycopg.Cursor[Any], spec: TargetSpec, key: Sequence[Any], types: Mapping[str, str]
-) -> list[Contribution]:
-    """Every stored contribution to one row, current writers' or not."""
-    table = MergeTable(spec, types)
-    where = sql.SQL(" AND ").join(
-        sql.SQL("{} = %s::{}").format(sql.Identifier(k), sql.SQL(types[k])) for k in spec.key
+def _key_where(spec: TargetSpec, types: Mapping[str, str], alias: str = "") -> sql.Composable:
+    prefix = f"{alias}." if alias else ""
+    return sql.SQL(" AND ").join(
+        sql.SQL(f"{prefix}{{}} = %s::{{}}").format(sql.Identifier(k), sql.SQL(types[k]))
+        for k in spec.key
     )
+
+
+def read_row(
+    cur: psycopg.Cursor[Any], spec: TargetSpec, types: Mapping[str, str], key: Sequence[str]
+) -> dict[str, Any] | None:
+    """The target row with key `key` (values as text, cast by the database): its mapped
+    columns and bookkeeping, or None."""
+    columns = [
+        c
+        for c in [
+            *spec.columns,
+            spec.soft_delete_column,
+            "_tunggal_source",
+            "_tunggal_position",
+            "_tunggal_ts",
+        ]
+        if c is not None and c in types
+    ]
+    row = cur.execute(
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            _ids(list(dict.fromkeys(columns))), _ident(spec.name), _key_where(spec, types)
+        ),
+        list(key),
+    ).fetchone()
+    return None if row is None else dict(zip(dict.fromkeys(columns), row, strict=True))
+
+
+def read_contributions(
+    cur: psycopg.Cursor[Any],
+    spec: TargetSpec,
+    types: Mapping[str, str],
+    stored: Mapping[str, str],
+    key: Sequence[str],
+) -> list[Contribution]:
+    """Every stored contribution to one row, whether its source still writes the table or not.
+    `stored`: the contributions table's columns (one added to the mappings since may lack)."""
+    values = [c for c in stored if c not in spec.key and not c.startswith("_tunggal_")]
     rows = cur.execute(
         sql.SQL(
-            "SELECT _tunggal_source, _tunggal_position, _tunggal_ts, _tunggal_state, {} "
+            "SELECT _tunggal_source, _tunggal_position, _tunggal_ts, _tunggal_state{} "
             "FROM {} WHERE {} ORDER BY _tunggal_source"
         ).format(
-            sql.SQL(", ").join(map(sql.Identifier, table.values))
-            if table.values
-            else sql.SQL("NULL"),
-            _ident(table.contributions),
-            where,
+            sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in values),
+            _ident(contributions_table(spec.name)),
+            _key_where(spec, types),
         ),
-        [str(k) for k in key],
+        list(key),
     ).fetchall()
     return [
         Contribution(
             source=row[0],
-            values=dict(zip(table.values, row[4:], strict=False)),
+            values=dict(zip(values, row[4:], strict=True)),
             position=int(row[1]),
             commit_ts_us=int(row[2]),
             state=row[3],
         )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One column of one existing row on which the holding sources disagree."""
+
+    table: str
+    key: dict[str, Any]
+    column: str
+    values: list[dict[str, Any]]  # {"source", "value" (as text), "ts" (µs), "position"}
+
+
+def read_conflicts(
+    cur: psycopg.Cursor[Any], spec: TargetSpec, types: Mapping[str, str], limit: int
+) -> list[Disagreement]:
+    """The live rows of a merged table whose holding sources give a column different non-NULL
+    values, as the conflicts metric counts them (sources the column's rule can pick)."""
+    rules = spec.merge
+    judged = [(c, rules.conflict_sources(c)) for c in rules.columns]
+    judged = [(c, sources) for c, sources in judged if len(sources) > 1 and c in types]
+    if not judged:
+        return []
+    pairs = sql.SQL(", ").join(
+        sql.SQL("({}, c.{}::text, {})").format(sql.Literal(c), sql.Identifier(c), _texts(sources))
+        for c, sources in judged
+    )
+    live: sql.Composable = sql.SQL("")
+    if rules.soft_delete_column is not None:
+        live = sql.SQL(" AND t.{} IS NULL").format(sql.Identifier(rules.soft_delete_column))
+    rows = cur.execute(
+        sql.SQL(
+            "SELECT {ckey}, x.col, jsonb_agg(jsonb_build_object('source', c._tunggal_source, "
+            "'value', x.val, 'ts', c._tunggal_ts, 'position', c._tunggal_position::text) "
+            "ORDER BY c._tunggal_source) FROM {contributions} c "
+            "CROSS JOIN LATERAL (VALUES {pairs}) AS x(col, val, judged) "
+            "WHERE c._tunggal_state = 'live' AND x.val IS NOT NULL "
+            "AND c._tunggal_source = ANY(x.judged) "
+            "AND EXISTS (SELECT 1 FROM {target} t WHERE {tmatch}{live}) "
+            "GROUP BY {ckey}, x.col HAVING count(DISTINCT x.val) > 1 "
+            "ORDER BY x.col, {ckey} LIMIT %s"
+        ).format(
+            ckey=_ids(spec.key, "c"),
+            contributions=_ident(contributions_table(spec.name)),
+            pairs=pairs,
+            target=_ident(spec.name),
+            tmatch=_match(spec.key, "t", "c"),
+            live=live,
+        ),
+        (limit,),
+    ).fetchall()
+    n = len(spec.key)
+    return [
+        Disagreement(spec.name, dict(zip(spec.key, row[:n], strict=True)), row[n], row[n + 1])
         for row in rows
     ]

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,10 +227,18 @@ class PostgresSink:
     def set_targets(self, targets: Mapping[str, TargetSpec], mapping_hash: str) -> None:
         """Use new mappings from the next batch on (the caller introspected the target). The
         tables written by several sources are recomputed first if their rules changed."""
+        before = (self.targets, self.mapping_hash, self.merged, dict(self._merge_applied))
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
         self._statements.clear()
-        self.prepare_merges()
+        try:
+            self.prepare_merges()
+        except BaseException:
+            # Still on the old mappings. A table already recomputed under the new rules is
+            # recomputed again by the next reload: `_merge_applied` says what the old used.
+            self.targets, self.mapping_hash, self.merged, self._merge_applied = before
+            self._statements.clear()
+            raise
 
     # -- tables written by several sources -----------------------------------------------------
     def prepare_merges(self) -> None:
@@ -347,6 +355,19 @@ class PostgresSink:
         self._dbapi = None
         self.engine.dispose()
 
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor for reading (the admin commands); whatever it did is rolled back."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise classify(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+
     def count_dead_letters(self) -> int:
         with self.engine.connect() as conn:
             return int(
@@ -450,6 +471,15 @@ class PostgresSink:
             row = cur.execute(self._statement(("recompute", name), table.recompute)).fetchone()
             assert row is not None
             result.add(name, table.recomputed(row))
+            # Rows computed under other rules than the stored ones (another instance, or a
+            # reload that failed half-way) make the table mixed: say so, so that the next
+            # start or reload under the stored rules recomputes it whole.
+            signature = self._merge_applied[name]
+            cur.execute(
+                "UPDATE public.tunggal_merge_state SET signature = %s, rules = %s::jsonb, "
+                "updated_at = now() WHERE target_table = %s AND signature <> %s",
+                (signature, rules_json(table.rules), name, signature),
+            )
             cur.execute(
                 self._statement(
                     ("untouch", name),
