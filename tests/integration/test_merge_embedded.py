@@ -193,8 +193,9 @@ def test_two_sources_merged_through_kill_9(
 
     try:
         daemon = start().wait_ready(90)
-        # A probe row in each source, seen in the target, shows both streams are running (the
-        # workload below must be streamed, with real commit times, not read by a snapshot).
+        # A probe row in each source, once seen in the target (the snapshot may have read it),
+        # shows that each source's initial snapshot is taken: the workload below is then
+        # streamed, with real commit times. The probes are deleted again, a's delete last.
         sql(src_a, "INSERT INTO unit VALUES (0, 'probe', NULL, clock_timestamp(), NULL)")
         sql(src_b, "INSERT INTO satker VALUES (0, 'probe', NULL, NULL, clock_timestamp(), NULL)")
         wait_until(

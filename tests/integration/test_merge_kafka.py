@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -251,41 +252,81 @@ def test_two_sources_two_instances_one_kill_9(
     assert result.returncode == 0, result.stdout + result.stderr
 
     work = _histories(names, seed=21)
-    # Every key written by both sources at some point, and rules that each decide something.
-    assert set(work.final["a"]) & set(work.final["b"])
     expected = _expected(work, names)
+    # The model has rows of every kind the rules make (else a broken rule could pass unseen).
     assert {r[6] for r in expected} == set(names.values())
-    assert any(r[3] is None and r[6] == names["b"] for r in expected)  # owner A, only B holds
+    only_b = [k for k, c in work.final["b"].items() if c.live and c.values["tahun"] is not None]
+    only_b = [k for k in only_b if k not in work.final["a"]]  # owner A: tahun NULL though B has one
+    assert any(r[0] in only_b and r[3] is None for r in expected)
+    assert any(r[2] is None for r in expected)  # latest, NULL included
     topics = {role: Topic(kafka_broker, f"{names[role]}.{TABLE}", partitions=3) for role in "ab"}
-    cut = {role: len(work.lines[role]) * 2 // 5 for role in "ab"}
+    # Three parts per source: before the instances start, while they run (one is killed in
+    # its middle), and after the killed one is back.
+    cuts = {
+        role: (len(work.lines[role]) * 3 // 10, len(work.lines[role]) * 8 // 10) for role in "ab"
+    }
     for role in "ab":
-        topics[role].send_lines(work.lines[role][: cut[role]])
+        topics[role].send_lines(work.lines[role][: cuts[role][0]])
 
     first: Daemon = daemon_factory(config).start().wait_ready()
     second: Daemon = daemon_factory(_with_metrics_port(config)).start().wait_ready()
-    both = (first, second)
+
+    def logs(*daemons: Daemon) -> str:
+        return "\n----\n".join(d.output()[-2000:] for d in daemons)
+
     wait_until(
-        lambda: all(_last_assignment(d, s) for d in both for s in names.values()),
+        lambda: all(_last_assignment(d, s) for d in (first, second) for s in names.values()),
         60,
         message="both sources' partitions shared by both instances",
-        context=lambda: first.output()[-2000:] + "\n----\n" + second.output()[-2000:],
+        context=lambda: logs(first, second),
+    )
+    wait_until(
+        lambda: all(_events_applied(target, s) for s in names.values()),
+        30,
+        message="both sources applied",
+        context=lambda: logs(first, second),
     )
 
-    def send_rest() -> None:
-        for role in "ab":  # interleaved, in chunks, while the instances consume
-            rest = work.lines[role][cut[role] :]
-            for i in range(0, len(rest), 400):
-                topics[role].send_lines(rest[i : i + 400])
+    halfway = threading.Event()
 
-    writer = threading.Thread(target=send_rest)
+    def stream() -> None:
+        """The middle part, both sources interleaved in small pieces, over about 3 s."""
+        middle = {r: _chunks(work.lines[r][cuts[r][0] : cuts[r][1]], 100) for r in "ab"}
+        pieces = [
+            (role, piece)
+            for pair in zip_longest(middle["a"], middle["b"])
+            for role, piece in zip("ab", pair, strict=True)
+            if piece is not None
+        ]
+        for n, (role, piece) in enumerate(pieces):
+            topics[role].send_lines(piece)
+            if n == len(pieces) // 2:
+                halfway.set()
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=stream)
     writer.start()
-    time.sleep(1.0)
-    first.kill()  # SIGKILL: whatever it held uncommitted is read again by someone
+    assert halfway.wait(60)
+    first.kill()  # SIGKILL mid-stream: what it read and had not committed is read again
     writer.join(timeout=120)
     assert not writer.is_alive()
-    for topic in topics.values():
-        topic.close()
+    # The survivor takes over every partition of both sources.
+    wait_until(
+        lambda: all(_last_assignment(second, s).count("[") == 3 for s in names.values()),
+        60,
+        message="the survivor assigned all partitions",
+        context=lambda: logs(second),
+    )
     third: Daemon = daemon_factory(config).start().wait_ready()
+    wait_until(
+        lambda: all(_last_assignment(d, s) for d in (second, third) for s in names.values()),
+        60,
+        message="partitions shared again with the restarted instance",
+        context=lambda: logs(second, third),
+    )
+    for role in "ab":
+        topics[role].send_lines(work.lines[role][cuts[role][1] :])
+        topics[role].close()
 
     def offsets_at_end() -> bool:
         return all(
@@ -304,9 +345,7 @@ def test_two_sources_two_instances_one_kill_9(
                 for r in "ab"
             )
             + "\n"
-            + second.output()[-2000:]
-            + "\n----\n"
-            + third.output()[-2000:]
+            + logs(second, third)
         ),
     )
     # Offsets are stored with the rows: at the end of the topics the target is final.
@@ -320,3 +359,7 @@ def test_two_sources_two_instances_one_kill_9(
     for d in (second, third):
         code, _ = d.terminate()
         assert code == 0, d.output()[-3000:]
+
+
+def _chunks(lines: list[bytes], size: int) -> list[list[bytes]]:
+    return [lines[i : i + size] for i in range(0, len(lines), size)]

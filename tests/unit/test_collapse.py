@@ -77,3 +77,18 @@ def test_each_source_keeps_its_own_last_change_of_a_row() -> None:
     assert ops[("public.t", (1,), "a")].values["v"] == "a1"  # type: ignore[union-attr]
     assert ops[("public.t", (1,), "b")].values["v"] == "b1"  # type: ignore[union-attr]
     assert len(steps[0].rows[("public.t", (1,), "a")].raws) == 2
+
+
+def test_a_soft_delete_after_an_upsert_keeps_both_in_order() -> None:
+    """The soft-deleted row keeps the values upserted earlier in the batch, as it would if the
+    two changes had come in separate batches."""
+    soft = Delete("public.t", (1,), "a", 11, 11, soft=True)
+    steps = collapse([(up(1, 10, v="x"), None), (up(2, 10, v="y"), None), (soft, None)])
+    assert [type(s).__name__ for s in steps] == ["Segment", "Segment"]
+    first, second = steps
+    assert isinstance(first, Segment) and isinstance(second, Segment)
+    assert isinstance(first.rows[("public.t", (1,), "a")].op, Upsert)
+    assert second.rows[("public.t", (1,), "a")].op is soft
+    # A hard delete needs no values: it replaces the upsert in place.
+    steps = collapse([(up(1, 10, v="x"), None), (de(1, 11), None)])
+    assert len(steps) == 1

@@ -13,7 +13,8 @@ Worked example, one batch from source a for target table `opd`, key (kode_opd,):
 collapses to Upsert(1.01, nama="Dinas B", alamat=<value from pos 10>) and Upsert(1.02, ...):
 an unchanged TOAST column takes the value an earlier event of the same batch carried.
 A Truncate is a barrier: the batch is split around it, so that rows written before it are
-removed and rows written after it survive.
+removed and rows written after it survive. A soft delete of a row upserted earlier in the batch
+splits it too: the soft-deleted row keeps the upserted values.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def collapse(ops: Sequence[tuple[RowOp, RawEvent | None]]) -> list[Step]:
             continue
         slot = (op.table, op.key, op.source)
         pending = current.rows.get(slot)
+        if (
+            pending is not None
+            and isinstance(op, Delete)
+            and op.soft
+            and isinstance(pending.op, Upsert)
+            and op.position >= pending.op.position
+        ):
+            # A soft-deleted row keeps the values it had: write them before the delete, as
+            # separate batches would, or the row's values would depend on where batches end.
+            steps.append(current)
+            current = Segment()
+            pending = None
         if pending is None:
             current.rows[slot] = Pending(op, [raw])
         elif op.position >= pending.op.position:  # equal: the later one in stream order

@@ -179,6 +179,9 @@ class MergeTable:
             "INSERT INTO {tbl} AS t ({key}, _tunggal_source, _tunggal_position, _tunggal_ts, "
             "_tunggal_state) SELECT {vkey}, v._src, v._pos, v._ts, {state} "
             "FROM {values} AS v({alias}) "
+            # Replayed from before a TRUNCATE: that already withdrew it, at its own time.
+            "WHERE NOT EXISTS (SELECT 1 FROM public.tunggal_truncations r "
+            "  WHERE r.target_table = {name} AND r.source = v._src AND r.position > v._pos) "
             "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET "
             "_tunggal_position = EXCLUDED._tunggal_position, _tunggal_ts = EXCLUDED._tunggal_ts, "
             "_tunggal_state = EXCLUDED._tunggal_state "
@@ -190,6 +193,7 @@ class MergeTable:
             state=sql.Literal(SOFT if soft else HARD),
             values=values,
             alias=alias,
+            name=sql.Literal(self.name),
             tkey=_ids(self.key, "t"),
         )
         return self._into_touched(body)
