@@ -415,8 +415,127 @@ def test_anchors_and_merge_keys(tmp_path: Path) -> None:
         spec.LookupStep,
         spec.DefaultIfNullStep,
         spec.CastStep,
+        spec.MergeSpec,
+        spec.PriorityRule,
+        spec.OwnerRule,
     ],
 )
 def test_every_field_is_described_and_models_are_strict(model: type[BaseModel]) -> None:
     assert model.model_config.get("extra") == "forbid" and model.model_config.get("frozen")
     assert [name for name, f in model.model_fields.items() if not f.description] == []
+
+
+# --- merge rules: one target table written by several sources --------------------------------
+
+OPD_A = """\
+source: a
+tables:
+  - from: public.unit
+    to: opd
+    key: [kode]
+    merge:
+      default: {priority: [a, b]}
+      columns:
+        alamat: {owner: a}
+        nama: latest
+      deleted_by: [a]
+    columns: {kode: id, nama: nama, alamat: alamat, sumber: {const: A}}
+"""
+OPD_B = """\
+source: b
+tables:
+  - from: public.satker
+    to: opd
+    key: [kode]
+    columns: {kode: id, nama: nama, singkatan: akro, sumber: {const: B}}
+"""
+
+
+def test_merge_rules_load_into_per_column_rules(tmp_path: Path) -> None:
+    m = load_mappings(
+        [Path(write(tmp_path, "a.yaml", OPD_A)), Path(write(tmp_path, "b.yaml", OPD_B))]
+    )
+    rules = m.targets()["public.opd"].merge
+    assert rules.sources == ("a", "b") and rules.deleted_by == frozenset({"a"})
+    assert {c: r.describe() for c, r in rules.columns.items()} == {
+        "nama": "latest",
+        "alamat": "owner a",
+        "sumber": "priority a > b",
+        "singkatan": "priority b",  # only b maps it: the list keeps the sources that do
+    }
+    # Constants differ by design: never a disagreement.
+    assert rules.conflict_sources("sumber") == () and rules.conflict_sources("nama") == ("a", "b")
+
+
+def test_merge_rules_that_name_what_they_cannot_are_refused_with_line_and_fix(
+    tmp_path: Path,
+) -> None:
+    bad = OPD_A.replace("[a, b]}", "[a, sipkd]}").replace("{owner: a}", "{owner: b}")
+    bad = bad.replace("nama: latest", "nama: latest\n        kode: latest\n        namaa: latest")
+    bad = bad.replace("deleted_by: [a]", "deleted_by: [a, a]")
+    a, b = write(tmp_path, "a.yaml", bad), write(tmp_path, "b.yaml", OPD_B)
+    assert [(p.location, p.line, p.message, p.hint) for p in problems(a, b)] == [
+        (
+            "tables[0].merge.default.priority[1]",
+            7,
+            "source sipkd does not write public.opd",
+            "the sources that write it: a, b",
+        ),
+        (
+            "tables[0].merge.columns.alamat.owner",
+            9,
+            "owner b does not map public.opd.alamat",
+            "pick a source that maps it: a",
+        ),
+        (
+            "tables[0].merge.columns.kode",
+            11,
+            "key column kode takes no merge rule",
+            "every source gives the same key; remove it from merge.columns",
+        ),
+        (
+            "tables[0].merge.columns.namaa",
+            12,
+            "no mapping of public.opd maps column namaa",
+            "did you mean `nama`?",
+        ),
+        ("tables[0].merge.deleted_by[1]", 13, "source a is listed twice", "list each source once"),
+    ]
+
+
+def test_a_priority_list_must_name_every_source_that_maps_the_column(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", OPD_A.replace("nama: latest", "nama: {priority: [a]}"))
+    b = write(tmp_path, "b.yaml", OPD_B)
+    assert only(a, b) == Problem(
+        a,
+        "tables[0].merge.columns.nama.priority",
+        "priority for public.opd.nama misses b, which maps nama",
+        10,
+        "list every source that writes it: [a, b]",
+    )
+    # The table-wide default must name every source that maps a column it decides.
+    a = write(tmp_path, "a.yaml", OPD_A.replace("{priority: [a, b]}", "{priority: [a]}"))
+    (problem,) = problems(a, b)
+    assert problem.location == "tables[0].merge.default.priority"
+    assert problem.message == "priority for public.opd misses b, which maps columns of it"
+
+
+def test_merge_rules_given_in_two_files_and_keys_that_disagree(tmp_path: Path) -> None:
+    rules = "    merge: {default: latest}\n"
+    b_text = OPD_B.replace("    columns:", rules + "    columns:").replace("[kode]", "[nama]")
+    a, b = write(tmp_path, "a.yaml", OPD_A), write(tmp_path, "b.yaml", b_text)
+    found = {(p.file, p.location): p for p in problems(a, b)}
+    assert found[(b, "tables[0].merge")].message == (
+        f"merge rules for public.opd are also given at {a}:6"
+    )
+    assert found[(b, "tables[0].key")].message.startswith("key [nama] for public.opd disagrees")
+
+
+def test_a_misspelt_rule_says_what_a_rule_is(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", OPD_A.replace("nama: latest", "nama: lastest"))
+    b = write(tmp_path, "b.yaml", OPD_B)
+    problem = only(a, b)
+    assert problem.location == "tables[0].merge.columns.nama" and problem.line == 10
+    assert problem.hint == (
+        "did you mean 'latest'? a merge rule is latest, {priority: [a, b]} or {owner: a}"
+    )
