@@ -7,7 +7,10 @@ deletes) and measures on this machine, in one run, against one PostgreSQL:
   - `replay` into PostgreSQL through the real runner, sink and batching;
   - raw COPY of the same final rows into a copy of the table: the physical limit;
   - dlt's merge load (csv loader files, primary key) of the same final rows: the peer.
-Then, for the narrow table, the daemon as users run it (`tunggal run` subprocesses):
+Then the narrow table written by two sources with overlapping keys and columns (`merged`): each
+source's contribution kept, rows recomputed by the merge rules; its `replay` rate is compared
+with the single-source one. Then, for the narrow table, the daemon as users run it
+(`tunggal run` subprocesses):
   - Kafka -> PostgreSQL from a pre-filled topic on the test broker, 1 and 2 instances
     (bench/kafka_stage.py), and per-row lag at a fixed offered rate through Debezium on
     Kafka Connect;
@@ -46,7 +49,15 @@ from tunggal.devtools.synth import NARROW, WIDE, Shape, mixed_workload, narrow_m
 SHAPES: dict[str, tuple[Shape, str]] = {
     "narrow": (NARROW, "public.kegiatan"),
     "wide": (WIDE, "public.lebar"),
+    "merged": (NARROW, "public.kegiatan_gabung"),
 }
+# The merged table: two systems write it, with overlapping keys (both workloads number their
+# rows from 1) and columns. a holds the plan, b the schedule; both give kode and nama.
+MERGED_SOURCES = {
+    "a": ("id", "kode", "nama", "tahun", "pagu", "tgl_mulai"),
+    "b": ("id", "kode", "nama", "diubah", "aktif"),
+}
+MERGED_RULES = "    merge:\n      columns:\n        nama: {priority: [a, b]}\n"
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,41 @@ def stage_replay_pg(case: Case) -> StageResult:
     )
 
 
+def stage_replay_merged(case: Case) -> StageResult:
+    """`replay` of each source's events in turn into the table they both write: every change
+    writes its source's contribution, then the rows it touched are recomputed from them."""
+    from tunggal.config import load_config
+    from tunggal.metrics import Metrics
+    from tunggal.runtime.app import build_runner
+    from tunggal.runtime.gc_tuning import tune_for_throughput
+
+    config = load_config(case.work / "tunggal.yaml")
+    events = batches = 0
+    seconds = cpu_s = 0.0
+    for source in MERGED_SOURCES:
+        runner = build_runner(
+            config,
+            metrics=Metrics(),
+            stop=threading.Event(),
+            replay=(source, case.work / f"events-{source}.jsonl"),
+        )
+        tune_for_throughput()
+        with measured() as clock:
+            runner.run(until_idle=True)
+        events += runner.totals["events"]
+        batches += runner.totals["batches"]
+        seconds += clock.seconds
+        cpu_s += clock.cpu_s
+    return StageResult(
+        f"replay, 2 sources (batch {case.batch})",
+        events,
+        "events",
+        seconds,
+        cpu_s,
+        extra={"batches": batches},
+    )
+
+
 def stage_copy_pg(case: Case) -> StageResult:
     """Best of three COPYs, each into a fresh table: one takes only a few tenths of a second,
     so a single run would make every ratio to it swing with the machine's load."""
@@ -237,6 +283,8 @@ STAGES: list[Callable[[Case], StageResult]] = [
     stage_copy_pg,
     stage_dlt_merge,
 ]
+# The merged table is measured against the narrow table's own `replay`, not COPY or dlt.
+MERGED_STAGES: list[Callable[[Case], StageResult]] = [stage_replay_merged]
 
 
 def _in_child(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
@@ -263,6 +311,8 @@ def prepare(shape_name: str, n: int, dsn: str, root: Path, batch: int) -> Case:
     shape, table = SHAPES[shape_name]
     case = Case(shape_name, table, dsn, root / shape_name, batch)
     case.work.mkdir(parents=True)
+    if shape_name == "merged":
+        return _prepare_merged(case, n)
     workload = mixed_workload(n, seed=11, table=table, shape=shape)
     case.events_file.write_bytes(b"\n".join(workload.lines) + b"\n")
     case.rows_file.write_bytes(pickle.dumps([workload.final[k] for k in sorted(workload.final)]))
@@ -284,6 +334,39 @@ def prepare(shape_name: str, n: int, dsn: str, root: Path, batch: int) -> Case:
         f"{len(workload.final)} final rows, {len(shape.columns)} columns",
         file=sys.stderr,
     )
+    return case
+
+
+def _prepare_merged(case: Case, n: int) -> Case:
+    """Two sources of n/2 events each, on one key space, into one target table."""
+    from tunggal.config import load_config
+    from tunggal.runtime.app import load_all, open_sink
+    from tunggal.sink.schema import apply_schema, plan_schema
+
+    files = []
+    for i, (source, columns) in enumerate(MERGED_SOURCES.items()):
+        work = mixed_workload(n // 2, source=source, seed=11 + i, table="public.kegiatan")
+        (case.work / f"events-{source}.jsonl").write_bytes(b"\n".join(work.lines) + b"\n")
+        mapping = case.work / f"{source}.yaml"
+        mapping.write_text(
+            f"source: {source}\ntables:\n  - from: public.kegiatan\n    to: {case.table}\n"
+            f"    key: [id]\n{MERGED_RULES if i == 0 else ''}"
+            f"    columns: {{{', '.join(f'{c}: {c}' for c in columns)}}}\n"
+        )
+        files.append(str(mapping))
+        print(f"merged: source {source}: {len(work.lines)} events ({work.counts})", file=sys.stderr)
+    (case.work / "tunggal.yaml").write_text(
+        f"target:\n  dsn: {case.dsn}\nmappings: [{', '.join(files)}]\n"
+        f"state_dir: {case.work}/state\n"
+        f"batch:\n  max_size: {case.batch}\n  max_age_ms: 1000\nmetrics:\n  enabled: false\n"
+    )
+    with psycopg.connect(case.dsn, autocommit=True) as conn:
+        conn.execute(NARROW.ddl.format(name=case.table))
+    config = load_config(case.work / "tunggal.yaml")
+    mappings, _ = load_all(config)
+    sink = open_sink(config, mappings, check=False)
+    apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
+    sink.close()
     return case
 
 
@@ -309,14 +392,19 @@ def print_table(results: dict[str, list[StageResult]]) -> None:
         f"{'table':<8}{'stage':<34}{'rate':>18}{'vs COPY':>9}{'seconds':>9}{'CPU s':>8}"
         f"{'peak RSS':>10}"
     )
+    narrow = next((r for r in results.get("narrow", []) if r.stage.startswith("replay")), None)
     for shape_name, stages in results.items():
         copy = next((r for r in stages if r.stage.startswith("raw COPY")), None)
         for r in stages:
             ratio = f"{r.rate / copy.rate:.1%}" if copy else "-"
+            if shape_name == "merged" and narrow is not None:
+                ratio = f"{r.rate / narrow.rate:.0%}*"
             print(
                 f"{shape_name:<8}{r.stage:<34}{r.rate:>11,.0f} {r.unit + '/s':<6}{ratio:>9}"
                 f"{r.seconds:>9.2f}{r.cpu_s:>8.2f}{r.peak_rss_mb:>7.0f} MB"
             )
+    if "merged" in results and narrow is not None:
+        print("* merged: of the narrow table's single-source `replay` rate, same events in all")
 
 
 def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -408,7 +496,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000, help="batch.max_size for replay")
-    parser.add_argument("--tables", default="narrow,wide", help="comma-separated: narrow,wide")
+    parser.add_argument(
+        "--tables",
+        default="narrow,wide,merged",
+        help="comma-separated: narrow,wide,merged (narrow, written by two sources)",
+    )
     parser.add_argument(
         "--stages",
         default=",".join(stage.__name__.removeprefix("stage_") for stage in STAGES),
@@ -441,10 +533,12 @@ def main() -> int:
             server = conn.info.server_version
         for shape_name in args.tables.split(","):
             case = prepare(shape_name, args.events, dsn, root, args.batch)
+            stages = MERGED_STAGES if shape_name == "merged" else STAGES
             results[shape_name] = [
                 run_stage(stage, case)
-                for stage in STAGES
-                if stage.__name__.removeprefix("stage_") in args.stages.split(",")
+                for stage in stages
+                if shape_name == "merged"
+                or stage.__name__.removeprefix("stage_") in args.stages.split(",")
             ]
         pipelines = run_pipelines(cluster, root, args)
     finally:

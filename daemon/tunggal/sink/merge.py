@@ -17,9 +17,10 @@ must recompute it after the other's commit, or one contribution would be missing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -221,74 +222,190 @@ class MergeTable:
             sql.Literal(_LOCK_CLASS), sql.Literal(self.name)
         )
 
-    def recompute(self) -> sql.Composed:
+    def recompute(self, signature: str | None = None) -> sql.Composed:
         """Recompute the target rows of every touched key from their contributions.
 
         Returns one row: target rows deleted, target rows upserted, then per rule column the
         live rows whose eligible sources disagree on it.
 
-        Layers, per key and contribution (`_st` is 'none' for a key with none left):
-          c: the current writers' contributions of the touched keys;
-          e: does any source hold the row (`_any_live`), did a `deleted_by` source withdraw it
-             (`_removed`), and the deciding withdrawal (`_dst`, `_dts`): the latest of those,
-             else the latest of all;
-          f: `_held`: the contributions the columns are taken from (the live ones, or when
-             none is live the soft-deleted ones);
-          g: each column by its rule, the row's bookkeeping from the latest held contribution,
-             and one row per key.
+        A row has at most one contribution per source, so the contributions are joined once
+        per source (`p`: st_i, ts_i, p_i and each column the source maps, c_i_<n>) and the
+        rules become scalar expressions over them, written out here for the table's sources:
+        no sort, no window. For sources a, b and `latest` over both:
+            CASE WHEN held_a AND (NOT held_b OR ts_a > ts_b) THEN c_a
+                 WHEN held_b AND (NOT held_a OR ts_b >= ts_a) THEN c_b END
+        (on equal commit times the greater source name wins: b).
+
+        With `signature` (the rules the batch used), it also marks the table mixed when the
+        stored rules are others (another instance's, or a reload's that failed half-way), so
+        that the next start or reload under the stored rules recomputes it whole.
         """
         rules = self.rules
-        key = _ids(self.key)
-        withdrawn = sql.SQL("_st IN ('soft', 'hard')")
-        removing = sql.SQL("(_st IN ('soft', 'hard') AND _s = ANY({}))").format(
-            _texts(sorted(rules.deleted_by))
+        sources = rules.sources
+        index = {s: i for i, s in enumerate(sources)}
+
+        def ref(name: str) -> sql.Composable:
+            return sql.Identifier(name)
+
+        def null(column: str) -> sql.Composable:
+            # Typed: an untyped NULL in a CTE is text, which no other column type accepts.
+            return sql.SQL("NULL::{}").format(sql.SQL(self.types[column]))
+
+        def value(source: str, column: str) -> sql.Composable:
+            if column not in rules.maps.get(source, ()):
+                return null(column)
+            return ref(f"c{index[source]}_{self.values.index(column)}")
+
+        def live(i: int) -> sql.Composable:
+            return sql.SQL("coalesce({} = 'live', false)").format(ref(f"st{i}"))
+
+        def gone(i: int) -> sql.Composable:
+            return sql.SQL("coalesce({} IN ('soft', 'hard'), false)").format(ref(f"st{i}"))
+
+        def held(i: int) -> sql.Composable:
+            return ref(f"h{i}")
+
+        def latest(
+            among: Sequence[str],
+            cond: Callable[[int], sql.Composable],
+            pick: Callable[[str], sql.Composable],
+            none: sql.Composable,
+        ) -> sql.Composable:
+            """The `pick` of the source with the latest (commit time, name) where `cond`, or
+            `none` when `among` is empty."""
+            if not among:
+                return none
+            arms = []
+            for s in among:
+                i = index[s]
+                beats = [
+                    sql.SQL("(NOT {} OR {} {} {})").format(
+                        cond(index[t]),
+                        ref(f"ts{i}"),
+                        sql.SQL(">" if s < t else ">="),
+                        ref(f"ts{index[t]}"),
+                    )
+                    for t in among
+                    if t != s
+                ]
+                arms.append(
+                    sql.SQL("WHEN {} THEN {}").format(
+                        sql.SQL(" AND ").join([cond(i), *beats]), pick(s)
+                    )
+                )
+            return sql.SQL("CASE {} END").format(sql.SQL(" ").join(arms))
+
+        # p: one row per touched key, each source's contribution side by side.
+        joined: list[sql.Composable] = []
+        picked: list[sql.Composable] = []
+        for s in sources:
+            i = index[s]
+            alias = f"j{i}"
+            picked += [
+                sql.SQL(
+                    "{a}._tunggal_state AS {st}, {a}._tunggal_ts AS {ts}, "
+                    "{a}._tunggal_position AS {p}"
+                ).format(
+                    a=sql.Identifier(alias), st=ref(f"st{i}"), ts=ref(f"ts{i}"), p=ref(f"p{i}")
+                ),
+                *(
+                    sql.SQL("{}.{} AS {}").format(
+                        sql.Identifier(alias), sql.Identifier(c), value(s, c)
+                    )
+                    for c in self.values
+                    if c in rules.maps[s]
+                ),
+            ]
+            joined.append(
+                sql.SQL("LEFT JOIN {tbl} {a} ON {match} AND {a}._tunggal_source = {src}").format(
+                    tbl=_ident(self.contributions),
+                    a=sql.Identifier(alias),
+                    match=_match(self.key, alias, "k"),
+                    src=sql.Literal(s),
+                )
+            )
+        any_live = sql.SQL("({})").format(
+            sql.SQL(" OR ").join(live(i) for i in range(len(sources)))
         )
-        windows: dict[str, sql.Composable] = {
-            "wk": sql.SQL("PARTITION BY {}").format(key),
-            "wl": sql.SQL("PARTITION BY {} ORDER BY _held DESC, _ts DESC, _s DESC").format(key),
-        }
-        picks: list[sql.Composable] = []
+        # q: who holds the row, and the withdrawal that decides a row nobody holds.
+        removers = [s for s in sources if s in rules.deleted_by]
+        gone_by = [gone(index[s]) for s in removers]
+        q_exprs: list[sql.Composable] = [
+            sql.SQL("{} AS _any_live").format(any_live),
+            sql.SQL("{} AS _removed").format(
+                sql.SQL(" OR ").join(gone_by) if gone_by else sql.SQL("false")
+            ),
+            sql.SQL("{} AS _rst, {} AS _rts").format(
+                latest(removers, gone, lambda s: ref(f"st{index[s]}"), sql.SQL("NULL::text")),
+                latest(removers, gone, lambda s: ref(f"ts{index[s]}"), sql.SQL("NULL::bigint")),
+            ),
+            sql.SQL("{} AS _gst, {} AS _gts").format(
+                latest(sources, gone, lambda s: ref(f"st{index[s]}"), sql.SQL("NULL::text")),
+                latest(sources, gone, lambda s: ref(f"ts{index[s]}"), sql.SQL("NULL::bigint")),
+            ),
+            *(
+                sql.SQL(
+                    "CASE WHEN {any} THEN {live} ELSE coalesce({st} = 'soft', false) END AS {h}"
+                ).format(any=any_live, live=live(i), st=ref(f"st{i}"), h=held(i))
+                for i in range(len(sources))
+            ),
+        ]
+        # m: the visible row.
+        columns: list[sql.Composable] = []
         flags: list[sql.Composable] = []
-        for i, (column, rule) in enumerate(rules.columns.items()):
-            col = sql.Identifier(column)
+        for n, (column, rule) in enumerate(rules.columns.items()):
             if isinstance(rule, Latest):
-                cond = sql.SQL("_held AND _s = ANY({})").format(_texts(rule.eligible))
-                order: sql.Composable = sql.SQL("_ts DESC, _s DESC")
-                name = (
-                    "wa_" + hashlib.blake2b(repr(rule.eligible).encode(), digest_size=6).hexdigest()
+                expr = latest(
+                    rule.eligible, held, functools.partial(value, column=column), null(column)
                 )
             elif isinstance(rule, Priority):
-                cond = sql.SQL("_held AND {} IS NOT NULL AND _s = ANY({})").format(
-                    col, _texts(rule.order)
+                arms = [
+                    sql.SQL("WHEN {h} AND {v} IS NOT NULL THEN {v}").format(
+                        h=held(index[s]), v=value(s, column)
+                    )
+                    for s in rule.order
+                ]
+                expr = (
+                    sql.SQL("CASE {} END").format(sql.SQL(" ").join(arms)) if arms else null(column)
                 )
-                order = sql.SQL("array_position({}, _s)").format(_texts(rule.order))
-                name = f"wp_{i}"
             else:
                 assert isinstance(rule, Owner)
-                cond = sql.SQL("_held AND _s = {}").format(sql.Literal(rule.source))
-                order = sql.SQL("_s")
-                name = "wo_" + hashlib.blake2b(rule.source.encode(), digest_size=6).hexdigest()
-            windows[name] = sql.SQL("PARTITION BY {} ORDER BY ({}) DESC, {}").format(
-                key, cond, order
-            )
-            picks.append(
-                sql.SQL("first_value(CASE WHEN {cond} THEN {col} END) OVER {w} AS {col}").format(
-                    cond=cond, col=col, w=sql.Identifier(name)
+                owner = rule.source
+                expr = (
+                    sql.SQL("CASE WHEN {} THEN {} END").format(
+                        held(index[owner]), value(owner, column)
+                    )
+                    if owner in index
+                    else null(column)
+                )
+            columns.append(sql.SQL("{} AS {}").format(expr, sql.Identifier(column)))
+            judged = [s for s in rules.conflict_sources(column) if column in rules.maps.get(s, ())]
+            pairs = [
+                sql.SQL("({la} AND {lb} AND {va}::text <> {vb}::text)").format(
+                    la=live(index[a]), lb=live(index[b]), va=value(a, column), vb=value(b, column)
+                )
+                for x, a in enumerate(judged)
+                for b in judged[x + 1 :]
+            ]
+            flags.append(
+                sql.SQL("coalesce({}, false) AS {}").format(
+                    sql.SQL(" OR ").join(pairs) if pairs else sql.SQL("false"),
+                    sql.Identifier(f"_c{n}"),
                 )
             )
-            judged = rules.conflict_sources(column)
-            if len(judged) < 2:
-                flags.append(sql.SQL("false AS {}").format(sql.Identifier(f"_c{i}")))
-                continue
-            only = sql.SQL("_st = 'live' AND _s = ANY({}) AND {} IS NOT NULL").format(
-                _texts(judged), col
-            )
-            flags.append(
-                sql.SQL(
-                    "min({col}::text) FILTER (WHERE {only}) OVER wk IS DISTINCT FROM "
-                    "max({col}::text) FILTER (WHERE {only}) OVER wk AS {flag}"
-                ).format(col=col, only=only, flag=sql.Identifier(f"_c{i}"))
-            )
+        status = sql.SQL(
+            "CASE WHEN _removed THEN _rst WHEN _any_live THEN 'live' "
+            "WHEN _gst IS NOT NULL THEN _gst ELSE 'hard' END"
+        )
+        bookkeeping = [
+            sql.SQL("{} AS _src").format(latest(sources, held, sql.Literal, sql.SQL("NULL::text"))),
+            sql.SQL("{} AS _pos").format(
+                latest(sources, held, lambda s: ref(f"p{index[s]}"), sql.SQL("NULL::numeric"))
+            ),
+            sql.SQL("{} AS _lts").format(
+                latest(sources, held, lambda s: ref(f"ts{index[s]}"), sql.SQL("NULL::bigint"))
+            ),
+        ]
         soft = rules.soft_delete_column
         target_cols = [
             *self.key,
@@ -315,58 +432,50 @@ class MergeTable:
         )
         counts = [
             sql.SQL("count(*) FILTER (WHERE m._status = 'live' AND m.{})").format(
-                sql.Identifier(f"_c{i}")
+                sql.Identifier(f"_c{n}")
             )
-            for i in range(len(self.values))
+            for n in range(len(self.values))
         ]
         return sql.SQL(
             "WITH k AS (SELECT DISTINCT {key} FROM {touched}), "
-            "c AS (SELECT {kkey}, c._tunggal_source AS _s, c._tunggal_position AS _p, "
-            "  c._tunggal_ts AS _ts, coalesce(c._tunggal_state, 'none') AS _st{cvalues} "
-            "  FROM k LEFT JOIN {contributions} c "
-            "  ON {kmatch} AND c._tunggal_source = ANY({sources})), "
-            "e AS (SELECT c.*, coalesce(bool_or(_st = 'live') OVER wk, false) AS _any_live, "
-            "  coalesce(bool_or({removing}) OVER wk, false) AS _removed, "
-            "  first_value(_st) OVER wd AS _dst, first_value(_ts) OVER wd AS _dts FROM c "
-            "  WINDOW wk AS (PARTITION BY {key}), "
-            "  wd AS (PARTITION BY {key} "
-            "    ORDER BY {removing} DESC, {withdrawn} DESC, _ts DESC, _s DESC)), "
-            "f AS (SELECT e.*, "
-            "  CASE WHEN _any_live THEN _st = 'live' ELSE _st = 'soft' END AS _held FROM e), "
-            "g AS (SELECT {key}, CASE WHEN _removed THEN _dst WHEN _any_live THEN 'live' "
-            "  WHEN _dst IN ('soft', 'hard') THEN _dst ELSE 'hard' END AS _status, _dts, "
-            "  first_value(_s) OVER wl AS _src, first_value(_p) OVER wl AS _pos, "
-            "  first_value(_ts) OVER wl AS _lts, {picks}, {flags}, row_number() OVER wk AS _rn "
-            "  FROM f WINDOW {windows}), "
-            "m AS (SELECT * FROM g WHERE _rn = 1), "
+            "p AS (SELECT {kkey}, {picked} FROM k {joined}), "
+            "q AS (SELECT p.*, {q} FROM p), "
+            "m AS (SELECT {key}, {status} AS _status, "
+            "  CASE WHEN _removed THEN _rts ELSE _gts END AS _dts, "
+            "  {bookkeeping}{columns}{flags} FROM q), "
             "d AS (DELETE FROM {target} AS t USING m WHERE {tmatch} AND m._status = 'hard' "
             "  RETURNING 1), "
             "u AS (INSERT INTO {target} AS t ({target_cols}) SELECT {selected} FROM m "
-            "  WHERE m._status <> 'hard' ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING 1) "
-            "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u){counts} FROM m"
+            "  WHERE m._status <> 'hard' ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING 1)"
+            "{state} SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u){counts} FROM m"
         ).format(
-            key=key,
+            key=_ids(self.key),
             touched=sql.Identifier(self.touched),
             kkey=_ids(self.key, "k"),
-            cvalues=sql.SQL("").join(
-                sql.SQL(", c.{}").format(sql.Identifier(c)) for c in self.values
-            ),
-            contributions=_ident(self.contributions),
-            kmatch=_match(self.key, "c", "k"),
-            sources=_texts(rules.sources),
-            removing=removing,
-            withdrawn=withdrawn,
-            picks=sql.SQL(", ").join(picks) if picks else sql.SQL("NULL AS _none"),
-            flags=sql.SQL(", ").join(flags) if flags else sql.SQL("false AS _cnone"),
-            windows=sql.SQL(", ").join(
-                sql.SQL("{} AS ({})").format(sql.Identifier(n), w) for n, w in windows.items()
-            ),
+            picked=sql.SQL(", ").join(picked),
+            joined=sql.SQL(" ").join(joined),
+            q=sql.SQL(", ").join(q_exprs),
+            status=status,
+            bookkeeping=sql.SQL(", ").join(bookkeeping),
+            columns=sql.SQL("").join(sql.SQL(", {}").format(c) for c in columns),
+            flags=sql.SQL("").join(sql.SQL(", {}").format(f) for f in flags),
             target=_ident(self.name),
             tmatch=_match(self.key, "t", "m"),
             target_cols=_ids(target_cols),
             selected=sql.SQL(", ").join(selected),
             updates=updates,
             counts=sql.SQL("").join(sql.SQL(", {}").format(c) for c in counts),
+            state=sql.SQL("")
+            if signature is None
+            else sql.SQL(
+                ", s AS (UPDATE public.tunggal_merge_state SET signature = {sig}, "
+                "rules = {rules}::jsonb, updated_at = now() "
+                "WHERE target_table = {name} AND signature <> {sig})"
+            ).format(
+                sig=sql.Literal(signature),
+                rules=sql.Literal(rules_json(self.rules)),
+                name=sql.Literal(self.name),
+            ),
         )
 
     def recomputed(self, row: Sequence[Any]) -> Recomputed:

@@ -193,6 +193,11 @@ class PostgresSink:
         self._statements: dict[tuple[Any, ...], bytes] = {}
         # Staging tables filled in the current transaction: a second use must empty them first.
         self._staged: set[str] = set()
+        # Temporary tables of the session, and those created by the current transaction (gone
+        # if it rolls back). Each CREATE is a round trip, and a round trip costs the writer
+        # thread a wait for the GIL while the loop decodes the next batch.
+        self._temp_tables: set[str] = set()
+        self._temp_created: set[str] = set()
         # Target tables written through contributions, and those whose rows the current
         # transaction must recompute.
         self.merged: dict[str, MergeTable] = {}
@@ -278,6 +283,7 @@ class PostgresSink:
                     self._recompute_all(conn, table, seed=seed)
                 self._merge_applied[name] = signature
         except BaseException as exc:
+            self._ended(committed=False)
             with contextlib.suppress(Exception):
                 conn.rollback()
             if isinstance(exc, Exception):
@@ -294,7 +300,7 @@ class PostgresSink:
     ) -> None:
         started = time.perf_counter()
         with conn.cursor() as cur:
-            cur.execute(table.create_touched())
+            self._create_temp(cur, table.touched, table.create_touched)
             cur.execute(table.lock())
             seeded = 0
             if seed:
@@ -314,6 +320,7 @@ class PostgresSink:
                 (table.name, table.rules.signature(), rules_json(table.rules)),
             )
         conn.commit()
+        self._ended(committed=True)
         log.info(
             "%s: rows recomputed from the contributions of %s under its current merge rules "
             "(%d upserted, %d deleted%s) in %.1fs",
@@ -337,7 +344,22 @@ class PostgresSink:
             self._conn = self._dbapi.driver_connection
             assert self._conn is not None
             self._conn.autocommit = False
+            self._temp_tables.clear()
         return self._conn
+
+    def _create_temp(
+        self, cur: psycopg.Cursor[Any], name: str, build: Callable[[], sql.Composable]
+    ) -> None:
+        """Create a session temp table once (outside any savepoint: one rolled back drops it)."""
+        if name in self._temp_tables or name in self._temp_created:
+            return
+        cur.execute(self._statement(("temp", name), build))
+        self._temp_created.add(name)
+
+    def _ended(self, committed: bool) -> None:
+        if committed:
+            self._temp_tables |= self._temp_created
+        self._temp_created.clear()
 
     def reset(self) -> None:
         """Drop the connection after a failure; the next batch reconnects."""
@@ -419,12 +441,14 @@ class PostgresSink:
                         self._segment_isolated(conn, cur, step, result)
                     else:
                         self._segment(cur, step, result)
-                self._recompute_touched(cur, result)
+                self._recompute_touched(cur, result, isolate=isolate)
                 self._dead_letters(cur, [*dead_letters, *result.dead_letters])
                 self._progress(cur, progress)
                 self._kafka_offsets(cur, offsets)
             conn.commit()
+            self._ended(committed=True)
         except BaseException as exc:
+            self._ended(committed=False)
             try:
                 conn.rollback()
             except Exception:
@@ -457,35 +481,35 @@ class PostgresSink:
             self._upserts(cur, table, upserted, result)
 
     def _touch(self, cur: psycopg.Cursor[Any], table: MergeTable) -> None:
-        """Ready the table's list of touched keys, once per transaction."""
-        if table.name not in self._touched:
-            cur.execute(self._statement(("touched", table.name), table.create_touched))
-            self._touched.add(table.name)
+        """Ready the table's list of touched keys for this transaction."""
+        self._create_temp(cur, table.touched, table.create_touched)
+        self._touched.add(table.name)
 
-    def _recompute_touched(self, cur: psycopg.Cursor[Any], result: BatchResult) -> None:
+    def _recompute_touched(
+        self, cur: psycopg.Cursor[Any], result: BatchResult, *, isolate: bool = False
+    ) -> None:
         """The visible rows of every merged table this transaction touched, recomputed from
-        their contributions. Tables in name order, so two writers lock them alike."""
+        their contributions. Tables in name order, so two writers lock them alike.
+
+        The lock is its own statement, so that the recompute's snapshot is taken after it is
+        granted; the two go in one pipeline, one round trip.
+        """
         for name in sorted(self._touched):
             table = self.merged[name]
-            cur.execute(self._statement(("lock", name), table.lock))
-            row = cur.execute(self._statement(("recompute", name), table.recompute)).fetchone()
+            signature = self._merge_applied[name]
+            with cur.connection.pipeline():
+                cur.execute(self._statement(("lock", name), table.lock))
+                cur.execute(self._statement(("recompute", name), table.recompute, signature))
+                row = cur.fetchone()
             assert row is not None
             result.add(name, table.recomputed(row))
-            # Rows computed under other rules than the stored ones (another instance, or a
-            # reload that failed half-way) make the table mixed: say so, so that the next
-            # start or reload under the stored rules recomputes it whole.
-            signature = self._merge_applied[name]
-            cur.execute(
-                "UPDATE public.tunggal_merge_state SET signature = %s, rules = %s::jsonb, "
-                "updated_at = now() WHERE target_table = %s AND signature <> %s",
-                (signature, rules_json(table.rules), name, signature),
-            )
-            cur.execute(
-                self._statement(
-                    ("untouch", name),
-                    lambda t=table: sql.SQL("DELETE FROM {}").format(sql.Identifier(t.touched)),
+            if isolate:  # the next row's recompute must not do this one's again
+                cur.execute(
+                    self._statement(
+                        ("untouch", name),
+                        lambda t=table: sql.SQL("DELETE FROM {}").format(sql.Identifier(t.touched)),
+                    )
                 )
-            )
 
     def _segment_isolated(
         self,
@@ -502,7 +526,7 @@ class PostgresSink:
                     # A merged row is built from every source: recompute it here, so that a
                     # row the target refuses is set aside with the change that made it.
                     if pending.op.table in self.merged:
-                        self._recompute_touched(cur, result)
+                        self._recompute_touched(cur, result, isolate=True)
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 self._reject(pending, exc, result)
 
@@ -677,13 +701,12 @@ class PostgresSink:
             for c, t in zip(cols, types, strict=True)
         ]
         columns += [sql.SQL(f"{c} {t}") for c, t in _STAGE_BOOKKEEPING]
-        cur.execute(
-            self._statement(
-                ("stage", stage),
-                lambda: sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
-                ).format(sql.Identifier(stage), sql.SQL(", ").join(columns)),
-            )
+        self._create_temp(
+            cur,
+            stage,
+            lambda: sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+                sql.Identifier(stage), sql.SQL(", ").join(columns)
+            ),
         )
         return stage
 
