@@ -284,12 +284,13 @@ def explain_command(config_path: Path, as_json: bool, table: str, key: tuple[str
     from tunggal.runtime.app import load_all, open_sink
 
     config = load_config(config_path)
-    mappings, _ = load_all(config)
+    mappings, connectors = load_all(config)
     spec = provenance.target_spec(mappings, table)
+    kinds = {name: c.kind for name, c in connectors.items()}
     sink = open_sink(config, mappings, check=False)
     try:
         sink.introspect()
-        found = provenance.explain(sink, spec, key)
+        found = provenance.explain(sink, spec, key, kinds)
     finally:
         sink.close()
     if as_json:

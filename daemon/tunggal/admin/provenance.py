@@ -12,7 +12,7 @@ it says so.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import orjson
 
 from tunggal.admin.output import Grid
 from tunggal.errors import ConfigError, Problem
+from tunggal.events.decode import describe_position
 from tunggal.mapping import MappingSet, TargetSpec
 from tunggal.mapping.dbinfo import contributions_table
 from tunggal.mapping.spec import DEFAULT_SCHEMA
@@ -98,6 +99,14 @@ class Explanation:
     writers: tuple[str, ...] = ()
     bookkeeping: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    kinds: Mapping[str, str] = field(default_factory=dict)  # source -> connector kind
+
+    def position(self, source: str | None, position: Any) -> str | None:
+        """A position as its source's database writes it (an LSN, binlog coordinates)."""
+        if position is None:
+            return None
+        kind = self.kinds.get(source or "")
+        return describe_position(kind, int(position)) if kind else str(int(position))
 
     @property
     def found(self) -> bool:
@@ -113,6 +122,10 @@ class Explanation:
                 "source": self.bookkeeping.get("_tunggal_source"),
                 "commit_ts": when(self.bookkeeping.get("_tunggal_ts")),
                 "position": _position(self.bookkeeping.get("_tunggal_position")),
+                "position_text": self.position(
+                    self.bookkeeping.get("_tunggal_source"),
+                    self.bookkeeping.get("_tunggal_position"),
+                ),
                 "columns": [
                     {
                         "column": c.column,
@@ -121,6 +134,7 @@ class Explanation:
                         "source": c.source,
                         "commit_ts": when(c.commit_ts_us),
                         "position": _position(c.position),
+                        "position_text": self.position(c.source, c.position),
                         "conflict": c.conflict,
                         "others": [h.__dict__ for h in c.others],
                     }
@@ -132,6 +146,7 @@ class Explanation:
                         "state": c.state,
                         "commit_ts": when(c.commit_ts_us),
                         "position": str(c.position),
+                        "position_text": self.position(c.source, c.position),
                         "writes_table": c.source in self.writers,
                         "values": dict(c.values),
                     }
@@ -162,7 +177,7 @@ class Explanation:
                     text(c.value),
                     c.source or "-",
                     when(c.commit_ts_us) or "-",
-                    _position(c.position) or "-",
+                    self.position(c.source, c.position) or "-",
                     c.rule or "-",
                     others or "-",
                 ],
@@ -180,7 +195,7 @@ class Explanation:
                         given.source,
                         given.state,
                         when(given.commit_ts_us) or "-",
-                        str(given.position),
+                        self.position(given.source, given.position) or "-",
                         "yes" if given.source in self.writers else "no (its values are not used)",
                     ]
                 )
@@ -192,8 +207,14 @@ def _position(value: Any) -> str | None:
     return None if value is None else str(int(value))
 
 
-def explain(sink: PostgresSink, spec: TargetSpec, key: Sequence[str]) -> Explanation:
-    """One target row, column by column, with its sources. `key`: the key values as text."""
+def explain(
+    sink: PostgresSink,
+    spec: TargetSpec,
+    key: Sequence[str],
+    kinds: Mapping[str, str] | None = None,
+) -> Explanation:
+    """One target row, column by column, with its sources. `key`: the key values as text;
+    `kinds`: each source's connector kind, to show positions as its database does."""
     if len(key) != len(spec.key):
         raise ConfigError(
             [
@@ -228,6 +249,7 @@ def explain(sink: PostgresSink, spec: TargetSpec, key: Sequence[str]) -> Explana
         contributions=contributions,
         writers=spec.merge.sources,
         bookkeeping={k: v for k, v in (row or {}).items() if k.startswith("_tunggal_")},
+        kinds=kinds or {},
     )
     if stored is None:
         _single(out, spec, row)
@@ -278,14 +300,14 @@ def _merged(
                 given.position if given else None,
                 conflict=column in resolved.conflicts,
                 others=[
-                    Holding(
-                        c.source,
-                        c.values.get(column),
-                        c.state,
-                        column in rules.maps.get(c.source, ()),
-                    )
+                    Holding(c.source, c.values.get(column), c.state, mapped)
                     for c in contributions
-                    if c.source != supplier and column in c.values
+                    # A source that no longer maps the column but left a value there says so.
+                    if c.source != supplier
+                    and (
+                        (mapped := column in rules.maps.get(c.source, ()))
+                        or c.values.get(column) is not None
+                    )
                 ],
             )
         )

@@ -28,7 +28,15 @@ from tunggal.events.values import (
     show,
 )
 
-__all__ = ["EPOCH_SHIFT", "ConnectorModes", "Hints", "decode", "decode_reference", "in_epoch"]
+__all__ = [
+    "EPOCH_SHIFT",
+    "ConnectorModes",
+    "Hints",
+    "decode",
+    "decode_reference",
+    "describe_position",
+    "in_epoch",
+]
 
 # Column name -> PostgreSQL type name, for one table ("public.t"); None when not known. Return a
 # new mapping when the types change: decoders are cached per table and a mapping changed in place
@@ -378,6 +386,23 @@ def _sqlserver_position(block: dict[str, Any]) -> int:
     commit = _sqlserver_lsn(block, "commit_lsn")
     change = 0 if block.get("change_lsn") is None else _sqlserver_lsn(block, "change_lsn")
     return commit << 80 | change
+
+
+def describe_position(connector: str, position: int) -> str:
+    """A position as the source database writes its log coordinates, for people (`tunggal
+    explain`): the change's LSN for PostgreSQL, the binlog file number, offset and row for
+    MySQL, the commit LSN for SQL Server. The inverse of the encoders above."""
+    if connector == "postgresql":
+        lsn = position & ((1 << EPOCH_SHIFT) - 1)
+        return f"LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+    if connector == "mysql":
+        row = position & 0xFFFF
+        file, offset = position >> 48, (position >> 16) & 0xFFFFFFFF
+        return f"binlog .{file:06d} pos {offset}" + (f" row {row}" if row else "")
+    if connector == "sqlserver":
+        commit = f"{position >> 80:020X}"
+        return f"commit LSN {commit[:8]}:{commit[8:16]}:{commit[16:]}"
+    return str(position)
 
 
 _POSITIONS: Final[dict[str, Callable[[dict[str, Any]], int]]] = {

@@ -276,8 +276,9 @@ class PostgresSink:
                 signature = table.rules.signature()
                 # A table this process wrote directly until now: its rows are newer than its
                 # contributions (a second source was just added), so they are read back first.
+                # So are the rows of a table whose contributions table is new or was emptied.
                 switched = self._merges_prepared and name not in before
-                seed = stored.get(name) is None or switched
+                seed = stored.get(name) is None or switched or self._no_contributions(table)
                 applied = self._merge_applied.get(name, signature)
                 if seed or stored.get(name) != signature or applied != signature:
                     self._recompute_all(conn, table, seed=seed)
@@ -294,6 +295,14 @@ class PostgresSink:
                     raise mapped from exc
             raise
         self._merges_prepared = True
+
+    def _no_contributions(self, table: MergeTable) -> bool:
+        conn = self._connection()
+        row = conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(_tbl(table.contributions))
+        ).fetchone()
+        conn.commit()
+        return bool(row and row[0])
 
     def _recompute_all(
         self, conn: psycopg.Connection[Any], table: MergeTable, *, seed: bool
