@@ -233,3 +233,35 @@ def test_explain_and_conflicts_say_where_each_value_comes_from(new_db: Any, tmp_
     wrong = run_cli("explain", "--config", str(config), "opdd", "1")
     assert wrong.returncode == 2 and "did you mean public.opd" in wrong.stderr
     assert "Traceback" not in missing.stderr + wrong.stderr
+
+
+def test_a_merged_row_the_target_refuses_is_dead_lettered_with_its_change(
+    new_db: Any, tmp_path: Path
+) -> None:
+    """The target checks what the contributions table cannot: the change that makes the row
+    break it is set aside, the batch's other rows land, and the row keeps its last state."""
+    target = new_db("merge")
+    config = _setup(tmp_path, target, MAPPING_A, MAPPING_B)
+    sql(target, "ALTER TABLE opd ADD CONSTRAINT nama_pendek CHECK (length(nama) < 20)")
+    _replay(config, "a", A_EVENTS, "a")
+    long_name = {"id": "1", "nama": "DINAS YANG NAMANYA SANGAT PANJANG", "singkatan": "DP"}
+    _replay(
+        config,
+        "b",
+        [
+            _line("b", "c", 5000, 200, long_name),
+            _line("b", "c", 5100, 210, {"id": "2", "nama": "DINAS DUA", "singkatan": "D2"}, "2"),
+        ],
+        "b",
+    )
+    assert _rows(target) == [
+        ("1", "Dinas A2", "Jl. Pahlawan 2", None, "A"),
+        ("2", "DINAS DUA", None, "D2", "B"),
+    ]
+    letters = sql(target, "SELECT source, error FROM public.tunggal_dead_letters")
+    assert len(letters) == 1 and letters[0][0] == "b" and "nama_pendek" in letters[0][1]
+    # B's refused change left no contribution behind: a later A change recomputes cleanly.
+    _replay(
+        config, "a", [_line("a", "u", 1200, 300, {"id": "1", "nama": "X", "alamat": "Y"})], "a2"
+    )
+    assert _rows(target)[0] == ("1", "X", "Y", None, "A")

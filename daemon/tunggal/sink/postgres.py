@@ -441,8 +441,9 @@ class PostgresSink:
         try:
             with conn.cursor() as cur:
                 # Outside any savepoint: a temp table created in one that rolls back is gone.
-                for name in sorted(_tables_of(steps) & self.merged.keys()):
-                    self._touch(cur, self.merged[name])
+                if self.merged:
+                    for name in sorted(_tables_of(steps) & self.merged.keys()):
+                        self._touch(cur, self.merged[name])
                 for step in steps:
                     if isinstance(step, Truncate):
                         self._truncate(cur, step, result)
