@@ -10,8 +10,13 @@ CREATE TABLE sipkd.daftunit (
     akrounit  varchar(30),
     alamat    varchar(200),
     kdlevel   smallint,
-    type      char(1)      NOT NULL DEFAULT 'D'   -- H header, D detail unit
+    type      char(1)      NOT NULL DEFAULT 'D' CHECK (type IN ('H', 'D'))  -- H header, D detail
 );
+
+-- The target key kode_opd comes from kdunit, not from the primary key. Under REPLICA IDENTITY
+-- DEFAULT a delete carries only unitkey (and an update no old row at all), so the mapping could
+-- not tell which OPD SIPKD let go of, or left when kdunit changed. FULL logs the whole old row.
+ALTER TABLE sipkd.daftunit REPLICA IDENTITY FULL;
 
 CREATE TABLE sipkd.sp2d (
     nosp2d     varchar(50)   PRIMARY KEY,

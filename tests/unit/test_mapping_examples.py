@@ -62,6 +62,12 @@ def parse_sql(path: Path) -> dict[str, TableInfo]:
     return tables
 
 
+def replica_identity_full(path: Path) -> set[str]:
+    """The tables a shipped SQL file gives REPLICA IDENTITY FULL (whole old rows in the log)."""
+    text = re.sub(r"--[^\n]*", "", path.read_text())
+    return set(re.findall(r"ALTER TABLE (\S+) REPLICA IDENTITY FULL;", text))
+
+
 def test_examples_load_without_problems(mset: MappingSet) -> None:
     assert [Path(f).name for f in mset.files] == [f"{s}.yaml" for s in sorted(SYSTEMS)]
     assert mset.sources() == frozenset(SYSTEMS)
@@ -111,6 +117,8 @@ def test_the_checker_finds_drift_from_the_examples(mset: MappingSet) -> None:
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_examples_read_only_columns_the_source_schema_has(mset: MappingSet, system: str) -> None:
     sources = parse_sql(MAPPINGS / "sql" / f"{system}.sql")
+    full = replica_identity_full(MAPPINGS / "sql" / f"{system}.sql")
+    assert full <= set(sources)
     assert mset.source_tables(system) == frozenset(sources)
     for doc in mset.documents:
         if doc.spec.source != system:
@@ -121,16 +129,31 @@ def test_examples_read_only_columns_the_source_schema_has(mset: MappingSet, syst
                 read = [value] if isinstance(value, str) else [value.from_, *(value.concat or ())]
                 for column in read:
                     assert not isinstance(column, str) or column in have, (table.from_, column)
-            # The target key comes from the source primary key, so deletes under
-            # REPLICA IDENTITY DEFAULT carry what the key needs (except where deletes are off).
+            # A delete must carry what the target key needs. Under REPLICA IDENTITY DEFAULT
+            # it carries only the source primary key (the first key of a table here), so the
+            # key comes from it; a table with REPLICA IDENTITY FULL logs the whole old row,
+            # and any unique key of it will do (else two source rows could share a target row).
             if table.delete != "ignore":
-                source_key = set(sources[table.source_table].unique_keys[0])
+                keys = sources[table.source_table].unique_keys
+                allowed = keys if table.source_table in full else keys[:1]
                 key_sources = {
                     v if isinstance(v, str) else v.from_
                     for k, v in table.columns.items()
                     if k in table.key
                 }
-                assert key_sources <= source_key, table.from_
+                assert any(key_sources <= set(k) for k in allowed), (table.from_, allowed)
+
+
+def test_replica_identity_full_where_the_key_is_not_the_primary_key(mset: MappingSet) -> None:
+    """sipkd.daftunit: kode_opd comes from the unique kdunit, so the table needs FULL."""
+    full = replica_identity_full(MAPPINGS / "sql" / "sipkd.sql")
+    assert full == {"sipkd.daftunit"}
+    daftunit = parse_sql(MAPPINGS / "sql" / "sipkd.sql")["sipkd.daftunit"]
+    assert daftunit.unique_keys == (("unitkey",), ("kdunit",))
+    for system in ("e_planning", "e_budgeting", "e_kontrak"):
+        assert replica_identity_full(MAPPINGS / "sql" / f"{system}.sql") == set()
+    (writer,) = [w for w in mset.targets()["public.opd"].writers if w.source == "sipkd"]
+    assert writer.source_table == "sipkd.daftunit"
 
 
 def test_json_schema_file_is_current() -> None:
@@ -236,8 +259,19 @@ def test_sipkd(mset: MappingSet) -> None:
     assert isinstance(upsert, Upsert)
     assert upsert.table == "public.opd" and upsert.key == ("1.01.01",)
     assert upsert.values["sumber_data"] == "SIPKD"
-    assert mset.map_event(event("sipkd", "sipkd.daftunit", "r", {**unit, "type": "H"})) == []
-    assert mset.map_event(event("sipkd", "sipkd.daftunit", "d", before=unit)) == []
+    header = {**unit, "type": "H"}
+    assert mset.map_event(event("sipkd", "sipkd.daftunit", "r", header)) == []
+    # A delete (REPLICA IDENTITY FULL: the whole old row) withdraws SIPKD's values of the OPD;
+    # e-Planning's stay, by the merge rules. So does a unit that becomes a header, and one
+    # whose kdunit changes leaves its old code.
+    withdraw = Delete("public.opd", ("1.01.01",), "sipkd", 7, 1_700_000_000_000_000, False)
+    assert mset.map_event(event("sipkd", "sipkd.daftunit", "d", before=unit)) == [withdraw]
+    assert mset.map_event(event("sipkd", "sipkd.daftunit", "d", before=header)) == []
+    assert mset.map_event(event("sipkd", "sipkd.daftunit", "u", header, unit)) == [withdraw]
+    moved = {**unit, "kdunit": "1.01.02             "}
+    (gone, upsert) = mset.map_event(event("sipkd", "sipkd.daftunit", "u", moved, unit))
+    assert gone == withdraw
+    assert isinstance(upsert, Upsert) and upsert.key == ("1.01.02",)
 
     sp2d = {
         "nosp2d": "00123/SP2D/LS/2024",

@@ -2,6 +2,11 @@
 
 The generator reads each table's columns, keys and foreign keys from the catalog, so the
 example schemas in `mappings/sql/` can change without touching this file.
+
+OPD codes are the one thing the systems share: e-Planning (`ref_skpd.kd_skpd`), SIPKD
+(`daftunit.kdunit`) and e-Budgeting (`pagu_indikatif.kd_skpd`) draw them from one list of the
+city's perangkat daerah (`OPDS`), so many OPDs are in both e-Planning and SIPKD, which both
+write the target `opd`, under names, addresses and abbreviations that sometimes differ.
 """
 
 from __future__ import annotations
@@ -47,6 +52,66 @@ _PLACES = (
     "Kelurahan Nambangan Lor",
     "Kelurahan Oro-oro Ombo",
     "Balai Kota",
+)
+# The city's perangkat daerah: code (urusan.bidang.unit), name, abbreviation.
+OPDS: tuple[tuple[str, str, str], ...] = (
+    ("1.01.01", "Dinas Pendidikan dan Kebudayaan", "DISDIKBUD"),
+    ("1.02.01", "Dinas Kesehatan", "DINKES"),
+    ("1.02.02", "Rumah Sakit Umum Daerah", "RSUD"),
+    ("1.03.01", "Dinas Pekerjaan Umum dan Penataan Ruang", "DPUPR"),
+    ("1.04.01", "Dinas Perumahan dan Kawasan Permukiman", "DISPERKIM"),
+    ("1.05.01", "Satuan Polisi Pamong Praja", "SATPOL PP"),
+    ("1.05.02", "Badan Penanggulangan Bencana Daerah", "BPBD"),
+    ("1.05.03", "Dinas Pemadam Kebakaran", "DAMKAR"),
+    ("1.06.01", "Dinas Sosial", "DINSOS"),
+    ("2.07.01", "Dinas Tenaga Kerja", "DISNAKER"),
+    ("2.08.01", "Dinas Pemberdayaan Perempuan dan Perlindungan Anak", "DP3A"),
+    ("2.09.01", "Dinas Ketahanan Pangan", "DKP"),
+    ("2.11.01", "Dinas Lingkungan Hidup", "DLH"),
+    ("2.12.01", "Dinas Kependudukan dan Pencatatan Sipil", "DISDUKCAPIL"),
+    ("2.14.01", "Dinas Pengendalian Penduduk dan Keluarga Berencana", "DPPKB"),
+    ("2.15.01", "Dinas Perhubungan", "DISHUB"),
+    ("2.16.01", "Dinas Komunikasi dan Informatika", "DISKOMINFO"),
+    ("2.17.01", "Dinas Koperasi dan Usaha Mikro", "DINKOP UM"),
+    ("2.18.01", "Dinas Penanaman Modal dan Pelayanan Terpadu Satu Pintu", "DPMPTSP"),
+    ("2.19.01", "Dinas Pemuda dan Olahraga", "DISPORA"),
+    ("2.21.01", "Dinas Statistik dan Persandian", "DISTIKSAN"),
+    ("2.23.01", "Dinas Perpustakaan dan Kearsipan", "DISPERPUSIP"),
+    ("3.25.01", "Dinas Pertanian dan Perikanan", "DISPERTAN"),
+    ("3.26.01", "Dinas Pariwisata", "DISPAR"),
+    ("3.30.01", "Dinas Perdagangan", "DISDAG"),
+    ("3.31.01", "Dinas Perindustrian", "DISPERIN"),
+    ("4.01.01", "Sekretariat Daerah", "SETDA"),
+    ("4.01.02", "Bagian Pengadaan Barang dan Jasa", "BAG. PBJ"),
+    ("4.01.03", "Bagian Hukum", "BAG. HUKUM"),
+    ("4.02.01", "Sekretariat DPRD", "SETWAN"),
+    ("5.01.01", "Badan Perencanaan Pembangunan Daerah", "BAPPEDA"),
+    ("5.02.01", "Badan Keuangan dan Aset Daerah", "BKAD"),
+    ("5.02.02", "Badan Pendapatan Daerah", "BAPENDA"),
+    ("5.03.01", "Badan Kepegawaian dan Pengembangan Sumber Daya Manusia", "BKPSDM"),
+    ("6.01.01", "Inspektorat Daerah", "INSPEKTORAT"),
+    ("7.01.01", "Kecamatan Manguharjo", "KEC. MANGUHARJO"),
+    ("7.01.02", "Kecamatan Taman", "KEC. TAMAN"),
+    ("7.01.03", "Kecamatan Kartoharjo", "KEC. KARTOHARJO"),
+    ("7.01.04", "Kelurahan Manguharjo", "KEL. MANGUHARJO"),
+    ("7.01.05", "Kelurahan Nambangan Lor", "KEL. NAMBANGAN LOR"),
+    ("7.01.06", "Kelurahan Taman", "KEL. TAMAN"),
+    ("7.01.07", "Kelurahan Oro-oro Ombo", "KEL. ORO-ORO OMBO"),
+    ("7.01.08", "Kelurahan Kartoharjo", "KEL. KARTOHARJO"),
+    ("8.01.01", "Badan Kesatuan Bangsa dan Politik", "BAKESBANGPOL"),
+)
+OPD_CODES = tuple(code for code, _, _ in OPDS)
+_OPD_BY_CODE = {code: (name, short) for code, name, short in OPDS}
+# The columns that hold an OPD code, where they are not a foreign key to one.
+_OPD_CODE_COLUMNS = frozenset({"kd_skpd", "kdunit"})
+_STREETS = (
+    "Jl. Pahlawan",
+    "Jl. Perintis Kemerdekaan",
+    "Jl. Mayjend Panjaitan",
+    "Jl. Sulawesi",
+    "Jl. Salak",
+    "Jl. Hayam Wuruk",
+    "Jl. Cokroaminoto",
 )
 _COMPANIES = (
     "CV Maju Jaya",
@@ -155,6 +220,8 @@ def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
     if ctype in ("double precision", "real"):
         return round(rnd.uniform(0, 100), 2)
     if ctype == "boolean":
+        if col.nullable and rnd.random() < 0.1:
+            return None  # unknown: e.g. e-Planning's is_aktif, which the mapping defaults
         return rnd.random() < 0.8
     if ctype == "date":
         return dt.date(2025, 1, 1) + dt.timedelta(days=rnd.randint(0, 600))
@@ -166,7 +233,9 @@ def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
     if ctype == "uuid":
         return f"{rnd.getrandbits(128):032x}"
     text: str
-    if "kode" in name or name.startswith(("kd_", "no", "id_")):
+    if name in _OPD_CODE_COLUMNS:
+        text = rnd.choice(OPD_CODES)
+    elif "kode" in name or name.startswith(("kd_", "no", "id_")) or name.endswith("key"):
         text = f"{table.rsplit('.', 1)[-1][:3].upper()}.{serial:05d}"
     elif "penyedia" in name or "rekanan" in name or "perusahaan" in name:
         text = rnd.choice(_COMPANIES)
@@ -179,11 +248,47 @@ def _value(rnd: random.Random, col: Column, table: str, serial: int) -> Any:
     return text[: col.max_length] if col.max_length else text
 
 
+def _opd_code_column(shape: TableShape) -> str | None:
+    """The column of `shape` that names an OPD by its code (not as a foreign key), if any."""
+    for col in shape.columns:
+        if col.name in _OPD_CODE_COLUMNS and col.name not in shape.foreign:
+            return col.name
+    return None
+
+
+def _opd_value(rnd: random.Random, col: Column, code: str) -> tuple[bool, Any]:
+    """(True, value) for a column describing the OPD `code` (name, abbreviation, address), in
+    one of the spellings the systems use; (False, None) for any other column. Each system
+    picks its own spelling, so e-Planning and SIPKD often disagree about the same OPD."""
+    name = col.name.lower()
+    opd = _OPD_BY_CODE.get(code.strip())
+    if opd is None:
+        return False, None
+    full, short = opd
+    choices: tuple[str | None, ...]
+    if name.startswith("nm") or "nama" in name:
+        choices = (full, full.upper(), f"{full} Kota Madiun", f"  {full} ")
+    elif "singkatan" in name or name.startswith("akro"):
+        choices = (short, short, short.capitalize(), None)
+    elif "alamat" in name:
+        choices = (f"{rnd.choice(_STREETS)} No. {rnd.randint(1, 120)}", None)
+    else:
+        return False, None
+    value = rnd.choice([c for c in choices if c is not None or col.nullable])
+    return True, value[: col.max_length] if value is not None and col.max_length else value
+
+
 def _row(
     rnd: random.Random, conn: psycopg.Connection[Any], shape: TableShape, serial: int
 ) -> dict[str, Any]:
     row: dict[str, Any] = {}
+    opd_column = _opd_code_column(shape)
     for col in shape.columns:
+        if opd_column is not None and col.name != opd_column and opd_column in row:
+            described, value = _opd_value(rnd, col, row[opd_column])
+            if described:
+                row[col.name] = value
+                continue
         if col.name in shape.foreign:
             ref_table, ref_col = shape.foreign[col.name]
             found = conn.execute(
@@ -260,12 +365,17 @@ class ChangeGenerator(threading.Thread):
         if roll < 0.35 or not shape.key:
             _insert(conn, shape, _row(rnd, conn, shape, serial))
             return
-        keys = sql.SQL(", ").join(map(sql.Identifier, shape.key))
+        opd_column = _opd_code_column(shape)
+        read = [*shape.key, *([opd_column] if opd_column and opd_column not in shape.key else [])]
         found = conn.execute(
-            sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(keys, _ident(shape.name))
+            sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT 1").format(
+                sql.SQL(", ").join(map(sql.Identifier, read)), _ident(shape.name)
+            )
         ).fetchone()
         if found is None:
             return
+        key = list(found[: len(shape.key)])
+        code = found[read.index(opd_column)] if opd_column else None
         where = sql.SQL(" AND ").join(
             sql.SQL("{} = %s").format(sql.Identifier(k)) for k in shape.key
         )
@@ -276,19 +386,18 @@ class ChangeGenerator(threading.Thread):
             if not editable:
                 return
             col = rnd.choice(editable)
+            described, value = (False, None) if code is None else _opd_value(rnd, col, code)
+            if not described:
+                value = (
+                    rnd.choice(shape.choices[col.name])
+                    if col.name in shape.choices
+                    else _value(rnd, col, shape.name, serial)
+                )
             conn.execute(
                 sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(
                     _ident(shape.name), sql.Identifier(col.name), where
                 ),
-                [
-                    rnd.choice(shape.choices[col.name])
-                    if col.name in shape.choices
-                    else _value(rnd, col, shape.name, serial),
-                    *found,
-                ],
+                [value, *key],
             )
         else:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE {}").format(_ident(shape.name), where),
-                list(found),
-            )
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_ident(shape.name), where), key)

@@ -2,7 +2,8 @@
 
 It starts two PostgreSQL servers (sources, target), loads the example schemas from
 `mappings/sql/`, seeds them, runs the real daemon (`tunggal run`, embedded Debezium) in a
-subprocess, keeps changing the sources, and shows rows synced per source and table with lag.
+subprocess, keeps changing the sources, and shows rows synced per source and table with lag,
+and how many rows of a table several systems write (opd) come from more than one.
 Ctrl-C stops the daemon gracefully and removes everything.
 """
 
@@ -23,12 +24,14 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from tunggal.demo.data import SYSTEMS, ChangeGenerator, seed
 from tunggal.devtools.pgcluster import PgCluster, free_port
+from tunggal.mapping.dbinfo import CONTRIBUTIONS_SCHEMA as CONTRIBUTIONS
 
 REPO_MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
 
@@ -138,12 +141,14 @@ def _view(target_dsn: str, port: int, changes: int) -> Table:
     status = _status(port) or {"sources": []}
     by_source = {s["name"]: s for s in status.get("sources", [])}
     counts: list[tuple[str, str, int]] = []
+    merged: list[str] = []
     with contextlib.suppress(psycopg.Error), psycopg.connect(target_dsn, connect_timeout=2) as conn:
         tables = [
             r[0]
             for r in conn.execute(
                 "SELECT table_schema || '.' || table_name FROM information_schema.columns "
-                "WHERE column_name = '_tunggal_source' ORDER BY 1"
+                "WHERE column_name = '_tunggal_source' AND table_schema <> %s ORDER BY 1",
+                (CONTRIBUTIONS,),
             )
         ]
         for name in tables:
@@ -152,6 +157,7 @@ def _view(target_dsn: str, port: int, changes: int) -> Table:
                 f'SELECT _tunggal_source, count(*) FROM "{schema}"."{tbl}" GROUP BY 1 ORDER BY 1'
             ):
                 counts.append((source, name, n))
+        merged = _merged(conn)
     for source, name, n in counts:
         s = by_source.get(source, {})
         lag = s.get("lag_seconds")
@@ -163,8 +169,41 @@ def _view(target_dsn: str, port: int, changes: int) -> Table:
             f"{lag:.2f}" if isinstance(lag, float) else "-",
             str(s.get("events_per_second", "-")),
         )
-    table.caption = f"{changes} source changes made · Ctrl-C to stop"
+    table.caption = " · ".join([*merged, f"{changes} source changes made", "Ctrl-C to stop"])
     return table
+
+
+def _merged(conn: psycopg.Connection[Any]) -> list[str]:
+    """For each table several systems write (opd: e-Planning and SIPKD), how many of its rows
+    two or more of them hold at once: their values merged by the rules in the mappings."""
+    found: list[str] = []
+    for (table,) in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
+        (CONTRIBUTIONS,),
+    ).fetchall():
+        # The contributions table's primary key: the target key, then _tunggal_source.
+        key = [
+            r[0]
+            for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indisprimary AND i.indrelid = %s::regclass "
+                "AND a.attname <> '_tunggal_source'",
+                (f'"{CONTRIBUTIONS}"."{table}"',),
+            )
+        ]
+        if not key:
+            continue
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {} WHERE _tunggal_state = 'live' "
+                "GROUP BY {} HAVING count(*) > 1) AS held"
+            ).format(
+                sql.Identifier(CONTRIBUTIONS, table), sql.SQL(", ").join(map(sql.Identifier, key))
+            )
+        ).fetchone()
+        if row is not None:
+            found.append(f"{table.replace('__', '.', 1)}: {row[0]} rows from two systems or more")
+    return found
 
 
 def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 0.0) -> int:
