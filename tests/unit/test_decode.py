@@ -573,3 +573,82 @@ def test_schemas_flag_is_detected_per_message() -> None:
     second = decode(raw_event(schemaless), source="cap", modes=modes, hints=HINTS.get)
     assert first is not None and second is not None
     assert first.after == second.after == ROW_1
+
+
+# Captured from Debezium 3.6.3 (embedded, PostgreSQL 15): a streamed update, a row read by an
+# incremental snapshot (`execute-snapshot`, type incremental), and a later streamed change.
+STREAMED_BEFORE = {
+    "before": None,
+    "after": {"id": 3190, "v": 2},
+    "source": {
+        "version": "3.6.3.Final",
+        "connector": "postgresql",
+        "name": "exp",
+        "ts_ms": 1796413236772,
+        "snapshot": "false",
+        "db": "postgres",
+        "sequence": '["23016992","23020584"]',
+        "ts_us": 1796413236772102,
+        "schema": "public",
+        "table": "t1",
+        "txId": 1203,
+        "lsn": 23020584,
+        "xmin": None,
+    },
+    "op": "u",
+    "ts_ms": 1796413236775,
+}
+INCREMENTAL_ROW = {
+    "before": None,
+    "after": {"id": 1, "v": 0},
+    "source": {
+        "version": "3.6.3.Final",
+        "connector": "postgresql",
+        "name": "exp",
+        "ts_ms": 1796413236776,
+        "snapshot": "incremental",
+        "db": "postgres",
+        "sequence": '["23020712","23020712"]',
+        "ts_us": 1796413236776252,
+        "ts_ns": 1796413236776252942,
+        "schema": "public",
+        "table": "t1",
+        "txId": None,
+        "lsn": None,
+        "xmin": None,
+        "origin": None,
+        "origin_lsn": None,
+    },
+    "transaction": None,
+    "op": "r",
+    "ts_ms": 1796413236777,
+}
+
+
+def _raw(value: dict[str, Any], key: int) -> RawEvent:
+    return RawEvent("exp.public.t1", json.dumps({"id": key}), json.dumps(value))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_incremental_snapshot_rows_sit_at_their_window_s_close(fast: bool) -> None:
+    """No lsn: the close marker's [lastCommitLsn, lsn] from `sequence` places the row after
+    every change streamed before its window closed, and it is not an initial-snapshot row."""
+    hints = {"id": "integer", "v": "integer"} if fast else None
+    row = decode(_raw(INCREMENTAL_ROW, 1), source="exp", hints=lambda _: hints)
+    assert row is not None
+    assert (row.op, row.snapshot, row.snapshot_done) == (Op.READ, False, False)
+    assert row.position == 23020712 << EPOCH_SHIFT | 23020712
+    assert row.after == {"id": 1, "v": 0}
+    before = decode(_raw(STREAMED_BEFORE, 3190), source="exp")
+    assert before is not None and before.position < row.position
+    later = json.loads(json.dumps(STREAMED_BEFORE))
+    later["source"].update(sequence='["23020712","23020900"]', lsn=23020900)
+    after = decode(_raw(later, 3190), source="exp")
+    assert after is not None and after.position > row.position
+
+
+def test_an_incremental_snapshot_row_without_its_sequence_is_poison() -> None:
+    broken = json.loads(json.dumps(INCREMENTAL_ROW))
+    broken["source"]["sequence"] = None
+    with pytest.raises(DecodeError, match=r"incremental snapshot row needs the close marker"):
+        decode(_raw(broken, 1), source="exp")

@@ -171,10 +171,7 @@ def _decode(
         raise error(str(exc.at("source")), table) from None
     txid = _txid(block, connector, value.get("transaction"))
     marker = block.get("snapshot")
-    # "false" means streamed; Debezium before 1.x wrote a boolean.
-    snapshot = (
-        op is Op.READ or marker is True or (marker.__class__ is str and marker in _SNAPSHOT_VALUES)
-    )
+    snapshot = _is_snapshot(op, marker)
 
     before = value.get("before")
     after = value.get("after")
@@ -307,6 +304,17 @@ _EPOCH_SNAPSHOT_MARKERS: Final = frozenset(
 )
 
 
+def _is_snapshot(op: Op, marker: Any) -> bool:
+    """A row of the initial (or a blocking) snapshot. "false" means streamed; Debezium before
+    1.x wrote a boolean. A row read by an incremental snapshot is read while streaming goes on,
+    and is placed among the streamed changes (`_postgresql_position`): not a snapshot row."""
+    if marker == _INCREMENTAL:
+        return False
+    return (
+        op is Op.READ or marker is True or (marker.__class__ is str and marker in _SNAPSHOT_VALUES)
+    )
+
+
 def in_epoch(position: int, epoch: int) -> int:
     """`position` placed in snapshot epoch `epoch` if it has none of its own (PostgreSQL's first
     transaction after a snapshot); every other position is returned as it is."""
@@ -323,8 +331,8 @@ def _lsn_value(value: Any, name: str) -> int:
     raise Invalid(f"expected the change's LSN as a non-negative integer, got {show(value)}", name)
 
 
-def _last_commit_lsn(sequence: Any) -> int | None:
-    """The first element of Debezium's `sequence` ('["123","456"]'), or None when it is null."""
+def _sequence_pair(sequence: Any) -> list[Any] | None:
+    """Debezium's `sequence` ('["123","456"]') as its two items, or None when it is null."""
     if sequence is None:
         return None
     pair = None
@@ -335,12 +343,38 @@ def _last_commit_lsn(sequence: Any) -> int | None:
             pair = None
     if pair.__class__ is not list or len(pair) != 2:
         raise Invalid(f"expected [lastCommitLsn, lsn], got {show(sequence)}", "sequence")
-    return None if pair[0] is None else _lsn_value(pair[0], "sequence")
+    return list(pair)
+
+
+def _last_commit_lsn(sequence: Any) -> int | None:
+    """The first element of Debezium's `sequence`, or None when it (or it all) is null."""
+    pair = _sequence_pair(sequence)
+    return None if pair is None or pair[0] is None else _lsn_value(pair[0], "sequence")
+
+
+# An incremental snapshot (Debezium's DBLog watermarks) reads a table in chunks while it streams:
+# each chunk is read between an open and a close marker written to the signal table, rows that
+# a change streamed inside that window touched are dropped, and the rest are emitted right after
+# the close marker. Such a row carries no lsn, but its `sequence` is the close marker's, so it
+# sits where it belongs: after every change streamed before the window closed (which it reflects
+# or which dropped it), before every change after. Worked example, row 7 read in a window that
+# closed at [23020712, 23020712]: an update of row 7 at [23016992, 23020584] is older, one at
+# [23020712, 23020900] newer.
+_INCREMENTAL: Final = "incremental"
 
 
 def _postgresql_position(block: dict[str, Any]) -> int:
-    lsn = _lsn_value(block.get("lsn"), "lsn")
     marker = block.get("snapshot")
+    if marker == _INCREMENTAL:
+        pair = _sequence_pair(block.get("sequence"))
+        if pair is None or pair[0] is None:
+            raise Invalid(
+                "an incremental snapshot row needs the close marker's [lastCommitLsn, lsn], got "
+                f"{show(block.get('sequence'))}",
+                "sequence",
+            )
+        return _lsn_value(pair[0], "sequence") << EPOCH_SHIFT | _lsn_value(pair[1], "sequence")
+    lsn = _lsn_value(block.get("lsn"), "lsn")
     if marker is True or (marker.__class__ is str and marker in _EPOCH_SNAPSHOT_MARKERS):
         return lsn << EPOCH_SHIFT  # a snapshot's rows all sit at its consistent point
     last_commit = _last_commit_lsn(block.get("sequence"))
@@ -590,7 +624,7 @@ def _decode_fast(
         position,
         commit_ts_us,
         txid,
-        op is Op.READ or marker is True or (marker.__class__ is str and marker in _SNAPSHOT_VALUES),
+        _is_snapshot(op, marker),
         marker == "last",
         raw,
     )
