@@ -511,69 +511,56 @@ class MergeTable:
         )
         for source in rules.sources:
             cols = [c for c in self.values if c in rules.maps[source]]
-            listed = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in cols)
             statements.append(
-                self._into_touched(
+                self._seed_insert(
+                    cols,
                     sql.SQL(
-                        "INSERT INTO {tbl} AS t ({key}, _tunggal_source, {cols}_tunggal_position, "
-                        "_tunggal_ts, _tunggal_state) SELECT {key}, _tunggal_source, {cols}"
-                        "_tunggal_position, _tunggal_ts, {state} FROM {target} "
-                        "WHERE _tunggal_source = {src} AND _tunggal_position IS NOT NULL "
-                        "AND _tunggal_ts IS NOT NULL "
-                        "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET {updates} "
-                        "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
+                        "SELECT {key}, _tunggal_source, {cols}_tunggal_position, _tunggal_ts, "
+                        "{state} FROM {target} WHERE _tunggal_source = {src} "
+                        "AND _tunggal_position IS NOT NULL AND _tunggal_ts IS NOT NULL"
                     ).format(
-                        tbl=_ident(self.contributions),
                         key=_ids(self.key),
-                        cols=listed,
+                        cols=sql.SQL("").join(
+                            sql.SQL("{}, ").format(sql.Identifier(c)) for c in cols
+                        ),
                         state=state,
                         target=_ident(self.name),
                         src=sql.Literal(source),
-                        updates=sql.SQL(", ").join(
-                            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-                            for c in [*cols, "_tunggal_position", "_tunggal_ts", "_tunggal_state"]
-                        ),
-                        tkey=_ids(self.key, "t"),
-                    )
+                    ),
+                    update=[*cols, "_tunggal_position", "_tunggal_ts", "_tunggal_state"],
                 )
             )
             # Columns this source maps that the row's last writer does not: their values came
             # from another source, and if only this one maps them, from this one.
-            own = [
-                (c, tuple(s for s in rules.sources if c in rules.maps[s]))
+            own = {
+                c: sql.SQL("CASE WHEN _tunggal_source = ANY({}) THEN NULL ELSE {} END").format(
+                    _texts([s for s in rules.sources if c in rules.maps[s]]), sql.Identifier(c)
+                )
                 for c in cols
                 if sum(c in rules.maps[s] for s in rules.sources) == 1
-            ]
+            }
             if not own:
                 continue
-            picked = [
-                sql.SQL("CASE WHEN _tunggal_source = ANY({}) THEN NULL ELSE {} END").format(
-                    _texts(mappers), sql.Identifier(c)
-                )
-                for c, mappers in own
-            ]
-            by_column = {c: p for (c, _), p in zip(own, picked, strict=True)}
-            values = [by_column.get(c, sql.NULL) for c in cols]
             statements.append(
-                self._into_touched(
+                self._seed_insert(
+                    cols,
                     sql.SQL(
-                        "INSERT INTO {tbl} ({key}, _tunggal_source, {cols}_tunggal_position, "
-                        "_tunggal_ts, _tunggal_state) SELECT {key}, {src}, {values}0, 0, 'live' "
-                        "FROM {target} WHERE _tunggal_source <> {src} "
-                        "AND _tunggal_source = ANY({sources}) AND ({any}) "
-                        "ON CONFLICT ({key}, _tunggal_source) DO NOTHING RETURNING {key}"
+                        "SELECT {key}, {src}, {values}0, 0, 'live' FROM {target} "
+                        "WHERE _tunggal_source <> {src} AND _tunggal_source = ANY({sources}) "
+                        "AND ({any})"
                     ).format(
-                        tbl=_ident(self.contributions),
                         key=_ids(self.key),
-                        cols=listed,
                         src=sql.Literal(source),
-                        values=sql.SQL("").join(sql.SQL("{}, ").format(v) for v in values),
+                        values=sql.SQL("").join(
+                            sql.SQL("{}, ").format(own.get(c, sql.NULL)) for c in cols
+                        ),
                         target=_ident(self.name),
                         sources=_texts(rules.sources),
                         any=sql.SQL(" OR ").join(
-                            sql.SQL("({}) IS NOT NULL").format(p) for p in picked
+                            sql.SQL("({}) IS NOT NULL").format(p) for p in own.values()
                         ),
-                    )
+                    ),
+                    update=None,
                 )
             )
         key_types = [self.types[k] for k in self.key]
@@ -584,24 +571,14 @@ class MergeTable:
                 for i, t in enumerate(key_types)
             )
             statements.append(
-                self._into_touched(
+                self._seed_insert(
+                    [],
                     sql.SQL(
-                        "INSERT INTO {tbl} AS t ({key}, _tunggal_source, _tunggal_position, "
-                        "_tunggal_ts, _tunggal_state) SELECT {keys}, d.source, d.position, d.ts, "
-                        "'hard' FROM public.tunggal_tombstones d WHERE d.target_table = {name} "
-                        "AND d.source = ANY({sources}) "
-                        "ON CONFLICT ({key}, _tunggal_source) DO UPDATE SET "
-                        "_tunggal_position = EXCLUDED._tunggal_position, "
-                        "_tunggal_ts = EXCLUDED._tunggal_ts, _tunggal_state = 'hard' "
-                        "WHERE t._tunggal_position < EXCLUDED._tunggal_position RETURNING {tkey}"
-                    ).format(
-                        tbl=_ident(self.contributions),
-                        key=_ids(self.key),
-                        keys=keys,
-                        name=sql.Literal(self.name),
-                        sources=_texts(rules.sources),
-                        tkey=_ids(self.key, "t"),
-                    )
+                        "SELECT {keys}, d.source, d.position, d.ts, 'hard' "
+                        "FROM public.tunggal_tombstones d WHERE d.target_table = {name} "
+                        "AND d.source = ANY({sources})"
+                    ).format(keys=keys, name=sql.Literal(self.name), sources=_texts(rules.sources)),
+                    update=["_tunggal_position", "_tunggal_ts", "_tunggal_state"],
                 )
             )
         else:
@@ -612,6 +589,38 @@ class MergeTable:
                 ", ".join(key_types),
             )
         return statements
+
+    def _seed_insert(
+        self, cols: Sequence[str], select: sql.Composable, *, update: Sequence[str] | None
+    ) -> sql.Composed:
+        """INSERT the rows of `select` (key, source, `cols`, position, time, state) as
+        contributions: a newer one replaces the stored one (`update`: its columns), or
+        with `update` None an existing one is kept."""
+        conflict = (
+            sql.SQL("NOTHING")
+            if update is None
+            else sql.SQL(
+                "UPDATE SET {} WHERE t._tunggal_position < EXCLUDED._tunggal_position"
+            ).format(
+                sql.SQL(", ").join(
+                    sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in update
+                )
+            )
+        )
+        return self._into_touched(
+            sql.SQL(
+                "INSERT INTO {tbl} AS t ({key}, _tunggal_source, {cols}_tunggal_position, "
+                "_tunggal_ts, _tunggal_state) {select} "
+                "ON CONFLICT ({key}, _tunggal_source) DO {conflict} RETURNING {tkey}"
+            ).format(
+                tbl=_ident(self.contributions),
+                key=_ids(self.key),
+                cols=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in cols),
+                select=select,
+                conflict=conflict,
+                tkey=_ids(self.key, "t"),
+            )
+        )
 
 
 def rules_json(rules: MergeRules) -> str:
