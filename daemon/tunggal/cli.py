@@ -24,6 +24,7 @@ from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
+from tunggal.reconcile.cli import forget_command, resync_command
 
 if TYPE_CHECKING:
     from tunggal.metrics import Metrics
@@ -199,9 +200,7 @@ def _progress_poller(
         tasks = []
         for source in list(metrics.sources):
             snap = metrics.snapshot_status(source)
-            if snap is None or not snap["running"]:
-                continue
-            tables = snap["tables"]
+            tables = snap["tables"] if snap is not None and snap["running"] else {}
             assert isinstance(tables, dict)
             for table, counts in tables.items():
                 estimate = counts["estimated_rows"]
@@ -211,6 +210,22 @@ def _progress_poller(
                         f"snapshot {source} {table}",
                         counts["rows"],
                         # Never show a table as more than done while it is still read.
+                        None if estimate is None else max(estimate, counts["rows"]),
+                        estimated=True,
+                    )
+                )
+            incremental = metrics.incremental_status(source)
+            if incremental is None or not incremental["running"]:
+                continue
+            for table, counts in incremental["tables"].items():
+                if counts["done"]:
+                    continue
+                estimate = counts["estimated_rows"]
+                tasks.append(
+                    Task(
+                        f"{source}:incremental:{table}",
+                        f"read again {source} {table}",
+                        counts["rows"],
                         None if estimate is None else max(estimate, counts["rows"]),
                         estimated=True,
                     )
@@ -314,6 +329,8 @@ main.add_command(mapping_group)
 main.add_command(config_group)
 main.add_command(explain_command)
 main.add_command(conflicts_command)
+main.add_command(resync_command)
+main.add_command(forget_command)
 main.add_command(connectors_group)
 
 if __name__ == "__main__":  # pragma: no cover

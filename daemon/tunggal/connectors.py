@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunggal.config import _expand_tree, pydantic_problems
 from tunggal.errors import ConfigError
+from tunggal.events.model import NOTIFICATION_PREFIX
 from tunggal.events.modes import ConnectorModes
 from tunggal.yamlfile import load_settings_file
 
@@ -47,6 +48,15 @@ class ConnectorSpec(BaseModel):
     )
     schemas: bool = Field(True, description="Send Connect schemas with each event (exact types).")
     server_id: int | None = Field(None, description="MySQL: unique replica server id.")
+    signal_table: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="schema.table of Debezium's signal table on the source, e.g. "
+        "public.tunggal_signal: needed to backfill tables added to the mappings and for "
+        "`tunggal resync` (incremental snapshots). Create it with: CREATE TABLE "
+        "public.tunggal_signal (id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, "
+        "data varchar(2048)); the connector's user needs INSERT on it.",
+    )
     properties: dict[str, str] = Field(
         default_factory=dict, description="Extra Debezium properties; these win."
     )
@@ -59,6 +69,12 @@ class ConnectorSpec(BaseModel):
     @property
     def publication_name(self) -> str:
         return f"tunggal_{self.name}_pub"
+
+    @property
+    def notification_topic(self) -> str:
+        """Where Debezium reports incremental snapshots (started, a table scanned, ...): a
+        topic beside the data, so that the notices come in order with the rows (embedded)."""
+        return f"{NOTIFICATION_PREFIX}.{self.name}"
 
     def modes(self) -> ConnectorModes:
         props = self.render(())
@@ -103,6 +119,17 @@ class ConnectorSpec(BaseModel):
         }
         if tables:
             props["table.include.list"] = ",".join(_regex_literal(t) for t in tables)
+        if self.signal_table:
+            # schema.table (PostgreSQL) or database.table (MySQL), as mapped tables are named;
+            # SQL Server wants the database in front.
+            props["signal.data.collection"] = (
+                f"{db.dbname}.{self.signal_table}"
+                if self.kind == "sqlserver"
+                else self.signal_table
+            )
+            props["signal.enabled.channels"] = "source"
+            props["notification.enabled.channels"] = "sink"
+            props["notification.sink.topic.name"] = self.notification_topic
         if self.kind == "postgresql":
             props.update(
                 {

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -185,6 +186,21 @@ class Metrics:
         )
         self.probes = Probes()
         r.register(_ProbeCollector(self))
+        self.incremental_rows = Counter(
+            "tunggal_incremental_snapshot_rows",
+            "Rows read again by incremental snapshots (a table added to the mappings, "
+            "`tunggal resync`, `verify --repair`) and committed",
+            ["source", "table"],
+            registry=r,
+        )
+        self.incremental_running = Gauge(
+            "tunggal_incremental_snapshot_running",
+            "1 while an incremental snapshot of the source runs",
+            ["source"],
+            registry=r,
+        )
+        # source -> the incremental snapshot it runs or ran last, for /status and the bar
+        self.incremental: dict[str, dict[str, Any]] = {}
         # client_python's defaults, in our registry rather than the global one (tests make many).
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -244,6 +260,63 @@ class Metrics:
             "duration_seconds": snap.duration_s,
             "tables": tables,
         }
+
+    def incremental_notice(
+        self,
+        source: str,
+        request_id: str,
+        kind: str,
+        tables: Sequence[str],
+        status: str | None,
+        rows: int | None,
+    ) -> None:
+        """A committed notice about an incremental snapshot (see `Pipeline._notice`)."""
+        with self.lock:
+            current = self.incremental.get(source)
+            if kind == "STARTED" or current is None or current["id"] != request_id:
+                current = self.incremental[source] = {
+                    "id": request_id,
+                    "running": True,
+                    "tables": list(tables),
+                    "done": {},
+                    "rows": {},
+                }
+            if kind == "TABLE_SCAN_COMPLETED" and tables:
+                current["done"][tables[0]] = {"status": status, "rows": rows}
+            elif kind in ("COMPLETED", "ABORTED"):
+                current["running"] = False
+                current["ended"] = kind.lower()
+            running = current["running"]
+        self.incremental_running.labels(source).set(1 if running else 0)
+
+    def incremental_committed(self, source: str, table: str, rows: int) -> None:
+        self.incremental_rows.labels(source, table).inc(rows)
+        with self.lock:
+            current = self.incremental.get(source)
+            if current is not None:
+                current["rows"][table] = current["rows"].get(table, 0) + rows
+
+    def incremental_status(self, source: str) -> dict[str, Any] | None:
+        """The source's incremental snapshot: per table rows read of the estimate, and done."""
+        with self.lock:
+            current = self.incremental.get(source)
+            if current is None:
+                return None
+            estimates = self.probes.row_estimates.get(source, {})
+            return {
+                "id": current["id"],
+                "running": current["running"],
+                "ended": current.get("ended"),
+                "tables": {
+                    table: {
+                        "rows": current["rows"].get(table, 0),
+                        "estimated_rows": estimates.get(table),
+                        "done": table in current["done"],
+                        "status": current["done"].get(table, {}).get("status"),
+                    }
+                    for table in current["tables"] or sorted(current["rows"])
+                },
+            }
 
     def set_mapping(self, content_hash: str, files: tuple[str, ...] | list[str]) -> None:
         self.mapping.info({"hash": content_hash[:12], "files": ",".join(map(str, files))})
@@ -311,6 +384,18 @@ class Metrics:
                     reads[labels["table"]] = reads.get(labels["table"], 0) + int(sample.value)
         return reads
 
+    def _incremental_view(self, source: str) -> dict[str, Any] | None:
+        # Called with the lock held (status); incremental_status takes it itself.
+        current = self.incremental.get(source)
+        if current is None:
+            return None
+        return {
+            "id": current["id"],
+            "running": current["running"],
+            "tables": {t: current["rows"].get(t, 0) for t in current["tables"]},
+            "done": sorted(current["done"]),
+        }
+
     def status(self) -> dict[str, object]:
         now = self.clock()
         with self.lock:
@@ -340,6 +425,7 @@ class Metrics:
                         "events_applied": s.events_applied,
                         "events_per_second": 0.0 if idle else round(s.rate, 1),
                         "snapshot": self._snapshot_status(s.name),
+                        "incremental_snapshot": self._incremental_view(s.name),
                         "slot_wal_retained_bytes": self.probes.slot_retained_bytes.get(s.name),
                     }
                 )

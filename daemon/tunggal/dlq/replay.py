@@ -26,7 +26,7 @@ from tunggal.dlq.store import Entry, Selection
 from tunggal.errors import ConfigError, TransientError
 from tunggal.events.model import RawEvent
 from tunggal.mapping import check_against_database
-from tunggal.runtime.app import epoch_lookup, load_all
+from tunggal.runtime.app import epoch_lookup, load_all, request_lookup
 from tunggal.runtime.pipeline import Pipeline, Processed
 from tunggal.sink.collapse import Step, collapse
 from tunggal.sink.postgres import DeadLetter, PostgresSink, SourceProgress
@@ -128,6 +128,7 @@ def open_dead_letter_sink(config: TunggalConfig) -> tuple[DeadLetterSink, Pipeli
         {t: i.columns for t, i in sink.tables.items()},
         # As many tries as a write gets (`Replayer._retrying`).
         epoch_lookup(config, stop=threading.Event(), attempts=5),
+        request_lookup(config, stop=threading.Event(), attempts=5),
     )
     return sink, pipeline
 

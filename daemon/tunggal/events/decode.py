@@ -220,6 +220,7 @@ def _decode(
         snapshot=snapshot,
         snapshot_done=marker == "last",
         raw=raw,
+        incremental=marker == _INCREMENTAL,
     )
 
 
@@ -627,6 +628,7 @@ def _decode_fast(
         _is_snapshot(op, marker),
         marker == "last",
         raw,
+        marker == _INCREMENTAL,
     )
 
 

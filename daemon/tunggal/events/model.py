@@ -38,6 +38,8 @@ class _Unavailable:
 UNAVAILABLE: Final = _Unavailable()
 # Debezium's heartbeat topics are `__debezium-heartbeat.<topic prefix>`.
 HEARTBEAT_PREFIX: Final = "__debezium-heartbeat"
+# Where Tunggal has Debezium put its notices (incremental snapshots): see ConnectorSpec.
+NOTIFICATION_PREFIX: Final = "__debezium-notification"
 # What Debezium puts in place of an unchanged TOASTed column (`unavailable.value.placeholder`).
 UNAVAILABLE_PLACEHOLDER: Final = "__debezium_unavailable_value"
 
@@ -74,3 +76,6 @@ class ChangeEvent:
     # before the snapshot's position and that the snapshot did not read is gone.
     snapshot_done: bool = False
     raw: RawEvent | None = field(default=None, compare=False, repr=False)
+    # Read by an incremental snapshot (a table added, `tunggal resync`): placed among the
+    # streamed changes by its position, counted apart for progress.
+    incremental: bool = False

@@ -509,20 +509,22 @@ class TableMapper:
             ]
         return []
 
+    @property
+    def target(self) -> str:
+        return self._table
+
     def snapshot_cleanup(self, event: ChangeEvent) -> Truncate | None:
         """After a completed snapshot: rows this source wrote before it (an earlier snapshot
         cut short, or streaming before a re-snapshot) that the snapshot did not read again
         were deleted in the source meanwhile. Remove them as the delete policy says."""
+        return self.cleanup_before(event.source, event.position, event.commit_ts_us)
+
+    def cleanup_before(self, source: str, position: int, commit_ts_us: int) -> Truncate | None:
+        """Remove (as the delete policy says) this source's rows older than `position`; no
+        watermark, so a change of theirs that still streams in afterwards applies."""
         if self._delete == "ignore":
             return None
-        return Truncate(
-            self._table,
-            event.source,
-            event.position,
-            event.commit_ts_us,
-            self._soft,
-            watermark=False,
-        )
+        return Truncate(self._table, source, position, commit_ts_us, self._soft, watermark=False)
 
     def _update(self, event: ChangeEvent, after: Row) -> list[RowOp]:
         old = None
@@ -634,6 +636,34 @@ class MappingSet:
         if mappers is None:
             return []
         return self._map(event, mappers)
+
+    def table_cleanup(
+        self, source: str, source_table: str, position: int, commit_ts_us: int
+    ) -> tuple[list[RowOp], list[str]]:
+        """After an incremental snapshot read `source_table` again: its rows this source wrote
+        before `position` and did not read again are gone from the source. Removed as each
+        delete policy says, in every target table this source table feeds, except those that
+        another table of the same source also writes (their rows cannot be told apart by
+        position): those come back as the second list, to be reported."""
+        ops: list[RowOp] = []
+        shared: list[str] = []
+        mine = self._mappers.get((source, source_table), ())
+        for mapper in mine:
+            target = mapper.target
+            others = [
+                table
+                for (s, table), mappers in self._mappers.items()
+                if s == source
+                and table != source_table
+                and any(m.target == target for m in mappers)
+            ]
+            if others:
+                shared.append(target)
+                continue
+            op = mapper.cleanup_before(source, position, commit_ts_us)
+            if op is not None:
+                ops.append(op)
+        return ops, shared
 
     def _snapshot_cleanup(self, event: ChangeEvent) -> list[RowOp]:
         # Every table of the source: the snapshot read them all, empty ones included (whose

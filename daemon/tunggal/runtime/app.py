@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import tenacity
@@ -14,7 +15,7 @@ from tunggal.errors import ConfigError, TransientError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
-from tunggal.runtime.pipeline import EpochLookup, Pipeline
+from tunggal.runtime.pipeline import EpochLookup, Pipeline, RequestLookup
 from tunggal.runtime.reload import MappingReloader
 from tunggal.runtime.runner import Runner
 from tunggal.runtime.systemd import Notifier
@@ -68,15 +69,49 @@ def epoch_lookup(
     attempts: int | None = None,
     metrics: Metrics | None = None,
 ) -> EpochLookup:
-    """A source's committed snapshot epoch, read from the target (see `Pipeline`).
-
-    A target that does not answer is retried with the write backoff: the event cannot be
-    placed without its epoch, and nothing is acknowledged while we wait. The daemon waits until
-    `stop` is set, as it does for its writes; `dlq replay` gives up after `attempts`.
-    """
+    """A source's committed snapshot epoch, read from the target (see `Pipeline`)."""
     from tunggal.sink.postgres import read_snapshot_epoch
 
     dsn, timeout = config.target.dsn, config.target.connect_timeout_s
+    retrying = _target_retry(config, stop, attempts, metrics, "the snapshot epoch")
+
+    def lookup(source: str) -> int | None:
+        return retrying.copy()(read_snapshot_epoch, dsn, source, connect_timeout_s=timeout)
+
+    return lookup
+
+
+def request_lookup(
+    config: TunggalConfig,
+    *,
+    stop: threading.Event,
+    attempts: int | None = None,
+    metrics: Metrics | None = None,
+) -> RequestLookup:
+    """An incremental snapshot Tunggal asked for, read from the target when Debezium says a
+    table's scan ended (see `Pipeline._notice`): its watermark and row filters."""
+    from tunggal.reconcile.signals import read_request
+
+    dsn = config.target.dsn
+    retrying = _target_retry(config, stop, attempts, metrics, "an incremental snapshot request")
+
+    def lookup(request_id: str) -> tuple[int, Mapping[str, str]] | None:
+        found = retrying.copy()(read_request, dsn, request_id)
+        return None if found is None else (found.position, found.conditions)
+
+    return lookup
+
+
+def _target_retry(
+    config: TunggalConfig,
+    stop: threading.Event,
+    attempts: int | None,
+    metrics: Metrics | None,
+    what: str,
+) -> tenacity.Retrying:
+    """A read of the target that the pipeline cannot go on without: retried with the write
+    backoff while the target does not answer. The daemon waits until `stop` is set, as it does
+    for its writes (nothing is acknowledged meanwhile); `dlq replay` gives up after `attempts`."""
 
     def give_up(state: tenacity.RetryCallState) -> bool:
         return stop.is_set() or (attempts is not None and state.attempt_number >= attempts)
@@ -85,7 +120,8 @@ def epoch_lookup(
         if metrics is not None:
             metrics.retries.labels("target").inc()
         log.warning(
-            "cannot read the snapshot epoch from the target (%s); retry %d in %.1fs",
+            "cannot read %s from the target (%s); retry %d in %.1fs",
+            what,
             state.outcome.exception() if state.outcome else None,
             state.attempt_number,
             state.upcoming_sleep,
@@ -94,7 +130,7 @@ def epoch_lookup(
     def sleep(seconds: float) -> None:
         stop.wait(seconds)  # stopping ends the wait at once
 
-    retrying = tenacity.Retrying(
+    return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
         wait=tenacity.wait_exponential_jitter(
             multiplier=config.retry.initial_delay_s, max=config.retry.max_delay_s
@@ -104,11 +140,6 @@ def epoch_lookup(
         before_sleep=before_sleep,
         reraise=True,
     )
-
-    def lookup(source: str) -> int | None:
-        return retrying.copy()(read_snapshot_epoch, dsn, source, connect_timeout_s=timeout)
-
-    return lookup
 
 
 def build_runner(
@@ -153,6 +184,7 @@ def build_runner(
         modes,
         {t: i.columns for t, i in sink.tables.items()},
         epoch_lookup(config, stop=stop, metrics=metrics),
+        request_lookup(config, stop=stop, metrics=metrics),
     )
     metrics.set_mapping(mappings.content_hash, mappings.files)
     runner = Runner(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 import orjson
 
 from tunggal.errors import PoisonEventError
 from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
-from tunggal.events.model import HEARTBEAT_PREFIX, ChangeEvent, RawEvent
+from tunggal.events.model import HEARTBEAT_PREFIX, NOTIFICATION_PREFIX, ChangeEvent, RawEvent
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
 from tunggal.mapping.ops import RowOp
@@ -32,6 +33,9 @@ class Processed:
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (source, table, op, outcome) -> count, for the events metric
     counts: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    # Incremental snapshots: Debezium's notices, and rows read per (source, source table)
+    notices: list[SnapshotNotice] = field(default_factory=list)
+    incremental_rows: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def count(self, key: tuple[str, str, str, str], n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -39,6 +43,23 @@ class Processed:
 
 # Reads a source's snapshot epoch as committed in the target (None when it has none yet).
 EpochLookup = Callable[[str], int | None]
+# An incremental snapshot Tunggal asked for, by its id: (watermark position, per-table row
+# filters), or None for one it did not ask for (`reconcile.signals`).
+RequestLookup = Callable[[str], tuple[int, Mapping[str, str]] | None]
+# What a table's scan ending means for its rows.
+_SCANNED: Final = frozenset({"SUCCEEDED", "EMPTY"})
+
+
+@dataclass(frozen=True)
+class SnapshotNotice:
+    """One of Debezium's notices about an incremental snapshot (its `sink` channel)."""
+
+    source: str
+    id: str
+    kind: str  # STARTED, IN_PROGRESS, TABLE_SCAN_COMPLETED, COMPLETED, ABORTED, PAUSED...
+    tables: tuple[str, ...] = ()  # the snapshot's tables (STARTED), or the one concerned
+    status: str | None = None  # TABLE_SCAN_COMPLETED: SUCCEEDED, EMPTY, SKIPPED, ...
+    rows: int | None = None  # TABLE_SCAN_COMPLETED: rows the scan read
 
 
 class Pipeline:
@@ -56,6 +77,7 @@ class Pipeline:
         modes: Mapping[str, ConnectorModes],
         target_types: Mapping[str, Mapping[str, str]],
         epochs: EpochLookup | None = None,
+        requests: RequestLookup | None = None,
     ) -> None:
         self.mappings = mappings
         self.modes = dict(modes)
@@ -63,6 +85,7 @@ class Pipeline:
         self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
         self._lookup_epoch = epochs
         self._epochs: dict[str, int] = {}
+        self._lookup_request = requests
 
     def swap(self, mappings: MappingSet, target_types: Mapping[str, Mapping[str, str]]) -> None:
         """Use a new mapping set from the next event on (called between batches)."""
@@ -108,6 +131,9 @@ class Pipeline:
         epochs = modes.connector == "postgresql"
         epoch_unknown = False  # looked up once per chunk at most while there is none
         for raw in raws:
+            if raw.destination.startswith(NOTIFICATION_PREFIX):
+                self._notice(source, raw, out)
+                continue
             if raw.destination.startswith(HEARTBEAT_PREFIX):
                 beat = _heartbeat_ts_us(raw)
                 if beat is not None:
@@ -141,6 +167,9 @@ class Pipeline:
                 continue
             if not event.snapshot:
                 out.live.add(source)
+            if event.incremental:
+                counted = (source, event.table)
+                out.incremental_rows[counted] = out.incremental_rows.get(counted, 0) + 1
             progress = out.progress.get(source)
             if progress is None:
                 progress = out.progress[source] = SourceProgress(event.position, event.commit_ts_us)
@@ -160,6 +189,108 @@ class Pipeline:
             else:
                 out.ops.extend((op, raw) for op in ops)
         return out
+
+    def _notice(self, source: str, raw: RawEvent, out: Processed) -> None:
+        """A notice about an incremental snapshot, in order with the rows (see
+        `ConnectorSpec.notification_topic`). When a table's scan ends, the rows of it that the
+        source wrote before the request's watermark and the scan did not read again are gone
+        from the source: they are removed here, in stream order, after the scan's last row."""
+        notice = _parse_notice(source, raw)
+        if notice is None:
+            return
+        out.notices.append(notice)
+        if notice.kind != "TABLE_SCAN_COMPLETED" or not notice.tables:
+            return
+        (table,) = notice.tables
+        if notice.status not in _SCANNED:
+            log.warning(
+                "source %s: the incremental snapshot of %s ended with %s; its rows are as "
+                "streamed (run `tunggal resync --source %s --table %s` once the cause is fixed)",
+                source,
+                table,
+                notice.status,
+                source,
+                table,
+            )
+            return
+        request = self._lookup_request(notice.id) if self._lookup_request else None
+        if request is None:
+            log.info(
+                "source %s: incremental snapshot %s of %s was not asked for by Tunggal; rows "
+                "deleted from the source while it was not captured stay in the target",
+                source,
+                notice.id,
+                table,
+            )
+            return
+        position, filters = request
+        if table in filters:
+            return  # only some rows were read again (verify --repair): nothing to conclude
+        ops, shared = self.mappings.table_cleanup(source, table, position, _notice_ts_us(raw))
+        out.ops.extend((op, None) for op in ops)
+        for target in shared:
+            log.warning(
+                "source %s: %s was read again, but rows of %s that %s no longer has are not "
+                "removed: another table of %s writes %s too",
+                source,
+                table,
+                target,
+                table,
+                source,
+                target,
+            )
+
+
+def _parse_notice(source: str, raw: RawEvent) -> SnapshotNotice | None:
+    """Debezium's notification record ({id, aggregate_type, type, additional_data, timestamp},
+    inside "payload" with schemas), or None for anything else."""
+    try:
+        value = orjson.loads(raw.value) if raw.value is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("payload"), dict):
+        value = value["payload"]
+    if not isinstance(value, dict) or value.get("aggregate_type") != "Incremental Snapshot":
+        return None
+    data = value.get("additional_data")
+    data = data if isinstance(data, dict) else {}
+    kind = str(value.get("type", ""))
+    tables: tuple[str, ...] = ()
+    if kind == "STARTED":
+        tables = tuple(
+            _table_name(t) for t in str(data.get("data_collections", "")).split(",") if t
+        )
+    elif "scanned_collection" in data:
+        tables = (_table_name(str(data["scanned_collection"])),)
+    elif "current_collection_in_progress" in data:
+        tables = (_table_name(str(data["current_collection_in_progress"])),)
+    rows = data.get("total_rows_scanned")
+    return SnapshotNotice(
+        source=source,
+        id=str(value.get("id", "")),
+        kind=kind,
+        tables=tables,
+        status=str(data["status"]) if "status" in data else None,
+        rows=int(rows) if isinstance(rows, (int, str)) and str(rows).isdigit() else None,
+    )
+
+
+def _table_name(collection: str) -> str:
+    """Debezium's data collection id as mappings name tables: schema.table (a PostgreSQL id
+    may carry the database in front, SQL Server's always does)."""
+    return ".".join(collection.strip().split(".")[-2:])
+
+
+def _notice_ts_us(raw: RawEvent) -> int:
+    """The notice's time (ms since the epoch, as text or a number), in µs; 0 if unreadable."""
+    try:
+        value = orjson.loads(raw.value) if raw.value is not None else None
+    except orjson.JSONDecodeError:
+        return 0
+    if isinstance(value, dict) and isinstance(value.get("payload"), dict):
+        value = value["payload"]
+    ts = value.get("timestamp") if isinstance(value, dict) else None
+    return int(ts) * 1000 if isinstance(ts, int) or (isinstance(ts, str) and ts.isdigit()) else 0
 
 
 def _heartbeat_ts_us(raw: RawEvent) -> int | None:

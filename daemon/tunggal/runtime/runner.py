@@ -32,7 +32,7 @@ from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
 from tunggal.runtime.pipeline import Pipeline, Processed
 from tunggal.runtime.systemd import Notifier
 from tunggal.sink.collapse import collapse
-from tunggal.sink.postgres import BatchResult, PostgresSink
+from tunggal.sink.postgres import BatchResult, PostgresSink, RequestUpdate
 from tunggal.sources.base import Chunk, Source, SourceFailure
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,15 @@ class Runner:
             steps = collapse(pending.ops)
             started = time.perf_counter()
             result: BatchResult = self._retrying(deadline)(
-                self.sink.write, steps, pending.progress, pending.dead_letters, pending.offsets
+                self.sink.write,
+                steps,
+                pending.progress,
+                pending.dead_letters,
+                pending.offsets,
+                [
+                    RequestUpdate(n.id, n.kind, n.tables[0] if n.tables else None, n.rows)
+                    for n in pending.notices
+                ],
             )
             elapsed = time.perf_counter() - started
         except BaseException as exc:
@@ -335,6 +343,12 @@ class Runner:
             m.table_rows(table, "delete", n)
         for (table, column), n in result.conflicts.items():
             m.merge_conflicts.labels(table, column).inc(n)
+        for (source, table), n in pending.incremental_rows.items():
+            m.incremental_committed(source, table, n)
+        for notice in pending.notices:
+            m.incremental_notice(
+                notice.source, notice.id, notice.kind, notice.tables, notice.status, notice.rows
+            )
         dead = [*pending.dead_letters, *result.dead_letters]
         for letter in dead:
             m.dead_letters.labels(letter.source).inc()

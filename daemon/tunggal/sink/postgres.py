@@ -26,6 +26,7 @@ from tunggal.errors import FatalError, PoisonEventError, TransientError
 from tunggal.events.model import UNAVAILABLE, RawEvent
 from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
+from tunggal.mapping.dbinfo import contributions_table
 from tunggal.mapping.ops import Delete, Truncate, Upsert
 from tunggal.sink.collapse import Pending, Segment, Step
 from tunggal.sink.merge import MergeTable, Recomputed, rules_json
@@ -90,6 +91,17 @@ class SourceProgress:
     commit_ts_us: int
     events: int = 0
     epoch: int | None = None  # PostgreSQL: the newest snapshot epoch in the batch (see Pipeline)
+
+
+@dataclass(frozen=True)
+class RequestUpdate:
+    """Progress of an incremental snapshot Tunggal asked for (`tunggal_snapshot_requests`),
+    from Debezium's notices: committed with the rows they follow."""
+
+    id: str
+    kind: str  # STARTED, TABLE_SCAN_COMPLETED, COMPLETED, ABORTED
+    table: str | None = None
+    rows: int | None = None
 
 
 @dataclass
@@ -399,6 +411,53 @@ class PostgresSink:
             with contextlib.suppress(Exception):
                 conn.rollback()
 
+    def forget(self, table: str, source: str, *, apply: bool) -> int:
+        """What `source` wrote in `table` (a table it no longer writes): its rows, tombstones
+        and truncate watermarks, or its contributions; how many rows that is, deleted only
+        with `apply`. Call after `introspect`."""
+        contributions = contributions_table(table)
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                if contributions in self.tables:
+                    # Its contributions no longer count (`sink.merge`): dropping them leaves the
+                    # rows as they are.
+                    statements = [
+                        sql.SQL("DELETE FROM {} WHERE _tunggal_source = %s").format(
+                            _tbl(contributions)
+                        )
+                    ]
+                else:
+                    statements = [
+                        sql.SQL("DELETE FROM {} WHERE _tunggal_source = %s").format(_tbl(table))
+                    ]
+                count = (
+                    statements[0].as_string(conn).replace("DELETE FROM", "SELECT count(*) FROM", 1)
+                )
+                row = cur.execute(count, (source,)).fetchone()
+                found = int(row[0]) if row else 0
+                if apply:
+                    for statement in statements:
+                        cur.execute(statement, (source,))
+                    for own in ("tunggal_tombstones", "tunggal_truncations"):
+                        cur.execute(
+                            sql.SQL(
+                                "DELETE FROM {} WHERE target_table = %s AND source = %s"
+                            ).format(sql.Identifier("public", own)),
+                            (table, source),
+                        )
+            if apply:
+                conn.commit()
+            else:
+                conn.rollback()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if isinstance(exc, psycopg.Error):
+                raise classify(exc) from exc
+            raise
+        return found
+
     def count_dead_letters(self) -> int:
         with self.engine.connect() as conn:
             return int(
@@ -414,16 +473,18 @@ class PostgresSink:
         progress: Mapping[str, SourceProgress],
         dead_letters: Sequence[DeadLetter],
         offsets: Mapping[tuple[str, str, int], int] | None = None,
+        requests: Sequence[RequestUpdate] = (),
     ) -> BatchResult:
-        """Apply one batch atomically, with the Kafka offsets it came from (if any).
-        Rows the database rejects are isolated and dead-lettered."""
+        """Apply one batch atomically, with the Kafka offsets it came from (if any) and the
+        progress of incremental snapshots it saw. Rows the database rejects are isolated and
+        dead-lettered."""
         offsets = offsets or {}
         try:
-            return self._write(steps, progress, dead_letters, offsets, isolate=False)
+            return self._write(steps, progress, dead_letters, offsets, requests, isolate=False)
         except PoisonEventError:
             # One row's data broke the batch; apply row by row so the good rows land.
             log.warning("a row in the batch was rejected; retrying row by row to isolate it")
-            return self._write(steps, progress, dead_letters, offsets, isolate=True)
+            return self._write(steps, progress, dead_letters, offsets, requests, isolate=True)
 
     def _write(
         self,
@@ -431,6 +492,7 @@ class PostgresSink:
         progress: Mapping[str, SourceProgress],
         dead_letters: Sequence[DeadLetter],
         offsets: Mapping[tuple[str, str, int], int],
+        requests: Sequence[RequestUpdate],
         *,
         isolate: bool,
     ) -> BatchResult:
@@ -455,6 +517,7 @@ class PostgresSink:
                 self._dead_letters(cur, [*dead_letters, *result.dead_letters])
                 self._progress(cur, progress)
                 self._kafka_offsets(cur, offsets)
+                self._requests(cur, requests)
             conn.commit()
             self._ended(committed=True)
         except BaseException as exc:
@@ -992,6 +1055,31 @@ class PostgresSink:
                 "updated_at = now()",
                 (source, p.position, p.commit_ts_us, p.events, p.epoch),
             )
+
+    def _requests(self, cur: psycopg.Cursor[Any], updates: Sequence[RequestUpdate]) -> None:
+        # A target set up before incremental snapshots has no such table: nothing to record
+        # (`tunggal schema --apply` adds it; `tunggal resync` asks for it).
+        if not updates or "public.tunggal_snapshot_requests" not in self.tables:
+            return
+        for u in updates:
+            if u.kind == "STARTED":
+                cur.execute(
+                    "UPDATE public.tunggal_snapshot_requests SET state = 'running' "
+                    "WHERE id = %s AND state = 'requested'",
+                    (u.id,),
+                )
+            elif u.kind == "TABLE_SCAN_COMPLETED":
+                cur.execute(
+                    "UPDATE public.tunggal_snapshot_requests SET tables_done = "
+                    "array_append(tables_done, %s), rows_read = rows_read + %s WHERE id = %s",
+                    (u.table, u.rows or 0, u.id),
+                )
+            elif u.kind in ("COMPLETED", "ABORTED"):
+                cur.execute(
+                    "UPDATE public.tunggal_snapshot_requests SET state = %s, finished_at = now() "
+                    "WHERE id = %s",
+                    ("done" if u.kind == "COMPLETED" else "aborted", u.id),
+                )
 
     def _kafka_offsets(
         self, cur: psycopg.Cursor[Any], offsets: Mapping[tuple[str, str, int], int]

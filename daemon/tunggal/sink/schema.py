@@ -68,6 +68,21 @@ OWN_TABLES_DDL = [
     "attempts integer NOT NULL DEFAULT 1",
     "ALTER TABLE public.tunggal_dead_letters ADD COLUMN IF NOT EXISTS "
     "last_failed_at timestamptz NOT NULL DEFAULT now()",
+    # Incremental snapshots Tunggal asked a source for (`tunggal resync`, a table added to the
+    # mappings, `verify --repair`): when each table's scan completes, that source's rows of it
+    # older than `position` that the scan did not read again are gone from the source.
+    """CREATE TABLE IF NOT EXISTS public.tunggal_snapshot_requests (
+        id text PRIMARY KEY,
+        source text NOT NULL,
+        tables text[] NOT NULL,
+        position numeric NOT NULL,
+        conditions jsonb,
+        reason text NOT NULL,
+        state text NOT NULL DEFAULT 'requested',
+        tables_done text[] NOT NULL DEFAULT '{}',
+        rows_read bigint NOT NULL DEFAULT 0,
+        requested_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz)""",
     # Tables written by several sources: the rules their rows were last computed with
     # (`sink.merge`); a change recomputes the table from its contributions.
     """CREATE TABLE IF NOT EXISTS public.tunggal_merge_state (
@@ -83,7 +98,11 @@ OWN_TABLES = (
     "tunggal_kafka_offsets",
     "tunggal_dead_letters",
     "tunggal_merge_state",
+    "tunggal_snapshot_requests",
 )
+# Added after the first release: a target set up before runs on without them until a feature
+# needs them (several sources on one table; an incremental snapshot), which then says so.
+OPTIONAL_OWN_TABLES = frozenset({"tunggal_merge_state", "tunggal_snapshot_requests"})
 
 _INTROSPECT = sa.text("""
 SELECT n.nspname || '.' || c.relname AS table_name,
@@ -281,8 +300,7 @@ def missing_bookkeeping(
         merged_tables(targets, tables)
     )
     for own in OWN_TABLES:
-        # A target set up before tables could have several sources runs on without it.
-        if own == "tunggal_merge_state" and not merging:
+        if own in OPTIONAL_OWN_TABLES and not (own == "tunggal_merge_state" and merging):
             continue
         if f"public.{own}" not in tables:
             reasons.append(f"Tunggal's table public.{own} does not exist")
