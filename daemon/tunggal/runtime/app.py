@@ -15,6 +15,7 @@ from tunggal.errors import ConfigError, TransientError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
+from tunggal.runtime.capture import CaptureFollower
 from tunggal.runtime.pipeline import EpochLookup, Pipeline, RequestLookup
 from tunggal.runtime.reload import MappingReloader
 from tunggal.runtime.runner import Runner
@@ -197,7 +198,12 @@ def build_runner(
         stop=stop,
         notifier=Notifier(),
     )
-    runner.reloader = MappingReloader(config, pipeline, sink, metrics)
+    capture = None
+    if replay is None:
+        capture = CaptureFollower(config, connectors, runner.reconfigure_source)
+        # Tables added to a source's mappings while the daemon was stopped are backfilled.
+        capture.at_start(mappings)
+    runner.reloader = MappingReloader(config, pipeline, sink, metrics, capture)
     if replay is None:
         start_probes(config, mappings, connectors, metrics, stop)
     return runner

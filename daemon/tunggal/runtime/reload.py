@@ -16,6 +16,7 @@ from tunggal.config import TunggalConfig
 from tunggal.errors import ConfigError, Problem, TunggalError
 from tunggal.mapping import check_against_database, load_mappings
 from tunggal.metrics import Metrics
+from tunggal.runtime.capture import CaptureFollower
 from tunggal.runtime.pipeline import Pipeline
 from tunggal.sink.postgres import PostgresSink
 
@@ -24,12 +25,21 @@ log = logging.getLogger(__name__)
 
 class MappingReloader:
     def __init__(
-        self, config: TunggalConfig, pipeline: Pipeline, sink: PostgresSink, metrics: Metrics
+        self,
+        config: TunggalConfig,
+        pipeline: Pipeline,
+        sink: PostgresSink,
+        metrics: Metrics,
+        capture: CaptureFollower | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.sink = sink
         self.metrics = metrics
+        self.capture = capture
+        # The problems of the last refused reload: a retry that finds the same ones says so in
+        # one line instead of listing them again.
+        self.refused: list[str] | None = None
 
     def __call__(self) -> bool:
         """Try the mapping files as they are now. True if the active set is valid and current."""
@@ -43,27 +53,28 @@ class MappingReloader:
             problems = [Problem("", "", f"cannot check the mappings against the target: {exc}")]
         if problems:
             self.metrics.reloads.labels("failure").inc()
+            lines = [str(p) for p in problems]
+            if lines == self.refused:
+                log.warning(
+                    "mapping reload still refused (the same %d problem(s)), still running on %s",
+                    len(lines),
+                    self.pipeline.mappings.content_hash[:12],
+                )
+                return False
+            self.refused = lines
             log.error(
                 "mapping reload refused, still running on %s: %d problem(s)",
                 self.pipeline.mappings.content_hash[:12],
                 len(problems),
             )
-            for problem in problems:
-                log.error("  %s", problem)
+            for line in lines:
+                log.error("  %s", line)
             return False
+        self.refused = None
         old = self.pipeline.mappings
         if mappings.content_hash == old.content_hash:
             log.info("mapping files unchanged (%s)", old.content_hash[:12])
             return True
-        for source in mappings.sources():
-            added = mappings.source_tables(source) - old.source_tables(source)
-            if added:
-                # The running Debezium connector captures a fixed table list.
-                log.warning(
-                    "source %s: newly mapped tables %s are captured after a restart",
-                    source,
-                    ", ".join(sorted(added)),
-                )
         try:
             # Tables written by several sources are recomputed here if their rules changed.
             self.sink.set_targets(mappings.targets(), mappings.content_hash)
@@ -80,6 +91,9 @@ class MappingReloader:
         self.metrics.set_mapping(mappings.content_hash, mappings.files)
         self.metrics.reloads.labels("success").inc()
         log.info("mappings reloaded: %s -> %s", old.content_hash[:12], mappings.content_hash[:12])
+        if self.capture is not None:
+            # Tables added to or removed from a source: only that source restarts.
+            self.capture.mappings_changed(old, mappings)
         return True
 
 

@@ -37,6 +37,10 @@ from tunggal.sources.base import Chunk, Source, SourceFailure
 
 log = logging.getLogger(__name__)
 
+# A refused mapping reload is tried again after this long, doubling up to the maximum.
+RELOAD_RETRY_S = 15.0
+RELOAD_RETRY_MAX_S = 120.0
+
 
 class Runner:
     def __init__(
@@ -76,6 +80,10 @@ class Runner:
         self._restart_attempts: dict[str, int] = {}
         self._dead_count_at = 0.0
         self._swept_at = clock()
+        # A refused reload is tried again by itself: what made it fail (a table the mapping
+        # needs, `tunggal schema --apply` not run yet) is often fixed outside the files.
+        self._reload_retry_at: float | None = None
+        self._reload_backoff = RELOAD_RETRY_S
         self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
         self._closing = threading.Event()
         self._chunks: list[Chunk] = []
@@ -167,7 +175,14 @@ class Runner:
         if reload:
             assert self.reloader is not None
             self.reload_requested.clear()
-            self.reloader()
+            if self.reloader():
+                self._reload_retry_at, self._reload_backoff = None, RELOAD_RETRY_S
+            else:
+                self._reload_retry_at = now + self._reload_backoff
+                self._reload_backoff = min(self._reload_backoff * 2, RELOAD_RETRY_MAX_S)
+        elif self._reload_retry_at is not None and now >= self._reload_retry_at:
+            self._reload_retry_at = None
+            self.reload_requested.set()  # taken at the next boundary
         for name, due in list(self._restart_at.items()):
             if now >= due:
                 del self._restart_at[name]
@@ -189,6 +204,17 @@ class Runner:
                 self.metrics.dead_letters_current.set(self.sink.count_dead_letters())
             except Exception as exc:
                 log.debug("cannot count dead letters: %s", exc)
+
+    def reconfigure_source(self, name: str, prepare: Callable[[Source], None]) -> None:
+        """Stop one source, let `prepare` change it, start it again; the others go on. Called
+        between batches (a mapping reload), when nothing of it is in hand or being written:
+        what it delivered and was not acknowledged is delivered again by the new start."""
+        source = self._by_name[name]
+        source.close()
+        prepare(source)
+        self.metrics.restarts.labels(name).inc()
+        self.metrics.set_state(name, "starting")
+        source.start(self.deliver)
 
     def _source_failed(self, failure: SourceFailure) -> None:
         """A source that streamed before is restarted with backoff while the others go on.

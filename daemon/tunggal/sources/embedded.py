@@ -178,6 +178,10 @@ class EmbeddedSource:
         self._mark_lock = threading.Lock()
         self._in_flight: _InFlight | None = None
 
+    def reconfigure(self, properties: Mapping[str, str]) -> None:
+        """New connector properties (a table list the mappings changed), for the next start."""
+        self.properties.update(properties)
+
     def start(self, deliver: Deliver) -> None:
         # Also a restart after a failure: a fresh engine with fresh state flags.
         self._closing = threading.Event()
