@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import click
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.connect.render import connect_config, connector_document, secret_values
 from tunggal.connect.rest import ConnectClient
+from tunggal.connectors import ConnectorSpec
 from tunggal.errors import ConfigError, Problem
 
 CONNECT_URL_OPTION = click.option(
@@ -35,6 +38,8 @@ class Rendered:
     name: str
     file: str  # the connector file, for error messages
     config: dict[str, str]
+    spec: ConnectorSpec
+    target_dsn: str
 
 
 def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
@@ -62,6 +67,8 @@ def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
             name,
             files[name],
             connect_config(specs[name], mappings.source_tables(name), kafka_bootstrap=bootstrap),
+            specs[name],
+            config.target.dsn,
         )
         for name in (names or tuple(specs))
     ]
@@ -115,6 +122,55 @@ def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -
         else:
             outcome = "created" if client.put_config(one.name, one.config) else "updated"
         click.echo(f"{one.name}: {outcome}")
+        added = _tables(one.config) - _tables(current or {})
+        if current is not None and added:
+            _backfill(client, one, sorted(added))
+
+
+def _tables(config: Mapping[str, str]) -> set[str]:
+    listed = config.get("table.include.list", "")
+    return {t.replace("\\.", ".") for t in listed.split(",") if t}
+
+
+def _backfill(client: ConnectClient, one: Rendered, tables: list[str]) -> None:
+    """The rows the added tables already hold: an incremental snapshot, asked for once the
+    connector's tasks run with the new table list (a task still on the old one would take the
+    signal and skip tables it does not know)."""
+    from tunggal.errors import TunggalError
+    from tunggal.reconcile.signals import request_snapshot
+
+    wanted = one.config.get("table.include.list")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        configs = client.task_configs(one.name)
+        if configs and all(c.get("table.include.list") == wanted for c in configs):
+            break
+        time.sleep(1)
+    else:
+        click.secho(
+            f"{one.name}: its tasks did not take the new table list within 60 s; backfill "
+            f"{', '.join(tables)} later with `tunggal resync --source {one.name}`",
+            fg="yellow",
+            err=True,
+        )
+        return
+    try:
+        request = request_snapshot(
+            one.spec,
+            one.target_dsn,
+            tables,
+            reason="connectors apply: tables added",
+            where=one.file,
+        )
+    except TunggalError as exc:
+        click.secho(
+            f"{one.name}: {', '.join(tables)} are captured from now on, but their existing rows "
+            f"are not backfilled: {exc}",
+            fg="yellow",
+            err=True,
+        )
+        return
+    click.echo(f"{one.name}: backfilling {', '.join(tables)} (request {request.id})")
 
 
 # -- status --------------------------------------------------------------------------------------

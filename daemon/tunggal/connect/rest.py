@@ -78,6 +78,16 @@ class ConnectClient:
         status, _ = self._exchange("PUT", f"/connectors/{_seg(name)}/config", dict(config))
         return status == 201
 
+    def task_configs(self, name: str) -> list[dict[str, str]]:
+        """The configurations the connector's tasks run with (they follow a new connector
+        configuration once Connect has restarted them)."""
+        answer = self._request("GET", f"/connectors/{_seg(name)}/tasks", unknown=name)
+        return [
+            {str(k): str(v) for k, v in task.get("config", {}).items()}
+            for task in answer
+            if isinstance(task, dict)
+        ]
+
     def connectors(self) -> list[str]:
         return [str(n) for n in self._request("GET", "/connectors")]
 
