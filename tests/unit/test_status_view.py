@@ -69,3 +69,27 @@ def test_seconds_and_urls() -> None:
     assert url_for("0.0.0.0", 9464) == "http://127.0.0.1:9464"
     assert url_for("::", 1) == "http://[::1]:1"
     assert url_for("10.1.2.3", 2) == "http://10.1.2.3:2"
+
+
+def test_a_running_incremental_snapshot_is_shown() -> None:
+    from tunggal.admin.status import notes
+
+    found = {
+        "sources": [
+            {
+                "name": "src",
+                "incremental_snapshot": {
+                    "id": "tunggal-abc",
+                    "running": True,
+                    "tables": {"public.t1": 1500, "public.t2": 20},
+                    "done": ["public.t1"],
+                },
+            }
+        ],
+        "dead_letters": 0,
+    }
+    lines = [text for text, _ in notes(found, "http://127.0.0.1:9464")]
+    assert (
+        "source src reads again: public.t1 1500 rows (done), public.t2 20 rows"
+        "  (request tunggal-abc)"
+    ) in lines

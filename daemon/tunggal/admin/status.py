@@ -168,6 +168,21 @@ def notes(status: Mapping[str, Any], url: str) -> list[tuple[str, str | None]]:
     for source in sources if isinstance(sources, list) else []:
         if isinstance(source, Mapping) and source.get("error"):
             out.append((f"source {_text(source.get('name'))}: {source['error']}", "red"))
+        reading = source.get("incremental_snapshot") if isinstance(source, Mapping) else None
+        if isinstance(reading, Mapping) and reading.get("running"):
+            tables = reading.get("tables")
+            done = set(reading.get("done") or ())
+            parts = [
+                f"{table} {_text(rows)} rows" + (" (done)" if table in done else "")
+                for table, rows in (tables.items() if isinstance(tables, Mapping) else ())
+            ]
+            out.append(
+                (
+                    f"source {_text(source.get('name'))} reads again: {', '.join(parts) or '-'}"
+                    f"  (request {_text(reading.get('id'))})",
+                    "cyan",
+                )
+            )
     dead = _text(status.get("dead_letters"))
     current = status.get("dead_letters_current")
     text = f"dead letters: {dead} since start"
