@@ -164,3 +164,31 @@ def test_resync_refills_an_emptied_table_while_writes_race_it(
     assert sql(target, "SELECT count(*) FROM tunggal_dead_letters") == [(0,)]
     code, _ = daemon.terminate()
     assert code == 0, log()
+
+
+def test_resync_without_a_signal_table_says_how_to_create_one(
+    pg: PgCluster, new_db: Any, tmp_path: Path
+) -> None:
+    source, target = new_db("resync_nosig"), new_db("resync_nosig_tgt")
+    sql(source, "CREATE TABLE t1 (id int PRIMARY KEY, v text)")
+    sql(target, "CREATE TABLE t1 (id int PRIMARY KEY, v text)")
+    (tmp_path / "m.yaml").write_text(
+        "source: src\ntables:\n  - {from: public.t1, to: t1, key: [id], columns: {id: id, v: v}}\n"
+    )
+    connector = write_connector(tmp_path, "src", pg.port, source.rsplit("/", 1)[1])
+    plain = connector.read_text()
+    config = write_config(tmp_path, target, {"src": str(connector)}, ["m.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+
+    refused = run_cli("resync", "--config", str(config), "--source", "src")
+    assert refused.returncode == 2, refused.stderr
+    assert "source src has no signal table" in refused.stderr
+    assert "CREATE TABLE public.tunggal_signal (id varchar(42) PRIMARY KEY" in refused.stderr
+
+    connector.write_text(plain + "signal_table: public.isyarat\n")
+    missing = run_cli("resync", "--config", str(config), "--source", "src")
+    assert missing.returncode == 2, missing.stderr
+    assert "signal table public.isyarat does not exist on source src" in missing.stderr
+    assert "CREATE TABLE public.isyarat" in missing.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
+    assert sql(target, "SELECT count(*) FROM tunggal_snapshot_requests") == [(0,)]
