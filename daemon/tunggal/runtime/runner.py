@@ -375,6 +375,28 @@ class Runner:
             m.incremental_notice(
                 notice.source, notice.id, notice.kind, notice.tables, notice.status, notice.rows
             )
+            if notice.kind == "STARTED":
+                log.info(
+                    "source %s: reading %s again (incremental snapshot %s)",
+                    notice.source,
+                    ", ".join(notice.tables),
+                    notice.id,
+                )
+            elif notice.kind == "TABLE_SCAN_COMPLETED":
+                log.info(
+                    "source %s: %s read again: %s rows (%s)",
+                    notice.source,
+                    ", ".join(notice.tables),
+                    notice.rows if notice.rows is not None else "?",
+                    (notice.status or "?").lower(),
+                )
+            elif notice.kind in ("COMPLETED", "ABORTED"):
+                log.info(
+                    "source %s: incremental snapshot %s %s",
+                    notice.source,
+                    notice.id,
+                    "done" if notice.kind == "COMPLETED" else "aborted",
+                )
         dead = [*pending.dead_letters, *result.dead_letters]
         for letter in dead:
             m.dead_letters.labels(letter.source).inc()
