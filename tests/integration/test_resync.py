@@ -8,6 +8,7 @@ import json
 import random
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,17 @@ tables:
 
 
 class Writer(threading.Thread):
-    """Updates, inserts and deletes rows of t1 while the snapshot reads it."""
+    """Updates, inserts and deletes rows of t1 (id, v, n) while the snapshot reads it."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, keys: int = 3400) -> None:
         super().__init__(daemon=True)
-        self.dsn, self.stop, self.changes = dsn, threading.Event(), 0
+        self.dsn, self.keys, self.stop, self.changes = dsn, keys, threading.Event(), 0
 
     def run(self) -> None:
         rnd = random.Random(5)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.stop.is_set():
-                key = rnd.randint(1, 3400)
+                key = rnd.randint(1, self.keys)
                 roll = rnd.random()
                 if roll < 0.6:
                     conn.execute(
@@ -68,6 +69,25 @@ class Writer(threading.Thread):
                 else:
                     conn.execute("DELETE FROM t1 WHERE id = %s", (key,))
                 self.changes += 1
+
+
+def resync_and_wait(
+    config: Path, source: str, table: str, target: str, context: Callable[[], str]
+) -> str:
+    """`tunggal resync` of one table, then wait until its request is done; the request id."""
+    asked = run_cli("resync", "--config", str(config), "--source", source, "--table", table)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    request = asked.stdout.split("(request ")[1].split(")")[0]
+    wait_until(
+        lambda: (
+            sql(target, "SELECT state FROM tunggal_snapshot_requests WHERE id = %s", (request,))
+            == [("done",)]
+        ),
+        120,
+        message="incremental snapshot done",
+        context=context,
+    )
+    return request
 
 
 def _metric(port: int, name: str, **labels: str) -> float:
@@ -117,20 +137,7 @@ def test_resync_refills_an_emptied_table_while_writes_race_it(
     writer = Writer(source)
     writer.start()
     try:
-        asked = run_cli(
-            "resync", "--config", str(config), "--source", "src", "--table", "public.t1"
-        )
-        assert asked.returncode == 0, asked.stderr
-        request = asked.stdout.split("(request ")[1].split(")")[0]
-        wait_until(
-            lambda: (
-                sql(target, "SELECT state FROM tunggal_snapshot_requests WHERE id = %s", (request,))
-                == [("done",)]
-            ),
-            120,
-            message="incremental snapshot done",
-            context=log,
-        )
+        resync_and_wait(config, "src", "public.t1", target, log)
     finally:
         writer.stop.set()
         writer.join(10)

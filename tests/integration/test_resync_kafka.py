@@ -12,20 +12,18 @@ the final state is checked.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import Daemon, run_cli, sql, wait_until
 from tests.integration.test_connect import Sources, sources  # noqa: F401 - the fixture
+from tests.integration.test_resync import Writer, resync_and_wait
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.pgcluster import free_port
 
@@ -100,35 +98,6 @@ def _context(daemon: Daemon, made: Sources, port: int, *diffs: Any) -> Any:
         )
 
     return show
-
-
-class Writer(threading.Thread):
-    """Updates, inserts and deletes rows of t1 while the incremental snapshot reads it."""
-
-    def __init__(self, dsn: str, keys: int) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.keys = dsn, keys
-        self.stop, self.changes = threading.Event(), 0
-
-    def run(self) -> None:
-        rnd = random.Random(11)
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.is_set():
-                key, roll = rnd.randint(1, self.keys), rnd.random()
-                if roll < 0.6:
-                    conn.execute(
-                        "UPDATE t1 SET v = %s, n = n + 1 WHERE id = %s", (f"baru {key}", key)
-                    )
-                elif roll < 0.85:
-                    conn.execute(
-                        "INSERT INTO t1 VALUES (%s, %s, 0) ON CONFLICT (id) DO UPDATE "
-                        "SET v = EXCLUDED.v",
-                        (key, f"sisip {key}"),
-                    )
-                else:
-                    conn.execute("DELETE FROM t1 WHERE id = %s", (key,))
-                self.changes += 1
-                time.sleep(0.002)
 
 
 def _caught_up(port: int, name: str) -> bool:
@@ -223,18 +192,7 @@ def test_resync_through_connect_refills_an_emptied_table_while_writes_race_it(
     writer.start()
     try:
         time.sleep(0.5)  # some writes before the request too
-        asked = run_cli("resync", "--config", str(config), "--source", name, "--table", "public.t1")
-        assert asked.returncode == 0, asked.stdout + asked.stderr
-        request = asked.stdout.split("(request ")[1].split(")")[0]
-        wait_until(
-            lambda: (
-                sql(target, "SELECT state FROM tunggal_snapshot_requests WHERE id = %s", (request,))
-                == [("done",)]
-            ),
-            120,
-            message="incremental snapshot done",
-            context=context,
-        )
+        resync_and_wait(config, name, "public.t1", target, context)
     finally:
         writer.stop.set()
         writer.join(10)
