@@ -199,3 +199,57 @@ def test_resync_without_a_signal_table_says_how_to_create_one(
     assert "CREATE TABLE public.isyarat" in missing.stderr
     assert "Traceback" not in refused.stderr + missing.stderr
     assert sql(target, "SELECT count(*) FROM tunggal_snapshot_requests") == [(0,)]
+
+
+def test_a_request_folded_into_a_running_snapshot_is_tracked_and_a_partial_one_cleans_nothing(
+    pg: PgCluster, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """Debezium folds a request that arrives while a snapshot runs into the running one, and
+    reports its tables under the first request's id. A row-filtered request for t2 (as
+    `verify --repair` sends) folded into a whole-table resync of t1 must not make t2's other
+    rows look gone, and both requests must end done."""
+    from tunggal.connectors import load_connector
+    from tunggal.reconcile.signals import request_snapshot
+
+    source, target = new_db("fold_src"), new_db("fold_tgt")
+    sql(source, SOURCE.replace("generate_series(1, 3000)", "generate_series(1, 20000)"))
+    sql(target, TARGET)
+    (tmp_path / "m.yaml").write_text(MAPPING)
+    connector = write_connector(tmp_path, "src", pg.port, source.rsplit("/", 1)[1])
+    connector.write_text(
+        connector.read_text().replace(
+            "properties:\n", "properties:\n  incremental.snapshot.chunk.size: '500'\n"
+        )
+        + "signal_table: public.tunggal_signal\n"
+    )
+    config = write_config(tmp_path, target, {"src": str(connector)}, ["m.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    daemon: Daemon = daemon_factory(config).start()
+    log = lambda: daemon.output()[-4000:]  # noqa: E731
+    wait_until(lambda: sql(target, "SELECT count(*) FROM t2") == [(50,)], 90, context=log)
+    wait_until(lambda: sql(target, "SELECT count(*) FROM t1") == [(20000,)], 90, context=log)
+
+    spec = load_connector(connector)
+    whole = request_snapshot(spec, target, ["public.t1"], reason="test: whole")
+    wait_until(lambda: "reading public.t1 again" in daemon.output(), 60, context=log)
+    partial = request_snapshot(
+        spec,
+        target,
+        ["public.t2"],
+        reason="test: partial",
+        conditions={"public.t2": "id IN (1, 2)"},
+    )
+    states = "SELECT id, state FROM tunggal_snapshot_requests ORDER BY requested_at"
+    wait_until(
+        lambda: sql(target, states) == [(whole.id, "done"), (partial.id, "done")],
+        120,
+        message="both requests done",
+        context=log,
+    )
+    sql(source, "INSERT INTO t1 VALUES (99999, 'penanda', 0)")
+    wait_until(lambda: sql(target, "SELECT 1 FROM t1 WHERE id = 99999"), 60, context=log)
+    # Only two rows of t2 were read again: the other 48 are not gone.
+    assert sql(target, "SELECT count(*) FROM t2") == [(50,)]
+    assert sql(target, "SELECT count(*) FROM t1") == [(20001,)]
+    code, _ = daemon.terminate()
+    assert code == 0, log()

@@ -198,20 +198,31 @@ def _record(target_dsn: str, request: SnapshotRequest, reason: str) -> None:
         ) from exc
 
 
-def read_request(target_dsn: str, request_id: str) -> SnapshotRequest | None:
-    """A request recorded in the target, or None (a snapshot Tunggal did not ask for)."""
+def scan_watermark(
+    target_dsn: str, request_id: str, source: str, table: str
+) -> tuple[int, bool] | None:
+    """What a table's scan ending under `request_id` lets us conclude: the watermark to clean
+    below, and whether only some rows were read; None for a snapshot Tunggal did not ask for.
+
+    Debezium folds a request that arrives while a snapshot runs into the running one and
+    reports its tables under the first request's id, so every pending request of the source
+    that names the table counts: the oldest watermark (cleaning below it removes the least),
+    and partial if any of them limited the rows (`verify --repair`).
+    """
     conninfo = target_dsn.replace("postgresql+psycopg://", "postgresql://", 1)
     try:
         with psycopg.connect(conninfo, connect_timeout=10) as conn:
             row = conn.execute(
-                "SELECT source, tables, position, conditions FROM "
-                "public.tunggal_snapshot_requests WHERE id = %s",
-                (request_id,),
+                "SELECT min(position), coalesce(bool_or(conditions ? %(table)s), false) "
+                "FROM public.tunggal_snapshot_requests WHERE source = %(source)s "
+                "AND (id = %(id)s OR (state IN ('requested', 'running') "
+                "AND %(table)s = ANY(tables)))",
+                {"id": request_id, "source": source, "table": table},
             ).fetchone()
     except psycopg.errors.UndefinedTable:
         return None
     except psycopg.OperationalError as exc:
         raise TransientError(f"target database: {exc}") from exc
-    if row is None:
+    if row is None or row[0] is None:
         return None
-    return SnapshotRequest(request_id, row[0], tuple(row[1]), int(row[2]), row[3] or {})
+    return int(row[0]), bool(row[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import tenacity
@@ -89,16 +88,15 @@ def request_lookup(
     attempts: int | None = None,
     metrics: Metrics | None = None,
 ) -> RequestLookup:
-    """An incremental snapshot Tunggal asked for, read from the target when Debezium says a
-    table's scan ended (see `Pipeline._notice`): its watermark and row filters."""
-    from tunggal.reconcile.signals import read_request
+    """What Tunggal asked of an incremental snapshot, read from the target when Debezium says
+    a table's scan ended (see `Pipeline._notice`): its watermark, and whether it was partial."""
+    from tunggal.reconcile.signals import scan_watermark
 
     dsn = config.target.dsn
     retrying = _target_retry(config, stop, attempts, metrics, "an incremental snapshot request")
 
-    def lookup(request_id: str) -> tuple[int, Mapping[str, str]] | None:
-        found = retrying.copy()(read_request, dsn, request_id)
-        return None if found is None else (found.position, found.conditions)
+    def lookup(request_id: str, source: str, table: str) -> tuple[int, bool] | None:
+        return retrying.copy()(scan_watermark, dsn, request_id, source, table)
 
     return lookup
 
@@ -242,8 +240,8 @@ def start_probes(
     stop: threading.Event,
 ) -> None:
     """Slow pollers feeding /metrics from outside the main loop: Debezium's snapshot MBeans
-    and the JVM heap (every 5 s), the source databases' replication slots (every 30 s).
-    Daemon threads that end with `stop`."""
+    and the JVM heap (every 5 s), the source databases' replication slots and the newest
+    `tunggal verify` runs (every 30 s). Daemon threads that end with `stop`."""
     from tunggal.sources.jmx import JvmProbe
     from tunggal.sources.pgstats import SlotProbe, SourceDatabase
 
@@ -262,3 +260,6 @@ def start_probes(
     if servers:
         JvmProbe(metrics, servers, stop).start()
     SlotProbe(metrics, databases, stop).start()
+    from tunggal.reconcile.runs import VerifyProbe
+
+    VerifyProbe(metrics, config.target.dsn, stop).start()

@@ -43,9 +43,10 @@ class Processed:
 
 # Reads a source's snapshot epoch as committed in the target (None when it has none yet).
 EpochLookup = Callable[[str], int | None]
-# An incremental snapshot Tunggal asked for, by its id: (watermark position, per-table row
-# filters), or None for one it did not ask for (`reconcile.signals`).
-RequestLookup = Callable[[str], tuple[int, Mapping[str, str]] | None]
+# What a table's scan ending lets us conclude, by (request id, source, table): the watermark to
+# clean below and whether only some rows were read, or None for a snapshot Tunggal did not
+# ask for (`reconcile.signals.scan_watermark`).
+RequestLookup = Callable[[str, str, str], tuple[int, bool] | None]
 # What a table's scan ending means for its rows.
 _SCANNED: Final = frozenset({"SUCCEEDED", "EMPTY"})
 
@@ -213,8 +214,8 @@ class Pipeline:
                 table,
             )
             return
-        request = self._lookup_request(notice.id) if self._lookup_request else None
-        if request is None:
+        found = self._lookup_request(notice.id, source, table) if self._lookup_request else None
+        if found is None:
             log.info(
                 "source %s: incremental snapshot %s of %s was not asked for by Tunggal; rows "
                 "deleted from the source while it was not captured stay in the target",
@@ -223,8 +224,8 @@ class Pipeline:
                 table,
             )
             return
-        position, filters = request
-        if table in filters:
+        position, partial = found
+        if partial:
             return  # only some rows were read again (verify --repair): nothing to conclude
         ops, shared = self.mappings.table_cleanup(source, table, position, _notice_ts_us(raw))
         out.ops.extend((op, None) for op in ops)

@@ -341,7 +341,7 @@ class Runner:
                 pending.dead_letters,
                 pending.offsets,
                 [
-                    RequestUpdate(n.id, n.kind, n.tables[0] if n.tables else None, n.rows)
+                    RequestUpdate(n.id, n.source, n.kind, n.tables[0] if n.tables else None, n.rows)
                     for n in pending.notices
                 ],
             )
