@@ -15,7 +15,10 @@ with the single-source one. Then, for the narrow table, the daemon as users run 
     (bench/kafka_stage.py), and per-row lag at a fixed offered rate through Debezium on
     Kafka Connect;
   - the embedded engine with a no-op handler vs `tunggal run` -> PostgreSQL on a real source
-    table change of N rows, and per-row lag at a fixed offered rate (bench/embedded_stage.py).
+    table change of N rows, and per-row lag at a fixed offered rate (bench/embedded_stage.py);
+  - on request (`--pipelines verify`), `tunggal verify` of a table in sync (1,000,000 rows
+    unless `--verify-rows`) beside count(*) + md5(string_agg) on both sides
+    (bench/verify_stage.py).
 Prints tables and writes JSON to bench/results/ so runs can be compared.
 
 A stage is a function `(Case) -> StageResult`, listed in STAGES. Each runs in a fresh spawned
@@ -450,6 +453,11 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
         out["embedded_daemon"] = bench_daemon(cluster, work_dir, args.events)
         quiesce(cluster)
         out["embedded_lag"] = bench_lag(cluster, work_dir, args.rate, args.seconds, args.warmup)
+    if "verify" in chosen:
+        from verify_stage import bench_verify
+
+        quiesce(cluster)
+        out["verify"] = bench_verify(cluster, root / "verify", args.verify_rows)
     return out
 
 
@@ -490,6 +498,10 @@ def print_pipelines(p: dict[str, Any], rate: int) -> None:
             f"({daemon['events_per_s'] / noop['events_per_s']:.0%} of no-op)"
         )
         _print_lag(f"embedded lag at {rate}/s", p["embedded_lag"])
+    if "verify" in p:
+        from verify_stage import print_verify
+
+        print_verify(p["verify"])
 
 
 def main() -> int:
@@ -510,8 +522,12 @@ def main() -> int:
         "--pipelines",
         default="kafka,embedded",
         help="whole-daemon stages after the tables: kafka (Kafka -> PG, 1 and 2 instances; "
-        "lag through Connect), embedded (the engine with a no-op handler vs tunggal run; lag); "
-        "'' skips them",
+        "lag through Connect), embedded (the engine with a no-op handler vs tunggal run; lag), "
+        "verify (`tunggal verify` on a table in sync vs count(*) + md5(string_agg), "
+        "bench/verify_stage.py; not in the default); '' skips them",
+    )
+    parser.add_argument(
+        "--verify-rows", type=int, default=1_000_000, help="rows of the verify stage's table"
     )
     parser.add_argument("--rate", type=int, default=5000, help="offered rate for the lag stages")
     parser.add_argument("--seconds", type=int, default=60, help="duration of the lag stages")

@@ -25,6 +25,7 @@ from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
 from tunggal.errors import ConfigError, FatalError, TunggalError
 from tunggal.reconcile.cli import forget_command, resync_command
+from tunggal.reconcile.verify_cli import verify_command
 
 if TYPE_CHECKING:
     from tunggal.metrics import Metrics
@@ -331,6 +332,7 @@ main.add_command(explain_command)
 main.add_command(conflicts_command)
 main.add_command(resync_command)
 main.add_command(forget_command)
+main.add_command(verify_command)
 main.add_command(connectors_group)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -143,6 +143,9 @@ class Metrics:
         r.register(_LagCollector(self))
         self._add_operations_metrics(r)
         self._add_kafka_metrics(r)
+        # (source, target table) -> the newest `tunggal verify` run (reconcile.runs.VerifyProbe)
+        self.verify_runs: dict[tuple[str, str], VerifyRun] = {}
+        r.register(_VerifyCollector(self))
 
     def _add_kafka_metrics(self, r: CollectorRegistry) -> None:
         """Kafka sources: rebalances, assigned partitions, consumer lag per partition."""
@@ -161,6 +164,10 @@ class Metrics:
         # (source) -> {(topic, partition): records behind the high watermark}
         self._kafka_lag: dict[str, dict[tuple[str, int], int]] = {}
         r.register(_KafkaLagCollector(self))
+
+    def set_verify_runs(self, runs: Iterable[VerifyRun]) -> None:
+        with self.lock:
+            self.verify_runs = {(r.source, r.table): r for r in runs}
 
     def kafka_assigned(self, source: str, partitions: list[tuple[str, int]]) -> None:
         self.kafka_partitions.labels(source).set(len(partitions))
@@ -544,6 +551,67 @@ class _ProbeCollector(Collector):
                 heap_max.add_metric([], probes.jvm_heap_max)
         yield from (running, completed, tables_total, tables_done, rows, estimated)
         yield from (retained, heap_used, heap_max)
+
+
+@dataclass(frozen=True)
+class VerifyRun:
+    """The newest `tunggal verify` run of one source's rows in one target table."""
+
+    source: str
+    table: str
+    finished: float  # unix time
+    seconds: float
+    rows: int
+    missing: int
+    extra: int
+    differing: int
+    unsettled: int
+    unmappable: int
+
+
+class _VerifyCollector(Collector):
+    """`tunggal verify`'s latest results, as the probe last read them from the target."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["source", "table"]
+        rows = GaugeMetricFamily(
+            "tunggal_verify_rows",
+            "Rows the newest verify compared (the larger side)",
+            labels=labels,
+        )
+        drift = GaugeMetricFamily(
+            "tunggal_verify_drift_rows",
+            "Rows the newest verify found drifted, by kind: missing, extra, differing, and "
+            "unmappable (source rows the mapping or the target refuses)",
+            labels=[*labels, "kind"],
+        )
+        unsettled = GaugeMetricFamily(
+            "tunggal_verify_unsettled_rows",
+            "Rows that differed but could not be confirmed (the target did not catch up)",
+            labels=labels,
+        )
+        finished = GaugeMetricFamily(
+            "tunggal_verify_last_run_timestamp_seconds",
+            "When the newest verify of the table finished",
+            labels=labels,
+        )
+        seconds = GaugeMetricFamily(
+            "tunggal_verify_duration_seconds", "How long the newest verify took", labels=labels
+        )
+        with self.metrics.lock:
+            runs = list(self.metrics.verify_runs.values())
+        for run in runs:
+            key = [run.source, run.table]
+            rows.add_metric(key, run.rows)
+            for kind in ("missing", "extra", "differing", "unmappable"):
+                drift.add_metric([*key, kind], getattr(run, kind))
+            unsettled.add_metric(key, run.unsettled)
+            finished.add_metric(key, run.finished)
+            seconds.add_metric(key, run.seconds)
+        yield from (rows, drift, unsettled, finished, seconds)
 
 
 class _KafkaLagCollector(Collector):

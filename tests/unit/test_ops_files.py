@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import yaml
 
-from tunggal.metrics import Metrics, SnapshotProgress
+from tunggal.metrics import Metrics, SnapshotProgress, VerifyRun
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 RULES = OPS / "prometheus" / "tunggal-alerts.yml"
@@ -43,6 +43,7 @@ def exposed() -> dict[str, set[str]]:
     m.kafka_rebalances.labels("s").inc()
     m.kafka_assigned("s", [("s.public.t", 0)])
     m.kafka_lag("s", {("s.public.t", 0): 1})
+    m.set_verify_runs([VerifyRun("s", "public.t", 1.0, 1.0, 1, 0, 0, 1, 0, 0)])
     names: dict[str, set[str]] = {}
     for family in m.registry.collect():
         # A counter's family is `tunggal_events`, its series `tunggal_events_total`: only the

@@ -99,6 +99,7 @@ class RequestUpdate:
     from Debezium's notices: committed with the rows they follow."""
 
     id: str
+    source: str
     kind: str  # STARTED, TABLE_SCAN_COMPLETED, COMPLETED, ABORTED
     table: str | None = None
     rows: int | None = None
@@ -139,7 +140,7 @@ _TOMB_NOT_NEWER = sql.SQL("d.source = v._src AND d.position >= v._pos")
 _STAGE_BOOKKEEPING = (("_src", "text"), ("_pos", "numeric"), ("_ts", "bigint"), ("_k", "text"))
 
 
-def _stage_type(ctype: str) -> str:
+def stage_type(ctype: str) -> str:
     """The staging column type for a target column type (see `PostgresSink._stage`)."""
     if ctype == "date" or (ctype.startswith("timestamp") and ctype.endswith("without time zone")):
         return "timestamptz"
@@ -466,6 +467,106 @@ class PostgresSink:
                 ).scalar_one()
             )
 
+    def remove_unchanged(
+        self, table: str, source: str, rows: Sequence[tuple[Sequence[str], int]], *, soft: bool
+    ) -> int:
+        """`tunggal verify --repair` of rows the target holds and `source` does not: remove
+        (or soft-delete) each row (key values as text, position) only while its source and
+        position are still the ones observed, so that a change streaming in meanwhile is
+        never lost. A hard delete leaves a tombstone at that position, so that a replay of
+        older events cannot bring the row back. For a table with one source; rows removed."""
+        if not rows:
+            return 0
+        key = self._spec(table).key
+        values = sql.SQL("unnest({}, %s::numeric[]) AS v({}, _pos)").format(
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in key),
+            sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(key))),
+        )
+        match = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = v.{}::{}").format(
+                sql.Identifier(c), sql.Identifier(f"k{i}"), sql.SQL(self._type(table, c))
+            )
+            for i, c in enumerate(key)
+        )
+        returning = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key)
+        parts = {
+            "tbl": _tbl(table),
+            "values": values,
+            "match": match,
+            "src": sql.Literal(source),
+            "returning": returning,
+        }
+        if soft:
+            statement = sql.SQL(
+                "UPDATE {tbl} AS t SET {soft} = now() FROM {values} WHERE {match} "
+                "AND t._tunggal_source = {src} AND t._tunggal_position = v._pos "
+                "AND t.{soft} IS NULL RETURNING {returning}, t._tunggal_position, t._tunggal_ts"
+            ).format(
+                soft=sql.Identifier(self._spec(table).soft_delete_column or "deleted_at"),
+                **parts,
+            )
+        else:
+            statement = sql.SQL(
+                "DELETE FROM {tbl} AS t USING {values} WHERE {match} "
+                "AND t._tunggal_source = {src} AND t._tunggal_position = v._pos "
+                "RETURNING {returning}, t._tunggal_position, t._tunggal_ts"
+            ).format(**parts)
+        params: list[Any] = [[k[i] for k, _ in rows] for i in range(len(key))]
+        params.append([p for _, p in rows])
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                done = cur.execute(statement, params).fetchall()
+                if not soft:
+                    n = len(key)
+                    gone = [
+                        Delete(table, tuple(r[:n]), source, int(r[n]), int(r[n + 1]), False)
+                        for r in done
+                    ]
+                    self._tombstones(cur, table, gone)
+            conn.commit()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if isinstance(exc, Exception):
+                raise classify(exc) from exc
+            raise
+        return len(done)
+
+    def recompute_rows(self, table: str, keys: Sequence[Sequence[str]]) -> Recomputed:
+        """`tunggal verify --repair` of rows of a table several sources write that differ from
+        what its contributions give (edited by hand): recompute them, as after a batch."""
+        merged = self.merged[table]
+        conn = self._connection()
+        result = BatchResult()
+        try:
+            with conn.cursor() as cur:
+                self._touched.clear()
+                self._touch(cur, merged)
+                cur.execute(
+                    sql.SQL("INSERT INTO {} SELECT {} FROM unnest({}) AS u({})").format(
+                        sql.Identifier(merged.touched),
+                        sql.SQL(", ").join(
+                            sql.SQL("u.{}::{}").format(sql.Identifier(f"k{i}"), sql.SQL(ctype))
+                            for i, ctype in enumerate(self._type(table, k) for k in merged.key)
+                        ),
+                        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in merged.key),
+                        sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(merged.key))),
+                    ),
+                    [[k[i] for k in keys] for i in range(len(merged.key))],
+                )
+                self._recompute_touched(cur, result)
+            conn.commit()
+            self._ended(committed=True)
+        except BaseException as exc:
+            self._ended(committed=False)
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if isinstance(exc, Exception):
+                raise classify(exc) from exc
+            raise
+        return Recomputed(upserted=result.upserted[table], deleted=result.deleted[table])
+
     # -- writing ------------------------------------------------------------------------
     def write(
         self,
@@ -764,7 +865,7 @@ class PostgresSink:
         text form of an aware datetime would otherwise lose its offset in a timestamp column,
         where the unnest() path converts it to UTC.
         """
-        types = [_stage_type(self._type(table, c)) for c in cols]
+        types = [stage_type(self._type(table, c)) for c in cols]
         # The types are in the name: after `tunggal schema --apply` changes a column, the
         # session's old staging table must not convert values to the old type.
         digest = hashlib.blake2b(repr((table, cols, types)).encode(), digest_size=8).hexdigest()
@@ -821,7 +922,7 @@ class PostgresSink:
                     [
                         *(
                             sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(ctype))
-                            if _stage_type(ctype := self._type(table, c)) != ctype
+                            if stage_type(ctype := self._type(table, c)) != ctype
                             else sql.Identifier(c)
                             for c in cols
                         ),
@@ -1068,16 +1169,28 @@ class PostgresSink:
                     "WHERE id = %s AND state = 'requested'",
                     (u.id,),
                 )
-            elif u.kind == "TABLE_SCAN_COMPLETED":
+            elif u.kind == "TABLE_SCAN_COMPLETED" and u.table:
+                # Debezium reports a request that arrived while another ran under the first
+                # one's id (see reconcile.signals.scan_watermark): every pending request of
+                # the source that names the table has it read now.
                 cur.execute(
-                    "UPDATE public.tunggal_snapshot_requests SET tables_done = "
-                    "array_append(tables_done, %s), rows_read = rows_read + %s WHERE id = %s",
-                    (u.table, u.rows or 0, u.id),
+                    "UPDATE public.tunggal_snapshot_requests SET "
+                    "tables_done = array_append(tables_done, %(table)s), "
+                    "rows_read = rows_read + %(rows)s WHERE source = %(source)s "
+                    "AND (id = %(id)s OR state IN ('requested', 'running')) "
+                    "AND %(table)s = ANY(tables) AND NOT %(table)s = ANY(tables_done)",
+                    {"table": u.table, "rows": u.rows or 0, "source": u.source, "id": u.id},
+                )
+                cur.execute(
+                    "UPDATE public.tunggal_snapshot_requests SET state = 'done', "
+                    "finished_at = now() WHERE source = %s "
+                    "AND state IN ('requested', 'running') AND tables <@ tables_done",
+                    (u.source,),
                 )
             elif u.kind in ("COMPLETED", "ABORTED"):
                 cur.execute(
                     "UPDATE public.tunggal_snapshot_requests SET state = %s, finished_at = now() "
-                    "WHERE id = %s",
+                    "WHERE id = %s AND state IN ('requested', 'running')",
                     ("done" if u.kind == "COMPLETED" else "aborted", u.id),
                 )
 

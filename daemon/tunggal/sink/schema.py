@@ -90,6 +90,28 @@ OWN_TABLES_DDL = [
         signature text NOT NULL,
         rules jsonb NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    # `tunggal verify`: one row per source and target table per run; the daemon exports the
+    # newest as tunggal_verify_* gauges (`reconcile.runs`).
+    """CREATE TABLE IF NOT EXISTS public.tunggal_verify_runs (
+        id bigserial PRIMARY KEY,
+        source text NOT NULL,
+        source_tables text[] NOT NULL,
+        target_table text NOT NULL,
+        mode text NOT NULL,
+        started_at timestamptz NOT NULL,
+        finished_at timestamptz NOT NULL,
+        seconds float8 NOT NULL,
+        position numeric NOT NULL,
+        source_rows bigint NOT NULL,
+        target_rows bigint NOT NULL,
+        missing bigint NOT NULL,
+        extra bigint NOT NULL,
+        differing bigint NOT NULL,
+        unsettled bigint NOT NULL,
+        unmappable bigint NOT NULL,
+        repaired bigint NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS tunggal_verify_runs_latest "
+    "ON public.tunggal_verify_runs (source, target_table, finished_at DESC)",
 ]
 OWN_TABLES = (
     "tunggal_tombstones",
@@ -99,10 +121,13 @@ OWN_TABLES = (
     "tunggal_dead_letters",
     "tunggal_merge_state",
     "tunggal_snapshot_requests",
+    "tunggal_verify_runs",
 )
 # Added after the first release: a target set up before runs on without them until a feature
 # needs them (several sources on one table; an incremental snapshot), which then says so.
-OPTIONAL_OWN_TABLES = frozenset({"tunggal_merge_state", "tunggal_snapshot_requests"})
+OPTIONAL_OWN_TABLES = frozenset(
+    {"tunggal_merge_state", "tunggal_snapshot_requests", "tunggal_verify_runs"}
+)
 
 _INTROSPECT = sa.text("""
 SELECT n.nspname || '.' || c.relname AS table_name,
