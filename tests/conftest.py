@@ -50,11 +50,37 @@ def kafka_connect(kafka_broker: TansuBroker) -> Iterator[ConnectStandalone]:
 
 
 @pytest.fixture
-def new_db(pg: PgCluster) -> Callable[[str], str]:
-    def make(prefix: str) -> str:
-        return pg.create_database(f"{prefix}_{uuid.uuid4().hex[:8]}")
+def new_db(pg: PgCluster) -> Iterator[Callable[[str], str]]:
+    """A fresh database per call. Replication slots are cluster-wide and named after the source
+    (`tunggal_<source>`), so at teardown the slots these databases hold are dropped: a later
+    test's source of the same name would otherwise find its slot taken."""
+    made: list[str] = []
 
-    return make
+    def make(prefix: str) -> str:
+        dsn = pg.create_database(f"{prefix}_{uuid.uuid4().hex[:8]}")
+        made.append(dsn)
+        return dsn
+
+    yield make
+    for dsn in made:
+        _drop_slots(dsn)
+
+
+def _drop_slots(dsn: str, timeout: float = 15.0) -> None:
+    """Drop the logical slots of `dsn`'s database once their reader let go. A logical slot is
+    dropped from its own database; a slot still held (a connector another fixture stops later)
+    is left to its owner."""
+    here = "FROM pg_replication_slots WHERE database = current_database()"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + timeout
+            while conn.execute(f"SELECT 1 {here} AND active").fetchone():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            conn.execute(f"SELECT pg_drop_replication_slot(slot_name) {here} AND NOT active")
+    except psycopg.Error:
+        pass  # the database is gone already (the test dropped it): so are its slots
 
 
 def sql(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -151,7 +177,10 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
+def daemon_factory(
+    tmp_path: Path, new_db: Callable[[str], str]
+) -> Iterator[Callable[[Path], Daemon]]:
+    # new_db is requested so that its teardown (dropping the slots) runs after the daemons die.
     daemons: list[Daemon] = []
 
     def make(config: Path) -> Daemon:
