@@ -389,9 +389,3 @@ def test_example_opd_converges_under_the_demo_workload(
         stop.set()
         if daemon.alive():
             daemon.kill()
-        # The slots are named after the sources: leave none pinning WAL on the shared cluster.
-        sql(
-            pg.dsn(),
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name IN ('tunggal_e_planning', 'tunggal_sipkd') AND NOT active",
-        )

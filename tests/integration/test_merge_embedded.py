@@ -255,9 +255,3 @@ def test_two_sources_merged_through_kill_9(
         for d in daemons:
             if d.alive():
                 d.kill()
-        # The slots are named after the sources: leave none pinning WAL on the shared cluster.
-        sql(
-            pg.dsn(),
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name IN ('tunggal_a', 'tunggal_b') AND NOT active",
-        )

@@ -16,7 +16,6 @@ from typing import Any, Final
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from tunggal.connectors import ConnectorSpec
 from tunggal.errors import TransientError
@@ -31,6 +30,7 @@ from tunggal.reconcile.pgvalues import (
     base_type,
     column_reader,
 )
+from tunggal.reconcile.signals import source_conninfo
 
 # Rows fetched per round trip while streaming a table.
 FETCH_ROWS: Final = 5000
@@ -92,18 +92,7 @@ class PostgresSource:
         self.slot = self.spec.render(()).get("slot.name", self.spec.slot_name)
 
     def connect(self, application: str = "tunggal-verify") -> psycopg.Connection[Any]:
-        db = self.spec.database
-        conninfo = make_conninfo(
-            "",
-            host=db.host,
-            port=str(db.port),
-            dbname=db.dbname,
-            user=db.user,
-            password=db.password,
-            connect_timeout=10,
-            application_name=application,
-            options=SESSION_SETTINGS,
-        )
+        conninfo = source_conninfo(self.spec, application, options=SESSION_SETTINGS)
         try:
             return psycopg.connect(conninfo)
         except psycopg.OperationalError as exc:

@@ -58,7 +58,8 @@ def no_signal_table(spec: ConnectorSpec, where: str) -> ConfigError:
     )
 
 
-def source_conninfo(spec: ConnectorSpec, application: str = "tunggal") -> str:
+def source_conninfo(spec: ConnectorSpec, application: str = "tunggal", **extra: str) -> str:
+    """How to reach the connector's own database, as Tunggal's tool named `application`."""
     db = spec.database
     return make_conninfo(
         "",
@@ -69,6 +70,7 @@ def source_conninfo(spec: ConnectorSpec, application: str = "tunggal") -> str:
         password=db.password,
         connect_timeout=10,
         application_name=application,
+        **extra,
     )
 
 
