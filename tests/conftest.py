@@ -16,6 +16,7 @@ import pytest
 
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.kafkaconnect import ConnectStandalone
+from tunggal.devtools.mariadb import MariaDbServer
 from tunggal.devtools.pgcluster import PgCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,17 @@ def pg() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDbServer]:
+    """One throwaway MariaDB server (ROW binlog, FULL row image, its own port and data
+    directory); every test makes its own databases in it. The machine's service is untouched."""
+    server = MariaDbServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture(scope="session")
