@@ -42,6 +42,9 @@ class SourceState:
     last_target_commit: float | None = None  # wall time of our last transaction with its events
     events_applied: int = 0
     error: str | None = None
+    # Set while a batch holding this source's events failed to commit and is being retried:
+    # the source is not down, but nothing of it moves until the target takes the batch.
+    write_error: str | None = None
     rate: float = 0.0  # events/s, exponentially smoothed
     _rate_mark: tuple[float, int] = field(default=(0.0, 0), repr=False)
 
@@ -129,6 +132,18 @@ class Metrics:
         )
         self.dead_letters_current = Gauge(
             "tunggal_dead_letters_current", "Entries now in tunggal_dead_letters", registry=r
+        )
+        self.write_failures = Counter(
+            "tunggal_target_write_failures",
+            "Failed attempts to commit a batch holding the source's events (each retry counts)",
+            ["source"],
+            registry=r,
+        )
+        self.write_failing = Gauge(
+            "tunggal_target_write_failing",
+            "1 while a batch holding the source's events failed to commit and is held for a retry",
+            ["source"],
+            registry=r,
         )
         self.restarts = Counter(
             "tunggal_source_restarts", "Sources restarted after a failure", ["source"], registry=r
@@ -334,15 +349,39 @@ class Metrics:
             if state is None:
                 state = self.sources[name] = SourceState(name, engine)
                 self.up.labels(name).set(0)
+                self.write_failing.labels(name).set(0)
                 # Zero series per source, so `increase()` in an alert sees the first one.
                 for counter in (self.dead_letters, self.restarts, self.received):
                     counter.labels(name)
+                self.write_failures.labels(name)
             return state
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
         s = self.source(name)
         s.state, s.error = state, error
-        self.up.labels(name).set(1 if state in ("snapshot", "streaming") else 0)
+        self._set_up(s)
+
+    def _set_up(self, s: SourceState) -> None:
+        streams = s.state in ("snapshot", "streaming") and s.write_error is None
+        self.up.labels(s.name).set(1 if streams else 0)
+
+    def write_failed(self, sources: Iterable[str], error: str) -> None:
+        """A batch holding these sources' events failed to commit; it is held and retried.
+        Shown at once, from the writer thread, not when the next event arrives."""
+        for name in sources:
+            s = self.source(name)
+            s.write_error = f"target write failed: {error}"
+            self.write_failures.labels(name).inc()
+            self.write_failing.labels(name).set(1)
+            self._set_up(s)
+
+    def write_recovered(self, sources: Iterable[str]) -> None:
+        for name in sources:
+            s = self.source(name)
+            if s.write_error is not None:
+                s.write_error = None
+                self.write_failing.labels(name).set(0)
+                self._set_up(s)
 
     def committed(
         self, source: str, events: int, position: int | None, commit_ts_us: int | None
@@ -420,7 +459,7 @@ class Metrics:
                         "name": s.name,
                         "engine": s.engine,
                         "state": s.state,
-                        "error": s.error,
+                        "error": s.error or s.write_error,
                         # A string: PostgreSQL positions are 128-bit (commit epoch, change LSN),
                         # beyond what JSON readers take as a number.
                         "position": None if s.position is None else str(s.position),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -54,9 +55,14 @@ class GatedSink:
         self.writing = threading.Event()
         self.batches: list[list[tuple[int, int]]] = []
         self.failures: list[BaseException] = []  # raised by the next writes, in turn
+        self.introspected = 0
 
     def check_ready(self) -> None:
         pass
+
+    def introspect(self) -> dict[str, Any]:
+        self.introspected += 1
+        return {}
 
     def count_dead_letters(self) -> int:
         return 0
@@ -188,15 +194,60 @@ def test_reload_applies_from_a_batch_boundary_after_the_write_in_flight() -> Non
 
 
 def test_failed_write_acknowledges_neither_it_nor_the_batch_decoded_behind_it() -> None:
+    """A write that keeps failing holds its batch until the daemon stops; stopping raises the
+    error and nothing, neither the batch nor the one decoded behind it, is acknowledged."""
     sink, pipeline, acks = GatedSink(), VersionedPipeline(), {}
-    sink.failures = [FatalError("boom")]
+    sink.failures = [FatalError("boom")] * 1000
     a, b = chunk(0, 3, acks, sink), chunk(3, 6, acks, sink)
     runner = make_runner(sink, pipeline, [ListSource([a, b])])
+    threading.Timer(0.5, runner.stop.set).start()
     with pytest.raises(FatalError, match="boom"):
-        runner.run(until_idle=True)
+        runner.run()
     assert sink.batches == []
     assert a.done.is_set() and isinstance(a.error, FatalError)
     assert b.done.is_set() and b.error is not None
+    assert acks == {0: 0, 3: 0}
+
+
+def test_a_failed_write_is_reported_at_once_and_the_batch_held_until_it_commits() -> None:
+    """The last batch fails and no event follows it: the loop, idle, is not what notices.
+    /status, tunggal_source_up and the failure metrics say so while the batch is held (the
+    gate keeps it in its backoff), and the retry after a non-transient failure reads the
+    target's tables again; the commit clears them."""
+    sink, pipeline, acks = GatedSink(), VersionedPipeline(), {}
+    sink.failures = [FatalError("target table public.t does not exist")]
+    runner = Runner(
+        [],
+        pipeline,  # type: ignore[arg-type]
+        sink,  # type: ignore[arg-type]
+        Metrics(),
+        batch=BatchConfig(max_size=3, max_age_ms=60_000),
+        retry=RetryConfig(initial_delay_s=1.0, max_delay_s=1.0),
+        notifier=Notifier({}),
+    )
+    runner.start()
+    runner.metrics.set_state("s", "streaming")
+    a = chunk(0, 3, acks, sink)
+    runner.inbox.put(a)
+    runner.run_once()  # due: handed to the writer, which fails, then sleeps before its retry
+    m = runner.metrics
+
+    def sample(name: str) -> float | None:
+        return m.registry.get_sample_value(name, {"source": "s"})
+
+    deadline = time.monotonic() + 0.8  # well inside the 1 s backoff: no retry yet
+    while sample("tunggal_target_write_failing") != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status = m.status()["sources"][0]  # type: ignore[index]
+    assert "does not exist" in status["error"]
+    assert sample("tunggal_source_up") == 0
+    assert sample("tunggal_target_write_failures_total") == 1
+    assert not a.done.is_set()  # held, not acknowledged
+    assert a.done.wait(5) and a.error is None  # the retry commits it
+    assert sink.introspected == 1 and sink.batches == [[(0, 1), (1, 1), (2, 1)]]
+    assert m.status()["sources"][0]["error"] is None  # type: ignore[index]
+    assert sample("tunggal_source_up") == 1 and sample("tunggal_target_write_failing") == 0
+    runner.close()
 
 
 def test_transient_failure_is_retried_on_the_writer_thread_in_order() -> None:

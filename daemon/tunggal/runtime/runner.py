@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import tenacity
 
 from tunggal.config import BatchConfig, RetryConfig
-from tunggal.errors import FatalError, TransientError
+from tunggal.errors import FatalError, TransientError, TunggalError
 from tunggal.metrics import Metrics
 from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
 from tunggal.runtime.pipeline import Pipeline, Processed
@@ -96,6 +96,9 @@ class Runner:
         self._writing_events = 0
         self.started = False
         self._failed = False
+        # Set by the writer after a failure that is not transient: the sink reads the target's
+        # tables again before the next attempt (the casts it writes with follow the fix).
+        self._reread_target = False
         self.totals = {"events": 0, "batches": 0, "dead_letters": 0}
 
     # -- wiring ------------------------------------------------------------------------
@@ -269,7 +272,16 @@ class Runner:
         return caught_up or any(c.holds_source for c in self._chunks)
 
     # -- writing ----------------------------------------------------------------------------
-    def _retrying(self, deadline: float | None) -> tenacity.Retrying:
+    def _retrying(self, deadline: float | None, sources: Sequence[str]) -> tenacity.Retrying:
+        """Every failed attempt is reported at once, from the writer thread (log line, /status,
+        `tunggal_target_write_failing`), not when the loop next hands over a batch, which may
+        be long after on a quiet source. The batch is held, unacknowledged, and tried again:
+        a transient failure (connection, deadlock) fixes itself; any other (a target table
+        dropped, a column's type changed, a privilege revoked) needs the operator, and the
+        retry reads the target's tables again first so that the fix takes effect. A row the
+        target rejects never gets here: the sink sets it aside (dead letter) and commits the
+        rest. Stopping (or the shutdown deadline) ends the retries and raises the error."""
+
         def give_up(state: tenacity.RetryCallState) -> bool:
             if deadline is not None:
                 return self.clock() >= deadline
@@ -277,16 +289,27 @@ class Runner:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            self.metrics.retries.labels("target").inc()
-            log.warning(
-                "target write failed (%s); retry %d in %.1fs",
-                exc,
-                state.attempt_number,
-                state.upcoming_sleep,
-            )
+            self.metrics.write_failed(sources, str(exc))
+            if isinstance(exc, TransientError):
+                self.metrics.retries.labels("target").inc()
+                log.warning(
+                    "target write failed (%s); retry %d in %.1fs",
+                    exc,
+                    state.attempt_number,
+                    state.upcoming_sleep,
+                )
+            else:
+                self._reread_target = True
+                log.error(
+                    "target write failed: %s; the batch is held, nothing of it acknowledged, "
+                    "and tried again in %.1fs (attempt %d)",
+                    exc,
+                    state.upcoming_sleep,
+                    state.attempt_number,
+                )
 
         return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
+            retry=tenacity.retry_if_exception_type(TunggalError),
             wait=tenacity.wait_exponential_jitter(
                 multiplier=self.retry.initial_delay_s, max=self.retry.max_delay_s
             ),
@@ -331,20 +354,25 @@ class Runner:
         self, pending: Processed, chunks: list[Chunk], events: int, deadline: float | None
     ) -> None:
         """Writer thread: commit one batch, then let its sources acknowledge it."""
+        sources = sorted({c.source for c in chunks})
+        requests = [
+            RequestUpdate(n.id, n.source, n.kind, n.tables[0] if n.tables else None, n.rows)
+            for n in pending.notices
+        ]
+
+        def attempt() -> BatchResult:
+            if self._reread_target:
+                # The previous attempt failed for a reason the operator fixes in the target.
+                self.sink.introspect()
+                self._reread_target = False
+            return self.sink.write(
+                steps, pending.progress, pending.dead_letters, pending.offsets, requests
+            )
+
         try:
             steps = collapse(pending.ops)
             started = time.perf_counter()
-            result: BatchResult = self._retrying(deadline)(
-                self.sink.write,
-                steps,
-                pending.progress,
-                pending.dead_letters,
-                pending.offsets,
-                [
-                    RequestUpdate(n.id, n.source, n.kind, n.tables[0] if n.tables else None, n.rows)
-                    for n in pending.notices
-                ],
-            )
+            result: BatchResult = self._retrying(deadline, sources)(attempt)
             elapsed = time.perf_counter() - started
         except BaseException as exc:
             for chunk in chunks:
@@ -353,6 +381,7 @@ class Runner:
         # Committed: only now may the sources acknowledge upstream.
         for chunk in chunks:
             chunk.settle()
+        self.metrics.write_recovered(sources)
         self._record(pending, result, elapsed, events)
         if self.on_batch is not None:
             self.on_batch()
