@@ -8,8 +8,10 @@ fixtures, whatever happens.
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -338,4 +340,72 @@ def test_graceful_stop_redelivers_nothing(kv_sync: KvSync) -> None:
     # One event more: the UPDATE after the restart; the 200 before it were not re-delivered.
     assert progress(s.target, s.name) == applied + 1, s.logs()
     code, _ = daemon.terminate(timeout=30)
+    assert code == 0, s.logs()
+
+
+def _status_of(port: int, source: str) -> dict[str, Any]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read()
+    found = [x for x in json.loads(body)["sources"] if x["name"] == source]
+    assert found, body
+    return dict(found[0])
+
+
+def test_a_failed_write_is_reported_at_once_and_the_batch_held(kv_sync: KvSync) -> None:
+    """The target table is dropped under the daemon, then one change arrives and nothing
+    after it: the write of that last batch fails (`relation ... does not exist`, which no
+    retry of the same statement fixes). Within a few seconds, and without another source
+    change, the log says so, /status shows the error, tunggal_source_up drops to 0 and the
+    write-failure metrics count it. Nothing is acknowledged: once the table is back (`tunggal
+    schema --apply`), the held batch lands and the error clears, with no restart."""
+    s = kv_sync
+    sql(s.source, "INSERT INTO kv SELECT g, 'awal', 0 FROM generate_series(1, 20) g")
+    daemon = s.start_daemon()
+    _wait_equal(s, 90, "snapshot")
+    sql(s.target, "DROP TABLE kv")
+    sql(s.source, "INSERT INTO kv VALUES (21, 'terakhir', 1)")
+    changed_at = time.monotonic()
+
+    def reported() -> bool:
+        try:
+            status = _status_of(s.port, s.name)
+        except OSError:  # the daemon stopped: not reported where an operator looks
+            return False
+        return (
+            "target write failed" in daemon.output()
+            and "does not exist" in (status["error"] or "")
+            and metric_sum(s.port, "tunggal_source_up") == 0
+            and metric_sum(s.port, "tunggal_target_write_failing") == 1
+            and metric_sum(s.port, "tunggal_target_write_failures_total") >= 1
+        )
+
+    # Debezium's poll interval (100 ms) plus one batch age (200 ms): seconds, not the next
+    # event. Without it, nothing is said until another change arrives.
+    wait_until(reported, 10, interval=0.2, message="the failed write reported", context=s.logs)
+    assert time.monotonic() - changed_at < 10
+    assert daemon.alive(), s.logs()
+    line = next(x for x in daemon.output().splitlines() if "target write failed" in x)
+    assert "does not exist" in line, line
+    assert "Traceback" not in daemon.output()
+
+    sql(s.target, KV_DDL)
+    applied = run_cli("schema", "--apply", "--config", str(s.config))
+    assert applied.returncode == 0, applied.stderr
+    wait_until(
+        lambda: sql(s.target, "SELECT v FROM kv WHERE id = 21") == [("terakhir",)],
+        30,
+        message="the held batch written once the table is back",
+        context=s.logs,
+    )
+    wait_until(
+        lambda: (
+            _status_of(s.port, s.name)["error"] is None
+            and metric_sum(s.port, "tunggal_source_up") == 1
+        ),
+        10,
+        message="the error cleared after the commit",
+        context=s.logs,
+    )
+    assert metric_sum(s.port, "tunggal_target_write_failing") == 0
+    assert _dead_letters(s.target) == 0
+    code, _ = daemon.terminate()
     assert code == 0, s.logs()
