@@ -43,6 +43,12 @@ class ConnectorSpec(BaseModel):
         description="schema.table to capture; default: every "
         "table the mappings read from this source.",
     )
+    trust_server_certificate: bool = Field(
+        False,
+        description="SQL Server: accept the server's TLS certificate without validating it "
+        "(a self-signed certificate on a test server). The connection is encrypted either way; "
+        "leave it false in production and give the JVM a trust store instead.",
+    )
     snapshot: Literal["initial", "no_data", "when_needed", "always", "initial_only"] = Field(
         "initial", description="Debezium snapshot.mode."
     )
@@ -156,11 +162,28 @@ class ConnectorSpec(BaseModel):
                 {
                     "connector.class": "io.debezium.connector.sqlserver.SqlServerConnector",
                     "database.names": db.dbname,
-                    "database.encrypt": "false",
+                    # The SQL Server docs name only adaptive, connect and isostring. adaptive
+                    # sends datetime2(7) (the default) in nanoseconds but datetime in millis,
+                    # which bare JSON cannot tell apart; isostring is exact and unambiguous.
+                    "time.precision.mode": "isostring",
+                    # JDBC pass-through ("Encrypting connections"): TLS always, the server's
+                    # certificate validated unless the connector file says otherwise.
+                    "driver.encrypt": "true",
+                    "driver.trustServerCertificate": (
+                        "true" if self.trust_server_certificate else "false"
+                    ),
                     "include.schema.changes": "false",
                 }
             )
+            # PostgreSQL's; the SQL Server connector has no interval type.
+            del props["interval.handling.mode"]
         props.update(self.properties)
+        if self.kind == "sqlserver":
+            # Debezium passes both database.* and driver.* to the JDBC driver, driver.* winning:
+            # an override in the older database.* spelling must not be undone by our default.
+            for option in ("encrypt", "trustServerCertificate"):
+                if f"database.{option}" in self.properties:
+                    props.pop(f"driver.{option}", None)
         return props
 
 

@@ -491,14 +491,14 @@ SQLSERVER_SOURCE: dict[str, Any] = {
 def test_sqlserver_source() -> None:
     event = decode_with(SQLSERVER_SOURCE, "sqlserver")
     assert event.table == "dbo.customers"
-    assert event.position == 0x00000027_00000758_0007 << 80 | 0x00000027_00000758_0005
+    assert event.position == (0x00000027_00000758_0007 << 96 | 0x00000027_00000758_0005 << 16 | 1)
     assert event.txid == "00000027:00000758:0007"
 
 
 def test_sqlserver_snapshot_has_no_change_lsn() -> None:
-    block = {**SQLSERVER_SOURCE, "change_lsn": None, "snapshot": "true"}
+    block = {**SQLSERVER_SOURCE, "change_lsn": None, "event_serial_no": None, "snapshot": "true"}
     event = decode_with(block, "sqlserver", op="r")
-    assert event.position == 0x00000027_00000758_0007 << 80
+    assert event.position == 0x00000027_00000758_0007 << 96
     assert event.snapshot and event.op is Op.READ
 
 

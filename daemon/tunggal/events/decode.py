@@ -415,12 +415,40 @@ def _sqlserver_lsn(block: dict[str, Any], name: str) -> int:
     return int("".join(found.groups()), 16)
 
 
+# A SQL Server position is (commit LSN << 96) | (change LSN << 16) | event serial number. LSNs are
+# 80 bits. Debezium's `commit_lsn` is the transaction's (cdc `__$start_lsn`), so commit order
+# comes first; `change_lsn` (`__$seqval`) orders the changes within it; `event_serial_no` tells
+# apart the events of one change: an update that moves the primary key is a delete (1) and a
+# create (2) with the same two LSNs. Snapshot rows have neither (null): they sit at their commit
+# LSN, before any change committed there. Worked example, one transaction at commit 27:758:7
+# holding changes at 27:758:3 and 27:758:5: (27:758:7, 27:758:3, 1) < (27:758:7, 27:758:5, 1) <
+# (27:758:7, 27:758:5, 2), and every change of a transaction committed at 27:760:1 comes after.
+_SQLSERVER_COMMIT_SHIFT: Final = 96
+_SQLSERVER_SERIAL_BITS: Final = 16
+
+
+def _sqlserver_serial(block: dict[str, Any]) -> int:
+    value = block.get("event_serial_no")
+    if value is None:
+        return 0
+    # int64 in the Connect schema; the documentation's examples show it as a string.
+    if value.__class__ is str and value.isascii() and value.isdigit() and len(value) < 6:
+        value = int(value)
+    if value.__class__ is not int or not 0 <= value < 1 << _SQLSERVER_SERIAL_BITS:
+        raise Invalid(
+            f"expected an event serial number in [0, 2**16), got {show(value)}", "event_serial_no"
+        )
+    return int(value)
+
+
 def _sqlserver_position(block: dict[str, Any]) -> int:
-    # An LSN is 80 bits; commit order first, then the change's order within the transaction.
-    # Snapshot rows have no change_lsn.
     commit = _sqlserver_lsn(block, "commit_lsn")
     change = 0 if block.get("change_lsn") is None else _sqlserver_lsn(block, "change_lsn")
-    return commit << 80 | change
+    return (
+        commit << _SQLSERVER_COMMIT_SHIFT
+        | change << _SQLSERVER_SERIAL_BITS
+        | _sqlserver_serial(block)
+    )
 
 
 def describe_position(connector: str, position: int) -> str:
@@ -435,7 +463,7 @@ def describe_position(connector: str, position: int) -> str:
         file, offset = position >> 48, (position >> 16) & 0xFFFFFFFF
         return f"binlog .{file:06d} pos {offset}" + (f" row {row}" if row else "")
     if connector == "sqlserver":
-        commit = f"{position >> 80:020X}"
+        commit = f"{position >> _SQLSERVER_COMMIT_SHIFT:020X}"
         return f"commit LSN {commit[:8]}:{commit[8:16]}:{commit[16:]}"
     return str(position)
 
