@@ -13,6 +13,7 @@ import base64
 import json
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -535,3 +536,18 @@ def test_an_override_in_either_spelling_wins() -> None:
     assert old["driver.trustServerCertificate"] == "false"
     new = spec(properties={"driver.trustServerCertificate": "true"}).render([])
     assert new["driver.trustServerCertificate"] == "true" and new["driver.encrypt"] == "true"
+
+
+def test_the_embedded_engine_keeps_sql_server_schema_history_in_its_state_dir(
+    tmp_path: Path,
+) -> None:
+    """The SQL Server connector is historized: without a schema history of its own the
+    embedded engine would fall back on Debezium's default, a Kafka topic it has not got."""
+    from tunggal.sources.embedded import EmbeddedSource
+
+    source = EmbeddedSource("sipkd", spec().render(["dbo.anggaran"]), tmp_path)
+    history = source.properties["schema.history.internal"]
+    assert history == "io.debezium.storage.file.history.FileSchemaHistory"
+    assert source.properties["schema.history.internal.file.filename"] == str(
+        tmp_path / "sipkd.schema-history"
+    )

@@ -159,8 +159,11 @@ class EmbeddedSource:
             "errors.retry.delay.max.ms": "10000",
             **properties,
         }
-        if "schema.history.internal" not in self.properties and "MySql" in self.properties.get(
-            "connector.class", ""
+        # MySQL's and SQL Server's connectors keep a schema history; Debezium's default is a
+        # Kafka topic, which the embedded engine has not got.
+        connector_class = self.properties.get("connector.class", "")
+        if "schema.history.internal" not in self.properties and (
+            "MySql" in connector_class or "SqlServer" in connector_class
         ):
             self.properties["schema.history.internal"] = (
                 "io.debezium.storage.file.history.FileSchemaHistory"
