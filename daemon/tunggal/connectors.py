@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tunggal.config import _expand_tree, pydantic_problems
 from tunggal.errors import ConfigError
@@ -66,6 +66,14 @@ class ConnectorSpec(BaseModel):
     properties: dict[str, str] = Field(
         default_factory=dict, description="Extra Debezium properties; these win."
     )
+
+    @field_validator("trust_server_certificate")
+    @classmethod
+    def _only_for_sql_server(cls, value: bool, info: ValidationInfo) -> bool:
+        kind = info.data.get("kind")
+        if value and kind != "sqlserver":
+            raise ValueError(f"only for kind sqlserver, not {kind}")
+        return value
 
     @property
     def slot_name(self) -> str:

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunggal.connectors import ConnectorSpec
-from tunggal.errors import DecodeError
+from tunggal.connectors import ConnectorSpec, load_connector
+from tunggal.errors import ConfigError, DecodeError
 from tunggal.events import ChangeEvent, ConnectorModes, RawEvent, decode
 from tunggal.events.decode import describe_position
 
@@ -551,3 +551,16 @@ def test_the_embedded_engine_keeps_sql_server_schema_history_in_its_state_dir(
     assert source.properties["schema.history.internal.file.filename"] == str(
         tmp_path / "sipkd.schema-history"
     )
+
+
+def test_trusting_the_certificate_is_refused_for_other_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "e_planning.yaml"
+    path.write_text(
+        "name: e_planning\nkind: postgresql\ndatabase: {host: h, dbname: d, user: u}\n"
+        "trust_server_certificate: true\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_connector(path)
+    (problem,) = caught.value.problems
+    assert problem.location == "trust_server_certificate" and problem.line == 4
+    assert "only for kind sqlserver" in problem.message
