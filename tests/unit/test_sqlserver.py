@@ -564,3 +564,14 @@ def test_trusting_the_certificate_is_refused_for_other_kinds(tmp_path: Path) -> 
     (problem,) = caught.value.problems
     assert problem.location == "trust_server_certificate" and problem.line == 4
     assert "only for kind sqlserver" in problem.message
+
+
+def test_on_kafka_connect_the_schema_history_is_a_topic_and_tls_stays_on() -> None:
+    from tunggal.connect.render import connect_config
+
+    config = connect_config(spec(), ["dbo.anggaran"], kafka_bootstrap=["k1:9092"])
+    assert config["schema.history.internal.kafka.bootstrap.servers"] == "k1:9092"
+    assert config["schema.history.internal.kafka.topic"] == "tunggal.sipkd.schema-history"
+    assert config["driver.encrypt"] == "true"
+    assert config["driver.trustServerCertificate"] == "false"
+    assert config["time.precision.mode"] == "isostring"
