@@ -157,3 +157,28 @@ def test_mysql_end_to_end_with_kill_and_resume(
     ]
     # Resumed from the stored position: no second snapshot of the tables.
     assert "Snapshot step 7" not in daemon.output(), log_tail()
+
+
+def test_mysql_kind_on_mariadb_says_use_mariadb(
+    mariadb: MariaDbServer, new_db: Any, tmp_path: Path
+) -> None:
+    """A real MariaDB server (its own version string, 10.11) read with `kind: mysql`."""
+    db = mariadb.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    mariadb.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    connector = write_mysql_connector(tmp_path, "sipd", mariadb, db)
+    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "MariaDB" in errors[0] and "kind: mariadb" in errors[0], errors
+    assert str(connector) in errors[0], errors
+    # No stack trace, Java's or Python's (Debezium's own message stays in the log line above).
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -174,6 +174,8 @@ def build_runner(
                     jvm_path=config.java.jvm_path,
                     heap=config.java.heap,
                     jvm_options=config.java.options,
+                    classpath=[config.resolve(entry) for entry in config.java.classpath],
+                    connector_file=str(config.resolve(source.connector)),
                     max_batch_size=config.batch.max_size,
                     poll_interval_ms=min(config.batch.max_age_ms, 500),
                 )
