@@ -6,19 +6,29 @@ the credentials and, optionally, extra Debezium properties to override.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from tunggal.config import _expand_tree, pydantic_problems
 from tunggal.errors import ConfigError
 from tunggal.events.model import NOTIFICATION_PREFIX
 from tunggal.events.modes import ConnectorModes
+from tunggal.mapping.spec import PLAIN_TABLE
 from tunggal.yamlfile import load_settings_file
 
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
+SERVER_ID_BASE = 5400
+# Both read the binlog with schema history; MariaDB's keeps GTIDs in MariaDB's own format
+# (domain-server-sequence), which it uses to resume without further settings.
+BINLOG_CONNECTOR_CLASSES = {
+    "mysql": "io.debezium.connector.mysql.MySqlConnector",
+    "mariadb": "io.debezium.connector.mariadb.MariaDbConnector",
+}
 
 
 class DatabaseSpec(BaseModel):
@@ -36,18 +46,30 @@ class ConnectorSpec(BaseModel):
         pattern=r"^[a-z][a-z0-9_]{0,40}$",
         description="Source name; the topic prefix and the slot name derive from it.",
     )
-    kind: Literal["postgresql", "mysql", "sqlserver"] = Field("postgresql")
+    kind: Literal["postgresql", "mysql", "mariadb", "sqlserver"] = Field(
+        "postgresql",
+        description="mysql: Debezium's MySQL connector (MySQL 8.0+); mariadb: its MariaDB "
+        "connector (MariaDB 10+; its jars go into java.classpath).",
+    )
     database: DatabaseSpec
-    tables: tuple[str, ...] = Field(
-        (),
-        description="schema.table to capture; default: every "
-        "table the mappings read from this source.",
+    tables: tuple[Annotated[str, StringConstraints(pattern=f"^{PLAIN_TABLE.pattern}$")], ...] = (
+        Field(
+            (),
+            description="schema.table to capture; default: every "
+            "table the mappings read from this source.",
+        )
     )
     snapshot: Literal["initial", "no_data", "when_needed", "always", "initial_only"] = Field(
         "initial", description="Debezium snapshot.mode."
     )
     schemas: bool = Field(True, description="Send Connect schemas with each event (exact types).")
-    server_id: int | None = Field(None, description="MySQL: unique replica server id.")
+    server_id: int | None = Field(
+        None,
+        ge=1,
+        le=2**32 - 1,
+        description="MySQL/MariaDB: the replica server id Debezium reads the binlog as; "
+        "default: derived from the source name (stable, and distinct per name).",
+    )
     signal_table: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
@@ -69,6 +91,20 @@ class ConnectorSpec(BaseModel):
     @property
     def publication_name(self) -> str:
         return f"tunggal_{self.name}_pub"
+
+    @property
+    def replica_server_id(self) -> int:
+        """The server id Debezium's binlog client presents: set, or derived from the name.
+
+        A hash, not a sum of the name's characters, so that anagrams (`opd_a` and `dpo_a`) do
+        not share one: the server drops one of two readers with the same id. Above 5400, clear
+        of the small ids servers are usually given, and below 2**31 for tools that read it as
+        signed.
+        """
+        if self.server_id is not None:
+            return self.server_id
+        digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
+        return SERVER_ID_BASE + int.from_bytes(digest, "big") % (2**31 - SERVER_ID_BASE)
 
     @property
     def notification_topic(self) -> str:
@@ -141,12 +177,12 @@ class ConnectorSpec(BaseModel):
                     "publication.autocreate.mode": "filtered",
                 }
             )
-        elif self.kind == "mysql":
+        elif self.kind in ("mysql", "mariadb"):
             props.update(
                 {
-                    "connector.class": "io.debezium.connector.mysql.MySqlConnector",
+                    "connector.class": BINLOG_CONNECTOR_CLASSES[self.kind],
                     "database.include.list": db.dbname,
-                    "database.server.id": str(self.server_id or 5400 + sum(map(ord, self.name))),
+                    "database.server.id": str(self.replica_server_id),
                     "bigint.unsigned.handling.mode": "precise",
                     "include.schema.changes": "false",
                 }
@@ -165,8 +201,11 @@ class ConnectorSpec(BaseModel):
 
 
 def _regex_literal(table: str) -> str:
-    # table.include.list entries are regular expressions matched against the whole name.
-    return table.replace(".", r"\.")
+    # table.include.list entries are regular expressions matched against the whole name, and
+    # the list is split at commas: each name is matched literally (names are plain, see
+    # mapping.spec.PLAIN_TABLE, but `$` and `-` are regex characters).
+    schema, _, name = table.partition(".")
+    return f"{re.escape(schema)}\\.{re.escape(name)}"
 
 
 def mask(props: Mapping[str, str]) -> dict[str, str]:
