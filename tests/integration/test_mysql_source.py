@@ -26,6 +26,7 @@ from tests.conftest import (
     write_config,
     write_mysql_connector,
 )
+from tunggal.devtools.mariadb import ROOT_PASSWORD as MARIADB_ROOT_PASSWORD
 from tunggal.devtools.mariadb import MariaDbServer
 
 pytestmark = pytest.mark.integration
@@ -249,3 +250,50 @@ def test_mariadb_kind_without_its_jars_says_which_to_add(
     )
     assert "not on the classpath" not in daemon.output()
     assert daemon.alive(), daemon.output()[-3000:]
+
+
+@pytest.fixture
+def one_table(mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path) -> dict[str, Any]:
+    """A source database with one table, its target and mapping; no connector file yet."""
+    server = mariadb_as_mysql
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    return {"server": server, "db": db, "target": target}
+
+
+def _run_until_it_stops(tmp_path: Path, target: str, connector: Path) -> str:
+    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_a_missing_grant_is_one_line(one_table: dict[str, Any], tmp_path: Path) -> None:
+    server, db = one_table["server"], one_table["db"]
+    user = f"u{uuid.uuid4().hex[:8]}"
+    server.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (MARIADB_ROOT_PASSWORD,))
+    server.execute(f"GRANT SELECT ON `{db}`.* TO '{user}'@'127.0.0.1'")  # no REPLICATION grants
+    connector = write_mysql_connector(tmp_path, "sipd", server, db, user=user)
+    error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+    assert "privilege" in error, error  # Debezium names the one it lacks
+
+
+def test_a_statement_binlog_is_one_line(one_table: dict[str, Any], tmp_path: Path) -> None:
+    server = one_table["server"]
+    connector = write_mysql_connector(tmp_path, "sipd", server, one_table["db"])
+    server.execute("SET GLOBAL binlog_format = 'STATEMENT'")
+    try:
+        error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+    finally:
+        server.execute("SET GLOBAL binlog_format = 'ROW'")
+    assert "binlog_format" in error and "ROW" in error, error
