@@ -78,7 +78,15 @@ def mysql_setup(mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path) ->
     sql(target, TARGET_DDL)
     (tmp_path / "mappings").mkdir()
     (tmp_path / "mappings" / f"{name}.yaml").write_text(MAPPING.format(name=name, db=db))
-    connector = write_mysql_connector(tmp_path, name, server, db)
+    # The replication user as the README creates it on MariaDB: what it grants is enough.
+    user = f"u{uuid.uuid4().hex[:8]}"
+    account = f"'{user}'@'127.0.0.1'"
+    server.execute(f"CREATE USER {account} IDENTIFIED BY %s", (MARIADB_ROOT_PASSWORD,))
+    server.execute(
+        "GRANT SELECT, RELOAD, SHOW DATABASES, LOCK TABLES, REPLICATION SLAVE, BINLOG MONITOR"
+        f" ON *.* TO {account}"
+    )
+    connector = write_mysql_connector(tmp_path, name, server, db, user=user)
     config = write_config(tmp_path, target, {name: str(connector)}, ["mappings/*.yaml"])
     applied = run_cli("schema", "--apply", "--config", str(config))
     assert applied.returncode == 0, applied.stderr
