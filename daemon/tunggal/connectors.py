@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from tunggal.config import _expand_tree, pydantic_problems
-from tunggal.errors import ConfigError
+from tunggal.errors import ConfigError, Problem
 from tunggal.events.model import NOTIFICATION_PREFIX
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping.spec import PLAIN_TABLE
@@ -198,6 +198,28 @@ class ConnectorSpec(BaseModel):
             )
         props.update(self.properties)
         return props
+
+
+def server_id_clashes(specs: Mapping[str, tuple[ConnectorSpec, str]]) -> list[Problem]:
+    """Sources that would read one MySQL/MariaDB server with the same replica server id (the
+    server drops one of two readers with one id). `specs`: source name -> (spec, its file)."""
+    problems: list[Problem] = []
+    seen: dict[tuple[str, int, int], str] = {}
+    for name, (spec, file) in specs.items():
+        if spec.kind not in BINLOG_CONNECTOR_CLASSES:
+            continue
+        key = (spec.database.host, spec.database.port, spec.replica_server_id)
+        other = seen.setdefault(key, name)
+        if other != name:
+            problems.append(
+                Problem(
+                    file,
+                    "server_id",
+                    f"server id {key[2]} is also used by source {other} on "
+                    f"{key[0]}:{key[1]}; give one of them another server_id",
+                )
+            )
+    return problems
 
 
 def _regex_literal(table: str) -> str:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests.unit.test_decode_types import MYSQL_SOURCE, decode_with
 from tunggal.config import load_config
 from tunggal.connect.render import connect_config
-from tunggal.connectors import ConnectorSpec, load_connector
+from tunggal.connectors import ConnectorSpec, load_connector, server_id_clashes
 from tunggal.errors import ConfigError
 from tunggal.mapping import load_mappings
 from tunggal.sources.embedded import classpath_entries
@@ -79,6 +79,31 @@ def test_server_id_can_be_set_and_is_checked() -> None:
     assert spec(server_id=184054).render([])["database.server.id"] == "184054"
     with pytest.raises(ValueError, match="server_id"):
         spec(server_id=0)
+
+
+def test_two_sources_with_one_server_id_on_one_server_are_refused() -> None:
+    a, b = spec(name="sipd_a", server_id=7000), spec(name="sipd_b", server_id=7000)
+    elsewhere = spec(
+        name="sipd_c",
+        server_id=7000,
+        database={"host": "other", "port": 3306, "dbname": "d", "user": "u"},
+    )
+    pg = ConnectorSpec.model_validate(
+        {"name": "pg", "database": {"host": "h", "dbname": "d", "user": "u"}}
+    )
+    (problem,) = server_id_clashes(
+        {
+            "sipd_a": (a, "a.yaml"),
+            "sipd_b": (b, "b.yaml"),
+            "sipd_c": (elsewhere, "c.yaml"),
+            "pg": (pg, "pg.yaml"),
+        }
+    )
+    assert str(problem).startswith(
+        "b.yaml: server_id: server id 7000 is also used by source sipd_a"
+    )
+    # Defaults differ per name, so sources that set nothing never clash.
+    assert server_id_clashes({"x": (spec(name="x"), "x"), "y": (spec(name="y"), "y")}) == []
 
 
 # -- plain table names -------------------------------------------------------------------------
