@@ -23,6 +23,7 @@ from tunggal.yamlfile import load_settings_file
 
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
 SERVER_ID_BASE = 5400
+MYSQL_PORT = 3306
 # Both read the binlog with schema history; MariaDB's keeps GTIDs in MariaDB's own format
 # (domain-server-sequence), which it uses to resume without further settings.
 BINLOG_CONNECTOR_CLASSES = {
@@ -91,6 +92,14 @@ class ConnectorSpec(BaseModel):
     @property
     def publication_name(self) -> str:
         return f"tunggal_{self.name}_pub"
+
+    @property
+    def port(self) -> int:
+        """The source's port: as set, else the kind's usual one (DatabaseSpec's default is
+        PostgreSQL's)."""
+        if "port" in self.database.model_fields_set or self.kind not in BINLOG_CONNECTOR_CLASSES:
+            return self.database.port
+        return MYSQL_PORT
 
     @property
     def replica_server_id(self) -> int:
@@ -181,6 +190,7 @@ class ConnectorSpec(BaseModel):
             props.update(
                 {
                     "connector.class": BINLOG_CONNECTOR_CLASSES[self.kind],
+                    "database.port": str(self.port),
                     "database.include.list": db.dbname,
                     "database.server.id": str(self.replica_server_id),
                     "bigint.unsigned.handling.mode": "precise",
@@ -208,7 +218,7 @@ def server_id_clashes(specs: Mapping[str, tuple[ConnectorSpec, str]]) -> list[Pr
     for name, (spec, file) in specs.items():
         if spec.kind not in BINLOG_CONNECTOR_CLASSES:
             continue
-        key = (spec.database.host, spec.database.port, spec.replica_server_id)
+        key = (spec.database.host, spec.port, spec.replica_server_id)
         other = seen.setdefault(key, name)
         if other != name:
             problems.append(

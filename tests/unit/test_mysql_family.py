@@ -46,6 +46,15 @@ def test_mariadb_renders_its_connector_with_the_binlog_defaults() -> None:
     assert spec().modes().connector == "mariadb"
     mysql = spec(kind="mysql").render([])
     assert mysql["connector.class"] == "io.debezium.connector.mysql.MySqlConnector"
+    assert mysql["database.port"] == "3306"
+
+
+def test_the_port_defaults_to_the_kinds_own() -> None:
+    unset = {"host": "h", "dbname": "kontrak", "user": "u"}
+    assert spec(database=unset).render([])["database.port"] == "3306"
+    assert spec(kind="mysql", database=unset).render([])["database.port"] == "3306"
+    assert spec(kind="postgresql", database=unset).render([])["database.port"] == "5432"
+    assert spec(database={**unset, "port": 3307}).render([])["database.port"] == "3307"
 
 
 def test_mariadb_on_kafka_connect_keeps_schema_history_in_kafka() -> None:
