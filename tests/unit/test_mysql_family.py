@@ -18,6 +18,7 @@ from tunggal.config import load_config
 from tunggal.connect.render import connect_config
 from tunggal.connectors import ConnectorSpec, load_connector, server_id_clashes
 from tunggal.errors import ConfigError
+from tunggal.events.decode import describe_position
 from tunggal.mapping import load_mappings
 from tunggal.sources.embedded import classpath_entries
 from tunggal.sources.hints import explain_failure, missing_connector
@@ -191,6 +192,11 @@ def test_mariadb_events_decode_as_mysql_ones() -> None:
     assert event.position == ((7 * 2**32 + 154) * 2**16) + 2
     mysql = decode_with({**MARIADB_SOURCE, "connector": "mysql"}, "mysql")
     assert (mysql.table, mysql.position, mysql.txid) == (event.table, event.position, event.txid)
+
+
+def test_mariadb_positions_read_as_binlog_coordinates() -> None:
+    event = decode_with(MARIADB_SOURCE, "mariadb")
+    assert describe_position("mariadb", event.position) == "binlog .000007 pos 154 row 2"
 
 
 def test_a_mariadb_event_on_a_mysql_source_is_refused() -> None:
