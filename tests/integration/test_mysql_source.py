@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    MYSQL_COMPATIBLE_VERSION,
     Daemon,
     run_cli,
     sql,
@@ -305,3 +306,23 @@ def test_a_statement_binlog_is_one_line(one_table: dict[str, Any], tmp_path: Pat
     finally:
         server.execute("SET GLOBAL binlog_format = 'ROW'")
     assert "binlog_format" in error and "ROW" in error, error
+
+
+def test_a_server_without_binlog_is_one_line(new_db: Any, tmp_path: Path) -> None:
+    server = MariaDbServer(version=MYSQL_COMPATIBLE_VERSION, extra_args=("--skip-log-bin",))
+    server.start()
+    try:
+        db = server.create_database("nobinlog")
+        server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+        assert server.execute("SELECT @@log_bin") == [(0,)]
+        target = new_db("target")
+        sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+        (tmp_path / "mappings").mkdir()
+        (tmp_path / "mappings" / "m.yaml").write_text(
+            MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+        )
+        connector = write_mysql_connector(tmp_path, "sipd", server, db)
+        error = _run_until_it_stops(tmp_path, target, connector)
+    finally:
+        server.destroy()
+    assert "binlog" in error.lower(), error
