@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.unit.test_decode_types import MYSQL_SOURCE, decode_with
@@ -20,6 +20,7 @@ from tunggal.connectors import ConnectorSpec, load_connector, server_id_clashes
 from tunggal.errors import ConfigError
 from tunggal.events.decode import describe_position
 from tunggal.mapping import load_mappings
+from tunggal.mapping.spec import TableMapping
 from tunggal.sources.embedded import classpath_entries
 from tunggal.sources.hints import explain_failure, missing_connector
 
@@ -130,6 +131,30 @@ def test_a_plain_name_matches_itself_and_nothing_else(schema: str, table: str) -
     assert re.fullmatch(pattern, f"{schema}.{table}")
     assert not re.fullmatch(pattern, f"{schema}x{table}")
     assert not re.fullmatch(pattern, f"{schema}.{table}.x")
+
+
+ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$-")
+
+
+def plain(name: str) -> bool:
+    """Reference model: two non-empty parts of allowed characters around one dot."""
+    parts = name.split(".")
+    return len(parts) == 2 and all(p and set(p) <= ALLOWED for p in parts)
+
+
+@given(st.text(alphabet="ab_$-.,|*?()[]{}^\\ \n'é", max_size=12))
+@example("a.b")
+@example("a$-.b_")
+@example("a.b,a.c")
+def test_from_accepts_exactly_plain_names(name: str) -> None:
+    try:
+        TableMapping.model_validate(
+            {"from": name, "to": "kv", "key": ["id"], "columns": {"id": "id"}}
+        )
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == plain(name), name
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
