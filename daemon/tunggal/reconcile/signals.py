@@ -64,7 +64,7 @@ def source_conninfo(spec: ConnectorSpec, application: str = "tunggal", **extra: 
     return make_conninfo(
         "",
         host=db.host,
-        port=str(db.port),
+        port=str(spec.port),
         dbname=db.dbname,
         user=db.user,
         password=db.password,
