@@ -202,9 +202,11 @@ def test_zone_conversion_agrees_with_zoneinfo(local: datetime, name: str) -> Non
     got = value_of(MICRO_TIMESTAMP, us, "timestamptz", modes)
     zone = ZoneInfo(name)
     instant = got.astimezone(UTC)
-    assert instant.replace(tzinfo=None) == local - zone.utcoffset(local.replace(fold=0))
+    offset = zone.utcoffset(local.replace(fold=0))
+    assert offset is not None
+    assert instant.replace(tzinfo=None) == local - offset
     back = instant.astimezone(zone).replace(tzinfo=None)
-    if zone.utcoffset(local.replace(fold=0)) == zone.utcoffset(local.replace(fold=1)):
+    if offset == zone.utcoffset(local.replace(fold=1)):
         assert back == local  # an unambiguous local time comes back unchanged
 
 
