@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.kafkaconnect import ConnectStandalone
+from tunggal.devtools.mariadb import ROOT_PASSWORD as MARIADB_ROOT_PASSWORD
 from tunggal.devtools.mariadb import MariaDbServer
 from tunggal.devtools.pgcluster import PgCluster, free_port
 
@@ -38,6 +40,25 @@ def mariadb() -> Iterator[MariaDbServer]:
     """One throwaway MariaDB server (ROW binlog, FULL row image, its own port and data
     directory); every test makes its own databases in it. The machine's service is untouched."""
     server = MariaDbServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+# What the fixture below reports as its version: Debezium 3.6's MySQL connector picks its SQL by
+# the version number, and for "10.11" (>= 8.4) it sends SHOW BINARY LOG STATUS, which MariaDB
+# lacks. A MySQL 8.0 number makes it use SHOW MASTER STATUS, which MariaDB has.
+MYSQL_COMPATIBLE_VERSION = "5.7.19-tunggal-test"
+
+
+@pytest.fixture(scope="session")
+def mariadb_as_mysql() -> Iterator[MariaDbServer]:
+    """A throwaway MariaDB server that reports a MySQL 8.0 version number, so that Debezium's
+    MySQL connector (`kind: mysql`) can read it: no MySQL server runs on this machine. ONLY for
+    the tests; a real MariaDB server is read with `kind: mariadb`, and `kind: mysql` pointed
+    at one stops with a line saying so (tests/integration/test_mysql_source.py)."""
+    server = MariaDbServer(version=MYSQL_COMPATIBLE_VERSION).start()
     try:
         yield server
     finally:
@@ -252,6 +273,30 @@ def write_connector(tmp_path: Path, name: str, port: int, dbname: str) -> Path:
     return path
 
 
+def write_mysql_connector(
+    tmp_path: Path,
+    name: str,
+    server: MariaDbServer,
+    dbname: str,
+    *,
+    kind: str = "mysql",
+    extra: str = "",
+    properties: dict[str, str] | None = None,
+) -> Path:
+    """A connector file for a MySQL-family source on a test server (root, password from
+    TEST_MYSQL_PASSWORD). `extra` is appended verbatim (YAML lines at the top level, e.g.
+    "timezone: Asia/Jakarta\\n"); `properties` are extra Debezium properties."""
+    props = {"poll.interval.ms": "100", **(properties or {})}
+    path = tmp_path / f"connector-{name}.yaml"
+    path.write_text(
+        f"name: {name}\nkind: {kind}\ndatabase:\n  host: 127.0.0.1\n  port: {server.port}\n"
+        f"  dbname: {dbname}\n  user: root\n  password: ${{TEST_MYSQL_PASSWORD}}\n"
+        "properties:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in props.items()) + extra
+    )
+    return path
+
+
 os.environ.setdefault("TEST_PG_PASSWORD", "unused-trust-auth")
+os.environ.setdefault("TEST_MYSQL_PASSWORD", MARIADB_ROOT_PASSWORD)
 # The suite runs as root in CI; `tunggal run` refuses that unless told (tested separately).
 os.environ.setdefault("TUNGGAL_ALLOW_ROOT", "1")

@@ -152,18 +152,17 @@ class MariaDbServer:
             return "(no log)"
 
     def connect(self, database: str | None = None, **kwargs: Any) -> Any:
-        """A PyMySQL connection as root, autocommit on."""
+        """A PyMySQL connection as root, autocommit on unless `autocommit=False` is passed."""
         import pymysql
 
+        settings: dict[str, Any] = {"autocommit": True, "charset": "utf8mb4", **kwargs}
         return pymysql.connect(
             host="127.0.0.1",
             port=self.port,
             user="root",
             password=ROOT_PASSWORD,
             database=database,
-            autocommit=True,
-            charset="utf8mb4",
-            **kwargs,
+            **settings,
         )
 
     def execute(self, statement: str, params: Any = None, database: str | None = None) -> list[Any]:
