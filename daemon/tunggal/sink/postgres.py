@@ -14,8 +14,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
@@ -145,6 +147,25 @@ def stage_type(ctype: str) -> str:
     if ctype == "date" or (ctype.startswith("timestamp") and ctype.endswith("without time zone")):
         return "timestamptz"
     return ctype
+
+
+def _is_zone_free(ctype: str) -> bool:
+    return ctype.startswith("timestamp") and ctype.endswith("without time zone")
+
+
+def _in_source_zone(value: Any) -> bool:
+    """A zone-less source value read in its source's `timezone:` (`values.in_zone`)."""
+    return value.__class__ is datetime and isinstance(value.tzinfo, ZoneInfo)
+
+
+def _wall_clock(value: Any) -> Any:
+    return value.replace(tzinfo=None) if _in_source_zone(value) else value
+
+
+def _key_wall_clock(key: tuple[Any, ...], zone_free: list[int]) -> tuple[Any, ...]:
+    if not zone_free:
+        return key
+    return tuple(_wall_clock(v) if i in zone_free else v for i, v in enumerate(key))
 
 
 def _tables_of(steps: Sequence[Step]) -> set[str]:
@@ -744,9 +765,36 @@ class PostgresSink:
     def _cast(self, table: str, column: str) -> sql.Composable:
         return sql.SQL("%s::{}").format(sql.SQL(self._type(table, column)))
 
+    def _zone_free(self, table: str) -> list[str]:
+        return [c for c, t in self._types(table).items() if _is_zone_free(t)]
+
+    def _wall_clocks(self, table: str, rows: list[Upsert]) -> list[Upsert]:
+        """A source's zone-less value that reached a `timestamp` column as an instant in the
+        source's zone (it also fed a timestamptz column, or a computed one, so the decoder had
+        no single target type for it) is written as the wall clock the source holds, not as
+        that instant's UTC time."""
+        columns = self._zone_free(table)
+        if not columns:
+            return rows
+        in_key = [i for i, c in enumerate(self._spec(table).key) if c in columns]
+        out = rows
+        for index, row in enumerate(rows):
+            values = row.values
+            if any(_in_source_zone(values.get(c)) for c in columns):
+                if out is rows:
+                    out = list(rows)
+                fixed = dict(values)
+                for c in columns:
+                    if c in fixed:
+                        fixed[c] = _wall_clock(fixed[c])
+                # The key too: tombstones and deletes compare it as the delete spells it.
+                out[index] = replace(row, values=fixed, key=_key_wall_clock(row.key, in_key))
+        return out
+
     def _upserts(
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert], result: BatchResult
     ) -> None:
+        rows = self._wall_clocks(table, rows)
         # Rows whose unchanged-TOAST columns differ need different UPDATE lists.
         groups: dict[tuple[tuple[str, ...], frozenset[str]], list[Upsert]] = defaultdict(list)
         for row in rows:
@@ -992,6 +1040,9 @@ class PostgresSink:
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete], result: BatchResult
     ) -> None:
         spec = self._spec(table)
+        in_key = [i for i, c in enumerate(spec.key) if _is_zone_free(self._type(table, c))]
+        if in_key and any(_in_source_zone(r.key[i]) for r in rows for i in in_key):
+            rows = [replace(r, key=_key_wall_clock(r.key, in_key)) for r in rows]  # see _upserts
         # As for upserts: one array per column and a statement text that does not depend on the
         # number of rows, unless a key column is itself an array.
         columnar = not any(self._type(table, c).endswith("]") for c in spec.key)
