@@ -285,3 +285,15 @@ def test_interval_numeric_form_still_decodes_with_debeziums_month() -> None:
     assert value_of(numeric, us, "interval", PG) == timedelta(
         days=32, hours=10, minutes=30
     ) + timedelta(hours=3, minutes=4, seconds=5)
+
+
+def test_postgresql_time_24_00_reaches_a_time_column() -> None:
+    pg = ConnectorModes(connector="postgresql")
+    assert value_of(MICRO_TIME, 86_400 * 10**6, "time", pg) == "24:00:00"
+
+
+def test_bits_without_a_bytea_target_still_know_their_bytes() -> None:
+    """Copied into bit(n) and bytea at once, the decoder cannot pick: the sink turns the bit
+    string into bytes for the bytea column (`BitString.to_bytes`)."""
+    got = value_of(bits_schema(10), debezium_bits(0b1010000001, 10), None)
+    assert got == "1010000001" and got.to_bytes() == b"\x02\x81"

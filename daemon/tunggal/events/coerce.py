@@ -218,9 +218,10 @@ def time_retype(label: str, units_per_second: int) -> Retype:
     """MySQL TIME: see `values.mysql_time`."""
 
     def retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
-        if modes.connector not in DURATION_TIME:
-            return None
         base = _hint_base(pg_type)
+        if modes.connector not in DURATION_TIME:
+            # A time of day already; only 24:00:00 needs the text form datetime.time lacks.
+            return mysql_time(label, units_per_second, "time") if base in _TIME_TYPES else None
         target = None
         if base in _TIME_TYPES:
             target = "time"

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeAlias
 from weakref import WeakKeyDictionary
 
-from tunggal.events.model import UNAVAILABLE_PLACEHOLDER
+from tunggal.events.model import UNAVAILABLE_PLACEHOLDER, BitString
 
 Converter: TypeAlias = Callable[[Any], Any]
 
@@ -195,14 +195,14 @@ def bits(length: int | None) -> Converter:
 
     def convert(value: Any) -> str:
         if value is True or value is False:  # bit(1) arrives as a boolean
-            return "1" if value else "0"
+            return BitString("1" if value else "0")
         number = int.from_bytes(bytes_from_base64(value), "little")
         if length is None:
             # bit varying: the length is not sent, and leading zeros are lost before we see them.
-            return format(number, "b") if number else ""
+            return BitString(format(number, "b") if number else "")
         if number.bit_length() > length:
             raise Invalid(f"{number.bit_length()} bits do not fit io.debezium.data.Bits({length})")
-        return format(number, f"0{length}b")
+        return BitString(format(number, f"0{length}b"))
 
     return convert
 
@@ -504,7 +504,7 @@ def mysql_time(label: str, units_per_second: int, target: str | None) -> Convert
                 return "24:00:00"  # a valid PostgreSQL time, which datetime.time cannot hold
             if not 0 <= us < _DAY_US:
                 raise Invalid(
-                    f"MySQL TIME {duration_text(us)} is not a time of day (00:00:00..24:00:00); "
+                    f"TIME {duration_text(us)} is not a time of day (00:00:00..24:00:00); "
                     "map it into an interval column"
                 )
             return _time_of_day(us)

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import cel
 
+from tunggal.events.model import BitString
 from tunggal.mapping.pgtypes import Family
 
 ValueFn = Callable[[Any], Any]
@@ -429,6 +430,7 @@ def _datetime_to_cel(v: datetime) -> datetime:
 
 
 _TO_CEL: Final[Mapping[type, Callable[[Any], Any]]] = {
+    BitString: str,
     datetime: _datetime_to_cel,
     date: _date_to_cel,
     time: _date_to_cel,
