@@ -189,3 +189,78 @@ def test_mysql_types_arrive_exactly(setup: dict[str, Any], daemon_factory: Any) 
         for column, g, w in zip(COLUMNS, row, want, strict=True):
             assert g == w, f"row {index} {column}: {g!r} != {w!r}"
     assert daemon.alive(), log_tail()
+
+
+ZERO_DDL = """CREATE TABLE z (
+  id INT PRIMARY KEY, dn DATE NULL, dnn DATE NOT NULL, tn DATETIME NULL, tnn DATETIME NOT NULL,
+  sn TIMESTAMP NULL DEFAULT NULL, snn TIMESTAMP NOT NULL DEFAULT '2000-01-01 00:00:00')"""
+ZERO_TARGET = """CREATE TABLE z (
+  id int PRIMARY KEY, dn date, dnn date, tn timestamp, tnn timestamp, sn timestamptz,
+  snn timestamptz)"""
+
+
+def test_zero_dates_land_as_debezium_sends_them(
+    mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """The README's zero-date policy, pinned down: Debezium replaces '0000-00-00' and dates with
+    a zero part before Tunggal sees them, with NULL in a nullable column and 1970-01-01 (DATE,
+    DATETIME) or the column default (TIMESTAMP) in a NOT NULL one; nothing else is changed and
+    nothing is dead-lettered. If Debezium ever sends them differently, this fails and the README
+    must change with it."""
+    server = mariadb_as_mysql
+    name = f"zd_{uuid.uuid4().hex[:6]}"
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute(ZERO_DDL, database=db)
+    target = new_db("target")
+    sql(target, ZERO_TARGET)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / f"{name}.yaml").write_text(
+        f"source: {name}\ntables:\n  - from: {db}.z\n    to: public.z\n    key: [id]\n"
+        "    columns: {id: id, dn: dn, dnn: dnn, tn: tn, tnn: tnn, sn: sn, snn: snn}\n"
+    )
+    connector = write_mysql_connector(tmp_path, name, server, db)
+    config = write_config(tmp_path, target, {name: str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+
+    def insert_loose(row: str) -> None:
+        with server.connect(db, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SET sql_mode = ''")  # what lets a source hold zero dates at all
+            cur.execute(f"INSERT INTO z VALUES {row}")
+
+    zero = "'0000-00-00 00:00:00'"
+    insert_loose(f"(1, '0000-00-00', '0000-00-00', {zero}, {zero}, {zero}, {zero})")
+    daemon: Daemon = daemon_factory(config).start()
+    wait_until(
+        lambda: len(sql(target, "SELECT 1 FROM z")) == 1,
+        90,
+        message="snapshot",
+        context=lambda: daemon.output()[-4000:],
+    )
+    insert_loose(f"(2, '0000-00-00', '0000-00-00', {zero}, {zero}, {zero}, {zero})")
+    insert_loose(
+        "(3, '2024-00-15', '2024-02-00', '2024-00-15 01:00:00', '2024-02-00 00:00:00', NULL, "
+        "'2001-01-01 00:00:00')"
+    )
+    insert_loose(  # real values around them are untouched
+        "(4, '1970-01-01', '2024-02-29', '1970-01-01 00:00:00', '2024-02-29 23:59:59', "
+        "'2024-02-29 23:59:59', '2024-02-29 23:59:59')"
+    )
+    wait_until(lambda: len(sql(target, "SELECT 1 FROM z")) == 4, 60, message="streamed")
+    epoch, epoch_day = datetime(1970, 1, 1), date(1970, 1, 1)
+    default = datetime(2000, 1, 1, tzinfo=UTC)
+    wall = datetime(2024, 2, 29, 23, 59, 59)
+    assert sql(target, "SELECT id, dn, dnn, tn, tnn, sn, snn FROM z ORDER BY id") == [
+        (1, None, epoch_day, None, epoch, None, default),
+        (2, None, epoch_day, None, epoch, None, default),
+        (3, None, epoch_day, None, epoch, None, datetime(2001, 1, 1, tzinfo=UTC)),
+        (
+            4,
+            epoch_day,
+            date(2024, 2, 29),
+            epoch,
+            wall,
+            wall.replace(tzinfo=UTC),
+            wall.replace(tzinfo=UTC),
+        ),
+    ]
+    assert sql(target, "SELECT count(*) FROM tunggal_dead_letters") == [(0,)]
