@@ -117,3 +117,21 @@ def test_timezone_bits_and_numeric_intervals(setup: dict[str, Any], daemon_facto
     assert got[0][10] == month + timedelta(days=2, hours=3, minutes=4, seconds=5.5)
     assert got[1][10] == -timedelta(hours=838, minutes=59, seconds=59)
     assert "poison" not in daemon.output()
+
+
+def test_unknown_timezone_stops_run_with_one_line(
+    pg: PgCluster, new_db: Any, tmp_path: Path
+) -> None:
+    target = new_db("target_tz")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "wib.yaml").write_text(MAPPING)
+    conn = write_connector(tmp_path, "wib", pg.port, "nowhere")
+    conn.write_text(conn.read_text() + "timezone: Asia/Jakata\n")
+    config = write_config(tmp_path, target, {"wib": str(conn)}, ["mappings/*.yaml"])
+    result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode != 0
+    assert (
+        f"{conn}:11: timezone: unknown time zone 'Asia/Jakata': give an IANA name such as "
+        "Asia/Jakarta"
+    ) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr
