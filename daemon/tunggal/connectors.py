@@ -6,19 +6,37 @@ the credentials and, optionally, extra Debezium properties to override.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from tunggal.config import _expand_tree, pydantic_problems
-from tunggal.errors import ConfigError
+from tunggal.errors import ConfigError, Problem
 from tunggal.events.model import NOTIFICATION_PREFIX
 from tunggal.events.modes import ConnectorModes, zone
+from tunggal.mapping.spec import PLAIN_TABLE
 from tunggal.yamlfile import load_settings_file
 
 SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
+SERVER_ID_BASE = 5400
+MYSQL_PORT = 3306
+# Both read the binlog with schema history; MariaDB's keeps GTIDs in MariaDB's own format
+# (domain-server-sequence), which it uses to resume without further settings.
+BINLOG_CONNECTOR_CLASSES = {
+    "mysql": "io.debezium.connector.mysql.MySqlConnector",
+    "mariadb": "io.debezium.connector.mariadb.MariaDbConnector",
+}
 
 
 class DatabaseSpec(BaseModel):
@@ -36,18 +54,30 @@ class ConnectorSpec(BaseModel):
         pattern=r"^[a-z][a-z0-9_]{0,40}$",
         description="Source name; the topic prefix and the slot name derive from it.",
     )
-    kind: Literal["postgresql", "mysql", "sqlserver"] = Field("postgresql")
+    kind: Literal["postgresql", "mysql", "mariadb", "sqlserver"] = Field(
+        "postgresql",
+        description="mysql: Debezium's MySQL connector (MySQL 8.0+); mariadb: its MariaDB "
+        "connector (MariaDB 10+; its jars go into java.classpath).",
+    )
     database: DatabaseSpec
-    tables: tuple[str, ...] = Field(
-        (),
-        description="schema.table to capture; default: every "
-        "table the mappings read from this source.",
+    tables: tuple[Annotated[str, StringConstraints(pattern=f"^{PLAIN_TABLE.pattern}$")], ...] = (
+        Field(
+            (),
+            description="schema.table to capture; default: every "
+            "table the mappings read from this source.",
+        )
     )
     snapshot: Literal["initial", "no_data", "when_needed", "always", "initial_only"] = Field(
         "initial", description="Debezium snapshot.mode."
     )
     schemas: bool = Field(True, description="Send Connect schemas with each event (exact types).")
-    server_id: int | None = Field(None, description="MySQL: unique replica server id.")
+    server_id: int | None = Field(
+        None,
+        ge=1,
+        le=2**32 - 1,
+        description="MySQL/MariaDB: the replica server id Debezium reads the binlog as; "
+        "default: derived from the source name (stable, and distinct per name).",
+    )
     signal_table: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
@@ -82,6 +112,28 @@ class ConnectorSpec(BaseModel):
     @property
     def publication_name(self) -> str:
         return f"tunggal_{self.name}_pub"
+
+    @property
+    def port(self) -> int:
+        """The source's port: as set, else the kind's usual one (DatabaseSpec's default is
+        PostgreSQL's)."""
+        if "port" in self.database.model_fields_set or self.kind not in BINLOG_CONNECTOR_CLASSES:
+            return self.database.port
+        return MYSQL_PORT
+
+    @property
+    def replica_server_id(self) -> int:
+        """The server id Debezium's binlog client presents: set, or derived from the name.
+
+        A hash, not a sum of the name's characters, so that anagrams (`opd_a` and `dpo_a`) do
+        not share one: the server drops one of two readers with the same id. Above 5400, clear
+        of the small ids servers are usually given, and below 2**31 for tools that read it as
+        signed.
+        """
+        if self.server_id is not None:
+            return self.server_id
+        digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
+        return SERVER_ID_BASE + int.from_bytes(digest, "big") % (2**31 - SERVER_ID_BASE)
 
     @property
     def notification_topic(self) -> str:
@@ -155,12 +207,13 @@ class ConnectorSpec(BaseModel):
                     "publication.autocreate.mode": "filtered",
                 }
             )
-        elif self.kind == "mysql":
+        elif self.kind in ("mysql", "mariadb"):
             props.update(
                 {
-                    "connector.class": "io.debezium.connector.mysql.MySqlConnector",
+                    "connector.class": BINLOG_CONNECTOR_CLASSES[self.kind],
+                    "database.port": str(self.port),
                     "database.include.list": db.dbname,
-                    "database.server.id": str(self.server_id or 5400 + sum(map(ord, self.name))),
+                    "database.server.id": str(self.replica_server_id),
                     "bigint.unsigned.handling.mode": "precise",
                     "include.schema.changes": "false",
                 }
@@ -178,9 +231,34 @@ class ConnectorSpec(BaseModel):
         return props
 
 
+def server_id_clashes(specs: Mapping[str, tuple[ConnectorSpec, str]]) -> list[Problem]:
+    """Sources that would read one MySQL/MariaDB server with the same replica server id (the
+    server drops one of two readers with one id). `specs`: source name -> (spec, its file)."""
+    problems: list[Problem] = []
+    seen: dict[tuple[str, int, int], str] = {}
+    for name, (spec, file) in specs.items():
+        if spec.kind not in BINLOG_CONNECTOR_CLASSES:
+            continue
+        key = (spec.database.host, spec.port, spec.replica_server_id)
+        other = seen.setdefault(key, name)
+        if other != name:
+            problems.append(
+                Problem(
+                    file,
+                    "server_id",
+                    f"server id {key[2]} is also used by source {other} on "
+                    f"{key[0]}:{key[1]}; give one of them another server_id",
+                )
+            )
+    return problems
+
+
 def _regex_literal(table: str) -> str:
-    # table.include.list entries are regular expressions matched against the whole name.
-    return table.replace(".", r"\.")
+    # table.include.list entries are regular expressions matched against the whole name, and
+    # the list is split at commas: each name is matched literally (names are plain, see
+    # mapping.spec.PLAIN_TABLE, but `$` and `-` are regex characters).
+    schema, _, name = table.partition(".")
+    return f"{re.escape(schema)}\\.{re.escape(name)}"
 
 
 def mask(props: Mapping[str, str]) -> dict[str, str]:

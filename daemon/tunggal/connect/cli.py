@@ -8,6 +8,7 @@ error messages from Connect are scrubbed of the passwords we sent.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -129,7 +130,8 @@ def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -
 
 def _tables(config: Mapping[str, str]) -> set[str]:
     listed = config.get("table.include.list", "")
-    return {t.replace("\\.", ".") for t in listed.split(",") if t}
+    # Undo connectors._regex_literal: every character of a name is escaped or plain.
+    return {re.sub(r"\\(.)", r"\1", t) for t in listed.split(",") if t}
 
 
 def _backfill(client: ConnectClient, one: Rendered, tables: list[str]) -> None:

@@ -23,10 +23,11 @@ def connect_config(
     for key in EMBEDDED_ONLY:
         if key not in spec.properties:
             props.pop(key, None)
-    if spec.kind in ("mysql", "sqlserver") and kafka_bootstrap:
-        # The embedded engine keeps MySQL/SQL Server schema history in a file of its state dir
-        # (sources/embedded.py); on Connect, Debezium's default is a Kafka topic, which must
-        # be told where Kafka is. Without a kafka: block Connect's validation names the field.
+    if spec.kind in ("mysql", "mariadb", "sqlserver") and kafka_bootstrap:
+        # The embedded engine keeps MySQL/MariaDB/SQL Server schema history in a file of its
+        # state dir (sources/embedded.py); on Connect, Debezium's default is a Kafka topic,
+        # which must be told where Kafka is. Without a kafka: block Connect's validation names
+        # the field.
         props.setdefault(
             "schema.history.internal.kafka.bootstrap.servers", ",".join(kafka_bootstrap)
         )

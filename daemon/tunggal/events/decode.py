@@ -16,7 +16,7 @@ from tunggal.errors import DecodeError
 from tunggal.events.coerce import converter_for
 from tunggal.events.connect import StructDecoder, compile_struct
 from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, RawEvent
-from tunggal.events.modes import ConnectorModes
+from tunggal.events.modes import BINLOG_CONNECTORS, ConnectorModes
 from tunggal.events.values import (
     FAST_FORMS,
     PLACEHOLDER_LENGTHS,
@@ -255,7 +255,7 @@ def _decode_key(
 
 
 def _table(block: dict[str, Any], connector: str) -> str:
-    outer = "db" if connector == "mysql" else "schema"
+    outer = "db" if connector in BINLOG_CONNECTORS else "schema"
     parts = []
     for name in (outer, "table"):
         part = block.get(name)
@@ -278,7 +278,7 @@ def _commit_ts_us(block: dict[str, Any]) -> int:
 def _txid(block: dict[str, Any], connector: str, transaction: Any) -> str | None:
     if connector == "postgresql":
         found = block.get("txId")
-    elif connector == "mysql":
+    elif connector in BINLOG_CONNECTORS:
         found = block.get("gtid")
     else:
         found = block.get("commit_lsn")  # a SQL Server transaction is named by its commit LSN
@@ -430,7 +430,7 @@ def describe_position(connector: str, position: int) -> str:
     if connector == "postgresql":
         lsn = position & ((1 << EPOCH_SHIFT) - 1)
         return f"LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-    if connector == "mysql":
+    if connector in BINLOG_CONNECTORS:
         row = position & 0xFFFF
         file, offset = position >> 48, (position >> 16) & 0xFFFFFFFF
         return f"binlog .{file:06d} pos {offset}" + (f" row {row}" if row else "")
@@ -443,6 +443,7 @@ def describe_position(connector: str, position: int) -> str:
 _POSITIONS: Final[dict[str, Callable[[dict[str, Any]], int]]] = {
     "postgresql": _postgresql_position,
     "mysql": _mysql_position,
+    "mariadb": _mysql_position,
     "sqlserver": _sqlserver_position,
 }
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-Connector = Literal["postgresql", "mysql", "sqlserver"]
+Connector = Literal["postgresql", "mysql", "mariadb", "sqlserver"]
+# The MySQL family: binlog positions, `db` names the database, a GTID names the transaction.
+BINLOG_CONNECTORS = frozenset({"mysql", "mariadb"})
 DecimalHandling = Literal["precise", "string", "double"]
 TimePrecision = Literal["adaptive", "adaptive_time_microseconds", "connect", "isostring"]
 BinaryHandling = Literal["bytes", "base64", "base64-url-safe", "hex"]

