@@ -297,3 +297,16 @@ def test_bits_without_a_bytea_target_still_know_their_bytes() -> None:
     string into bytes for the bytea column (`BitString.to_bytes`)."""
     got = value_of(bits_schema(10), debezium_bits(0b1010000001, 10), None)
     assert got == "1010000001" and got.to_bytes() == b"\x02\x81"
+
+
+def test_mariadb_time_is_a_duration_too() -> None:
+    modes = ConnectorModes(connector="mariadb")
+    source = {**MYSQL_SOURCE, "connector": "mariadb"}
+    event = decode(
+        envelope([{**MICRO_TIME, "field": "v"}], {"v": -H838}, source=source),
+        source="s",
+        modes=modes,
+        hints=lambda table: {"v": "interval"},
+    )
+    assert event is not None and event.after is not None
+    assert event.after["v"] == "-838:59:59"
