@@ -264,3 +264,46 @@ def test_zero_dates_land_as_debezium_sends_them(
         ),
     ]
     assert sql(target, "SELECT count(*) FROM tunggal_dead_letters") == [(0,)]
+
+
+def test_time_into_interval_and_time_at_once_is_never_wrapped(
+    mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """One TIME column copied into an interval and a time column: the decoder has no single
+    target type, so the sink decides per column. PostgreSQL's own interval-to-time cast would
+    turn -00:00:01 into 23:59:59; here a row whose TIME is not a time of day is refused and
+    dead-lettered, and the others land."""
+    server = mariadb_as_mysql
+    name = f"tm_{uuid.uuid4().hex[:6]}"
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE w (id INT PRIMARY KEY, tm TIME)", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE w (id int PRIMARY KEY, tm_iv interval, tm_t time)")
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / f"{name}.yaml").write_text(
+        f"source: {name}\ntables:\n  - from: {db}.w\n    to: public.w\n    key: [id]\n"
+        "    columns: {id: id, tm_iv: tm, tm_t: tm}\n"
+    )
+    connector = write_mysql_connector(tmp_path, name, server, db)
+    config = write_config(tmp_path, target, {name: str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    daemon: Daemon = daemon_factory(config).start()
+    wait_until(
+        lambda: "ready: reading" in daemon.output(), 60, message="ready", context=daemon.output
+    )
+    server.execute(
+        "INSERT INTO w VALUES (1, '13:14:15'), (2, '-00:00:01'), (3, '838:59:59')", database=db
+    )
+
+    def settled() -> bool:
+        landed = sql(target, "SELECT count(*) FROM w")[0][0]
+        dead = sql(target, "SELECT count(*) FROM tunggal_dead_letters")[0][0]
+        return bool(landed + dead >= 3)
+
+    wait_until(settled, 60, message="rows settled", context=lambda: daemon.output()[-4000:])
+    assert sql(target, "SELECT id, tm_iv, tm_t FROM w") == [
+        (1, timedelta(hours=13, minutes=14, seconds=15), time(13, 14, 15))
+    ]
+    errors = sql(target, "SELECT error FROM tunggal_dead_letters ORDER BY position")
+    assert len(errors) == 2, errors
+    assert all("public.w" in e and "time" in e for (e,) in errors), errors

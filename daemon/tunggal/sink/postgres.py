@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,7 @@ from psycopg import sql
 
 from tunggal.errors import FatalError, PoisonEventError, TransientError
 from tunggal.events.model import UNAVAILABLE, BitString, RawEvent
+from tunggal.events.values import duration_text
 from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
 from tunggal.mapping.dbinfo import contributions_table
@@ -161,8 +162,12 @@ def _is_bits(ctype: str) -> bool:
     return ctype.startswith("bit")
 
 
+def _is_time(ctype: str) -> bool:
+    return ctype.startswith("time") and ctype.endswith("without time zone") and "stamp" not in ctype
+
+
 def _needs_care(ctype: str) -> bool:
-    return _is_zone_free(ctype) or _is_bytea(ctype) or _is_bits(ctype)
+    return _is_zone_free(ctype) or _is_bytea(ctype) or _is_bits(ctype) or _is_time(ctype)
 
 
 def _in_source_zone(value: Any) -> bool:
@@ -175,13 +180,24 @@ def _wall_clock(value: Any) -> Any:
 
 
 def _needs_fixing(value: Any) -> bool:
-    return value.__class__ is BitString or value.__class__ is bool or _in_source_zone(value)
+    kind = value.__class__
+    return kind is BitString or kind is bool or kind is timedelta or _in_source_zone(value)
+
+
+_DAY = timedelta(days=1)
 
 
 def _fixed(value: Any, ctype: str) -> Any:
     """`value` as its target column of type `ctype` needs it (see `PostgresSink._fix_values`)."""
     if value.__class__ is BitString and _is_bytea(ctype):
         return value.to_bytes()
+    if value.__class__ is timedelta and _is_time(ctype):
+        # A duration (MySQL TIME) into `time`: PostgreSQL's interval-to-time cast would wrap it
+        # around the clock (-00:00:01 -> 23:59:59). A time of day only when it is one; else its
+        # hours as text, which PostgreSQL refuses, so the row is dead-lettered.
+        if timedelta(0) <= value < _DAY:
+            return (datetime.min + value).time()
+        return duration_text(value // timedelta(microseconds=1))
     if value.__class__ is bool:  # BIT(1) arrives as a boolean; PostgreSQL has no such cast
         if _is_bytea(ctype):
             return b"\x01" if value else b"\x00"
@@ -804,7 +820,8 @@ class PostgresSink:
         - a zone-less source value read as an instant in the source's zone, into a `timestamp`
           column, is written as the wall clock the source holds, not as its UTC time;
         - a bit string into a `bytea` column is written as the bits' bytes, not ASCII digits;
-        - a BIT(1) boolean into a bit or bytea column as its bit."""
+        - a BIT(1) boolean into a bit or bytea column as its bit;
+        - a duration into a `time` column only when it is a time of day, else refused."""
         columns = self._fix_columns(table)
         if not columns:
             return rows
