@@ -281,6 +281,8 @@ def pydantic_problems(
             hint = f"did you mean `{guess}`?" if guess else f"known keys: {', '.join(known)}"
         elif err["type"] == "missing":
             message = "required key is missing"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")  # our validators' own words
         line = lines.get(loc) or lines.get(loc.rsplit(".", 1)[0]) if loc else None
         problems.append(Problem(file, loc, message, line=line, hint=hint))
     return problems

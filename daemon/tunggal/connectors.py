@@ -25,7 +25,7 @@ from pydantic import (
 from tunggal.config import _expand_tree, pydantic_problems
 from tunggal.errors import ConfigError, Problem
 from tunggal.events.model import NOTIFICATION_PREFIX
-from tunggal.events.modes import ConnectorModes
+from tunggal.events.modes import ConnectorModes, zone
 from tunggal.mapping.spec import PLAIN_TABLE
 from tunggal.yamlfile import load_settings_file
 
@@ -95,6 +95,12 @@ class ConnectorSpec(BaseModel):
         "public.tunggal_signal (id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, "
         "data varchar(2048)); the connector's user needs INSERT on it.",
     )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone (e.g. Asia/Jakarta) of the source's zone-less date-times "
+        "(MySQL DATETIME, PostgreSQL timestamp without time zone): used where one goes into a "
+        "timestamptz column or a CEL timestamp. Default: they are read as UTC.",
+    )
     properties: dict[str, str] = Field(
         default_factory=dict, description="Extra Debezium properties; these win."
     )
@@ -105,6 +111,13 @@ class ConnectorSpec(BaseModel):
         kind = info.data.get("kind")
         if value and kind != "sqlserver":
             raise ValueError(f"only for kind sqlserver, not {kind}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)  # ValueError, reported with the file and the field
         return value
 
     @property
@@ -155,6 +168,7 @@ class ConnectorSpec(BaseModel):
             ),
             binary_handling=props.get("binary.handling.mode", "bytes"),  # type: ignore[arg-type]
             interval_handling=props.get("interval.handling.mode", "string"),  # type: ignore[arg-type]
+            timezone=self.timezone,
         )
 
     def render(self, mapped_tables: Iterable[str]) -> dict[str, str]:

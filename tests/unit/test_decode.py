@@ -24,6 +24,7 @@ from tunggal.events import (
     decode,
     in_epoch,
 )
+from tunggal.events.model import BitString
 
 EVENTS = Path(__file__).parent.parent / "events"
 MODES = ["schemaless", "schemas"]
@@ -81,8 +82,8 @@ ROW_1 = {
     "arr": [1, 2, 3],
     "tarr": ["a", "b c"],
     "e": "senang",
-    "bt": "1010000001",
-    "vb": "101",
+    "bt": BitString("1010000001"),
+    "vb": BitString("101"),
     "f8": 1e-07,
     "f4": 3.5,
     "big": 9007199254740993,

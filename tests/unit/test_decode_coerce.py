@@ -14,6 +14,7 @@ from tunggal.errors import DecodeError
 from tunggal.events import UNAVAILABLE, UNAVAILABLE_PLACEHOLDER, ConnectorModes, RawEvent, coerce
 from tunggal.events import decode as decode_event
 from tunggal.events.coerce import parse_pg_type
+from tunggal.events.model import BitString
 
 DEFAULT = ConnectorModes()
 
@@ -105,11 +106,11 @@ def test_parse_pg_type(pg_type: str, parsed: tuple[str, tuple[int, ...], bool]) 
         ("3q2-7w==", "bytea", {"binary_handling": "base64-url-safe"}, b"\xde\xad\xbe\xef"),
         ("deadbeef", "bytea", {"binary_handling": "hex"}, b"\xde\xad\xbe\xef"),
         # bits
-        ("gQI=", "bit(10)", {}, "1010000001"),
-        ("BQ==", "bit varying", {}, "101"),
-        ("BQ==", "varbit(8)", {}, "101"),
-        (True, "bit", {}, "1"),
-        (False, "bit(1)", {}, "0"),
+        ("gQI=", "bit(10)", {}, BitString("1010000001")),
+        ("BQ==", "bit varying", {}, BitString("101")),
+        ("BQ==", "varbit(8)", {}, BitString("101")),
+        (True, "bit", {}, BitString("1")),
+        (False, "bit(1)", {}, BitString("0")),
         # arrays, including multi-dimensional ones and nulls
         ([19782, None], "date[]", {}, [date(2024, 2, 29), None]),
         ([["1.5"], ["2"]], "numeric[][]", {}, [[Decimal("1.5")], [Decimal("2")]]),

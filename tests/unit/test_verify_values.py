@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.test_decode import HINTS, ROW_1, lines
+from tunggal.events.model import BitString
 from tunggal.events.modes import ConnectorModes
 from tunggal.reconcile.pgvalues import (
     column_reader,
@@ -51,8 +52,8 @@ PSYCOPG_ROW_1: dict[str, Any] = {
     "arr": [1, 2, 3],
     "tarr": ["a", "b c"],
     "e": "senang",  # an enum, ::text
-    "bt": "1010000001",  # ::text
-    "vb": "101",
+    "bt": BitString("1010000001"),  # ::text
+    "vb": BitString("101"),
     "f8": 1e-07,
     "f4": 3.5,
     "big": 9007199254740993,

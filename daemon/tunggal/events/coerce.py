@@ -12,31 +12,39 @@ bit, interval) must arrive in the spelling the modes promise, else the value is 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import UTC
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from tunggal.errors import DecodeError
 from tunggal.events.model import UNAVAILABLE
-from tunggal.events.modes import ConnectorModes
+from tunggal.events.modes import ConnectorModes, zone
 from tunggal.events.values import (
     FAST_FORMS,
     Converter,
     Invalid,
     as_float,
     bits,
+    bits_bytes,
+    bits_number,
+    bool_bits,
     bytes_from_base64,
     bytes_from_base64_url,
     bytes_from_hex,
     days_to_date,
     decimal_from_number,
+    duration_text,
     fail,
+    in_zone,
     is_unavailable,
     iso_date,
     iso_time,
     iso_timestamp,
     local_timestamp,
     micro_duration,
+    mysql_time,
     time_of_day,
     variable_scale_decimal,
     zoned_time,
@@ -80,6 +88,11 @@ _TIMETZ_TYPES: Final = frozenset({"timetz", "time with time zone"})
 _BIT_TYPES: Final = frozenset({"bit"})
 _VARBIT_TYPES: Final = frozenset({"bit varying", "varbit"})
 _GEOMETRY_TYPES: Final = frozenset({"point", "geometry", "geography"})
+_TEXT_TYPES: Final = frozenset(
+    {"text", "character varying", "varchar", "character", "char", "bpchar", "citext", "name"}
+)
+# Connectors whose TIME is a duration (-838:59:59..838:59:59), not a time of day.
+DURATION_TIME: Final = frozenset({"mysql", "mariadb"})
 _ARRAY_SUFFIX: Final = re.compile(r"\s*(\[\d*\]|\barray\b)$")
 _MODIFIERS: Final = re.compile(r"\(([^)]*)\)")
 
@@ -151,13 +164,16 @@ def _scalar_converter(
     if base in _TIMESTAMP_TYPES:
         return _either(_timestamp_units(precision, modes), iso_timestamp, modes)
     if base in _TIMESTAMPTZ_TYPES:
-        return zoned_timestamp
+        local = _either(_timestamp_units(precision, modes), iso_timestamp, modes)
+        return _zoned_or_local(local, modes)
     if base in _TIME_TYPES:
+        if modes.connector in DURATION_TIME:
+            return mysql_time("io.debezium.time.MicroTime", _time_unit(modes), "time")
         return _either(_time_units(precision, modes), iso_time, modes)
     if base in _TIMETZ_TYPES:
         return zoned_time
     if base.startswith("interval"):
-        return _interval
+        return _mysql_interval if modes.connector in DURATION_TIME else _interval
     if base == "bytea":
         return _binary(modes)
     if base in _BIT_TYPES:
@@ -167,6 +183,78 @@ def _scalar_converter(
     if base in _GEOMETRY_TYPES:
         return _geometry
     return None
+
+
+# -- refining a schema's converter by the target column ------------------------------------------
+
+# (target column type or None, modes) -> the converter to use instead, or None to keep it.
+Retype: TypeAlias = Callable[[str | None, ConnectorModes], Converter | None]
+
+
+def _hint_base(pg_type: str | None) -> str | None:
+    if pg_type is None:
+        return None
+    base, _, is_array = parse_pg_type(pg_type)
+    return "[]" if is_array else base
+
+
+def local_timestamp_retype(naive: Converter) -> Retype:
+    """A zone-less timestamp (PostgreSQL `timestamp`, MySQL DATETIME) is wall-clock time in
+    the source's `timezone:`. It becomes an instant where one is wanted: a timestamptz column,
+    or a column computed by CEL or steps (no hint). Into `timestamp`, `date` or text it stays
+    the wall-clock value the source holds."""
+
+    def retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
+        if modes.timezone is None:
+            return None  # read as UTC, as it always was
+        if pg_type is None or _hint_base(pg_type) in _TIMESTAMPTZ_TYPES:
+            return in_zone(naive, zone(modes.timezone))
+        return None
+
+    return retype
+
+
+def time_retype(label: str, units_per_second: int) -> Retype:
+    """MySQL TIME: see `values.mysql_time`."""
+
+    def retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
+        base = _hint_base(pg_type)
+        if modes.connector not in DURATION_TIME:
+            # A time of day already; only 24:00:00 needs the text form datetime.time lacks.
+            return mysql_time(label, units_per_second, "time") if base in _TIME_TYPES else None
+        target = None
+        if base in _TIME_TYPES:
+            target = "time"
+        elif base is not None and (base.startswith("interval") or base in _TEXT_TYPES):
+            target = "text"
+        return mysql_time(label, units_per_second, target)
+
+    return retype
+
+
+def bits_retype(length: int | None) -> Retype:
+    def retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
+        base = _hint_base(pg_type)
+        if base == "bytea":
+            return bits_bytes(length)
+        if base in _INT_TYPES or base in _DECIMAL_TYPES:
+            return bits_number
+        return None  # the bit string: right for bit(n), varbit and text
+
+    return retype
+
+
+def boolean_retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
+    base = _hint_base(pg_type)
+    if base in _BIT_TYPES or base in _VARBIT_TYPES:
+        return bool_bits("bit")
+    if base == "bytea":
+        return bool_bits("bytea")
+    return None
+
+
+def plain_string_retype(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
+    return None if pg_type is None else plain_string_converter(pg_type, modes)
 
 
 def plain_string_converter(pg_type: str, modes: ConnectorModes) -> Converter | None:
@@ -249,6 +337,30 @@ def _either(numeric: Converter, iso: Converter, modes: ConnectorModes) -> Conver
     if numeric_form is not None and numeric_form[0] is int:
         FAST_FORMS[convert] = numeric_form
     return convert
+
+
+def _zoned_or_local(local: Converter, modes: ConnectorModes) -> Converter:
+    """A timestamptz column: an offset-carrying string as it says; a zone-less value (a
+    `timestamp` or DATETIME copied into it, which arrives as a number) read in the source's
+    `timezone:`, else as UTC."""
+    tz = zone(modes.timezone) if modes.timezone is not None else UTC
+
+    def convert(value: Any) -> Any:
+        if value.__class__ is str:
+            return zoned_timestamp(value)
+        return in_zone(local, tz)(value)
+
+    return convert
+
+
+def _time_unit(modes: ConnectorModes) -> int:
+    return 1_000 if modes.time_precision == "connect" else 1_000_000
+
+
+def _mysql_interval(value: Any) -> Any:
+    if value.__class__ is int:  # a MySQL TIME copied into an interval column
+        return duration_text(value)
+    return _interval(value)
 
 
 def _interval(value: Any) -> Any:

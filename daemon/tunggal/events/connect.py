@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
-from tunggal.events.coerce import plain_string_converter
+from tunggal.events.coerce import (
+    DURATION_TIME,
+    Retype,
+    bits_retype,
+    boolean_retype,
+    local_timestamp_retype,
+    plain_string_retype,
+    time_retype,
+)
 from tunggal.events.model import UNAVAILABLE
 from tunggal.events.modes import ConnectorModes
 from tunggal.events.values import (
@@ -42,16 +50,17 @@ from tunggal.events.values import (
 class StructDecoder:
     """Decodes one struct value (a table row, a key, a geometry) field by field."""
 
-    __slots__ = ("_hinted", "fields", "hintable")
+    __slots__ = ("_hinted", "fields", "retypable")
 
-    def __init__(self, fields: tuple[Field, ...], hintable: frozenset[str]):
+    def __init__(self, fields: tuple[Field, ...], retypable: Mapping[str, Retype]):
         self.fields = fields
-        # Plain strings (or arrays of them) with no semantic name: numeric under
-        # decimal.handling.mode=string, bytea under binary.handling.mode=base64/hex. Only a
-        # type hint can tell them from text.
-        self.hintable = hintable
+        # Fields whose Python value depends on the target column (see `with_hints`): plain
+        # strings (numeric under decimal.handling.mode=string, bytea under
+        # binary.handling.mode=base64/hex: only a type hint tells them from text), zone-less
+        # timestamps, MySQL TIME, bits and booleans.
+        self.retypable = retypable
         self._hinted: dict[
-            tuple[str, str], tuple[ConnectorModes, Mapping[str, str], StructDecoder]
+            tuple[str, str], tuple[ConnectorModes, Mapping[str, str] | None, StructDecoder]
         ] = {}
 
     def __call__(self, value: Any) -> dict[str, Any]:
@@ -88,12 +97,15 @@ class StructDecoder:
     def with_hints(
         self, where: tuple[str, str], hints: Mapping[str, str] | None, modes: ConnectorModes
     ) -> StructDecoder:
-        """This decoder refined by a table's column types; `where` is (source, table).
+        """This decoder refined by a table's target column types and the source's modes;
+        `where` is (source, table).
 
         Cached per table, keeping the hints mapping itself: a new mapping is compared by
         value, but one changed in place after use would go unnoticed.
         """
-        if not hints or not self.hintable:
+        if not self.retypable or (
+            not hints and modes.timezone is None and modes.connector not in DURATION_TIME
+        ):
             return self
         cached = self._hinted.get(where)
         if (
@@ -103,18 +115,20 @@ class StructDecoder:
         ):
             return cached[2]
         fields = []
+        changed = False
         for name, convert, same in self.fields:
-            hinted = _hinted_converter(hints.get(name), modes) if name in self.hintable else None
-            fields.append((name, convert, same) if hinted is None else (name, hinted, None))
-        decoder = StructDecoder(tuple(fields), frozenset())
+            retype = self.retypable.get(name)
+            hinted = None if retype is None else retype(hints.get(name) if hints else None, modes)
+            if hinted is None:
+                fields.append((name, convert, same))
+            else:
+                fields.append((name, hinted, None))
+                changed = True
+        decoder = StructDecoder(tuple(fields), {}) if changed else self
         if len(self._hinted) > 64:
             self._hinted.clear()
         self._hinted[where] = (modes, hints, decoder)
         return decoder
-
-
-def _hinted_converter(pg_type: str | None, modes: ConnectorModes) -> Converter | None:
-    return None if pg_type is None else plain_string_converter(pg_type, modes)
 
 
 def compile_struct(schema: Any) -> StructDecoder:
@@ -124,7 +138,7 @@ def compile_struct(schema: Any) -> StructDecoder:
     if not isinstance(fields, list):
         raise Invalid(f"expected a list of fields, got {show(fields)}", "fields")
     compiled: list[Field] = []
-    hintable: set[str] = set()
+    retypable: dict[str, Retype] = {}
     for index, field in enumerate(fields):
         try:
             if not isinstance(field, dict):
@@ -136,11 +150,52 @@ def compile_struct(schema: Any) -> StructDecoder:
             compiled.append((name, convert, _SAME.get(convert)))
         except Invalid as exc:
             raise exc.at(f"fields[{index}]") from None
-        if _is_plain_string(field) or (
-            field.get("type") == "array" and _is_plain_string(field.get("items"))
-        ):
-            hintable.add(name)
-    return StructDecoder(tuple(compiled), frozenset(hintable))
+        retype = _retype(field, convert)
+        if retype is not None:
+            retypable[name] = retype
+    return StructDecoder(tuple(compiled), retypable)
+
+
+_LOCAL_TIMESTAMPS: Final = frozenset(
+    {
+        "io.debezium.time.Timestamp",
+        "io.debezium.time.MicroTimestamp",
+        "io.debezium.time.NanoTimestamp",
+        "io.debezium.time.IsoTimestamp",
+        "org.apache.kafka.connect.data.Timestamp",
+    }
+)
+_TIMES: Final = {
+    "io.debezium.time.Time": 1_000,
+    "io.debezium.time.MicroTime": 1_000_000,
+    "io.debezium.time.NanoTime": 1_000_000_000,
+    "org.apache.kafka.connect.data.Time": 1_000,
+}
+
+
+def _retype(field: dict[str, Any], convert: Converter) -> Retype | None:
+    """How the field's value may depend on the target column (`StructDecoder.with_hints`)."""
+    if _is_plain_string(field) or (
+        field.get("type") == "array" and _is_plain_string(field.get("items"))
+    ):
+        return plain_string_retype
+    name = field.get("name")
+    if name in _LOCAL_TIMESTAMPS:
+        return local_timestamp_retype(convert)
+    if name in _TIMES:
+        return time_retype(name, _TIMES[name])
+    if name == "io.debezium.data.Bits":
+        parameters = field.get("parameters")
+        try:
+            length: int | None = _parameter(
+                parameters if isinstance(parameters, dict) else {}, "length"
+            )
+        except Invalid:
+            length = None
+        return bits_retype(length)
+    if field.get("type") == "boolean" and name is None:
+        return boolean_retype
+    return None
 
 
 def _is_plain_string(schema: Any) -> bool:

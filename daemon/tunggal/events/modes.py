@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Connector = Literal["postgresql", "mysql", "mariadb", "sqlserver"]
 # The MySQL family: binlog positions, `db` names the database, a GTID names the transaction.
@@ -28,6 +29,9 @@ class ConnectorModes:
     time_precision: TimePrecision = "adaptive_time_microseconds"  # time.precision.mode
     binary_handling: BinaryHandling = "bytes"  # binary.handling.mode
     interval_handling: IntervalHandling = "numeric"  # interval.handling.mode
+    # The IANA zone the source's zone-less values (MySQL DATETIME, PostgreSQL `timestamp`) are
+    # wall-clock times in; None reads them as UTC. Not a Debezium setting: Tunggal's own.
+    timezone: str | None = None
 
     def __post_init__(self) -> None:
         # Literal types are only checked by mypy; these values come from YAML.
@@ -42,3 +46,15 @@ class ConnectorModes:
             choices = get_args(allowed)
             if value not in choices:
                 raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        if self.timezone is not None:
+            zone(self.timezone)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone `name`; ValueError saying so when zoneinfo does not know it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: give an IANA name such as Asia/Jakarta"
+        ) from None

@@ -14,12 +14,12 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 from weakref import WeakKeyDictionary
 
-from tunggal.events.model import UNAVAILABLE_PLACEHOLDER
+from tunggal.events.model import UNAVAILABLE_PLACEHOLDER, BitString
 
 Converter: TypeAlias = Callable[[Any], Any]
 
@@ -195,14 +195,14 @@ def bits(length: int | None) -> Converter:
 
     def convert(value: Any) -> str:
         if value is True or value is False:  # bit(1) arrives as a boolean
-            return "1" if value else "0"
+            return BitString("1" if value else "0")
         number = int.from_bytes(bytes_from_base64(value), "little")
         if length is None:
             # bit varying: the length is not sent, and leading zeros are lost before we see them.
-            return format(number, "b") if number else ""
+            return BitString(format(number, "b") if number else "")
         if number.bit_length() > length:
             raise Invalid(f"{number.bit_length()} bits do not fit io.debezium.data.Bits({length})")
-        return format(number, f"0{length}b")
+        return BitString(format(number, f"0{length}b"))
 
     return convert
 
@@ -440,3 +440,118 @@ def micro_duration(value: Any) -> timedelta:
         return timedelta(0, 0, value)
     except OverflowError:
         raise Invalid(f"{value} µs is longer than datetime.timedelta can hold") from None
+
+
+# -- values whose Python form depends on the target column -------------------------------------
+#
+# Some source types mean different things depending on where they go: a MySQL TIME is a
+# duration that is a time of day only in a `time` column; a zone-less timestamp is wall-clock
+# time that becomes an instant only in a `timestamptz` column; BIT(n) is a bit string, a
+# number or bytes. `connect.StructDecoder.with_hints` and `coerce` pick among these by the
+# target column's type (the hint).
+
+
+def in_zone(convert: Converter, zone: tzinfo) -> Converter:
+    """A zone-less timestamp converter whose naive result is wall-clock time in `zone`.
+
+    The value stays in `zone` (so `date_part` without a zone of its own reads the source's
+    local fields); instants compare and convert correctly from there. Ambiguous or skipped
+    local times take the offset before the change (PEP 495 fold=0), as PostgreSQL does.
+    """
+
+    def convert_in_zone(value: Any) -> datetime:
+        local: datetime = convert(value).replace(tzinfo=zone)
+        try:
+            local.astimezone(UTC)
+        except OverflowError:  # 0001-01-01 00:00 in UTC+7 is in year 0
+            raise Invalid(f"{show(value)} in {zone} {_OUT_OF_RANGE}") from None
+        return local
+
+    return convert_in_zone
+
+
+# MySQL's TIME range; TIME(6) stops at 838:59:59.000000 as well.
+MYSQL_TIME_MAX_US: Final = (838 * 3600 + 59 * 60 + 59) * 1_000_000
+
+
+def duration_text(us: int) -> str:
+    """MySQL's spelling of a TIME, which PostgreSQL also reads as an interval of that many
+    hours: -3020399000000 -> '-838:59:59'. (A timedelta would reach PostgreSQL as
+    '-35 days +01:00:01': equal, but not what the source holds.)"""
+    sign = "-" if us < 0 else ""
+    seconds, micros = divmod(abs(us), 1_000_000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{text}.{micros:06d}" if micros else text
+
+
+def mysql_time(label: str, units_per_second: int, target: str | None) -> Converter:
+    """MySQL TIME (a duration, -838:59:59..838:59:59) for a target column of kind `target`:
+    "time" -> a time of day, and only when it is one (00:00:00..24:00:00, 24:00:00 as text);
+    "text" (interval or text columns) -> `duration_text`; None -> a timedelta."""
+
+    def micros(value: Any) -> int:
+        if value.__class__ is not int:
+            raise fail(f"int {_UNIT_NAMES[units_per_second]} for {label}", value)
+        return _to_micros(value, units_per_second)
+
+    if target == "time":
+
+        def to_time(value: Any) -> time | str:
+            us = micros(value)
+            if us == _DAY_US:
+                return "24:00:00"  # a valid PostgreSQL time, which datetime.time cannot hold
+            if not 0 <= us < _DAY_US:
+                raise Invalid(
+                    f"TIME {duration_text(us)} is not a time of day (00:00:00..24:00:00); "
+                    "map it into an interval column"
+                )
+            return _time_of_day(us)
+
+        return to_time
+    if target == "text":
+        return lambda value: duration_text(micros(value))
+
+    def to_timedelta(value: Any) -> timedelta:
+        return timedelta(0, 0, micros(value))
+
+    return to_timedelta
+
+
+def _bit_number(value: Any) -> int:
+    if value is True or value is False:  # BIT(1) arrives as a boolean
+        return int(value)
+    return int.from_bytes(bytes_from_base64(value), "little")
+
+
+def bits_bytes(length: int | None) -> Converter:
+    """BIT(n) as bytea: the number's bytes most significant first, ceil(n/8) of them, as MySQL
+    itself gives a BIT(n) as a binary string (b'1010000001' -> 02 81)."""
+    known = length is not None and 0 < length < _BITS_UNKNOWN_LENGTH
+
+    def convert(value: Any) -> bytes:
+        number = _bit_number(value)
+        if known:
+            assert length is not None
+            size = (length + 7) // 8
+        else:
+            size = (number.bit_length() + 7) // 8 or 1
+        try:
+            return number.to_bytes(size, "big")
+        except OverflowError:
+            raise Invalid(f"{number.bit_length()} bits do not fit BIT({length})") from None
+
+    return convert
+
+
+def bits_number(value: Any) -> int:
+    """BIT(n) as the unsigned number MySQL reads it as in numeric context."""
+    return _bit_number(value)
+
+
+def bool_bits(target: str) -> Converter:
+    """A boolean (MySQL BIT(1), PostgreSQL bit(1) or boolean) for a bit or bytea column."""
+    if target == "bytea":
+        return lambda value: b"\x01" if as_bool(value) else b"\x00"
+    return lambda value: "1" if as_bool(value) else "0"

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import cel
 
+from tunggal.events.model import BitString
 from tunggal.mapping.pgtypes import Family
 
 ValueFn = Callable[[Any], Any]
@@ -421,7 +422,16 @@ def _dict_to_cel(v: dict[Any, Any]) -> dict[Any, Any]:
     return {k: to_cel(x) for k, x in v.items()}
 
 
+def _datetime_to_cel(v: datetime) -> datetime:
+    # The binding takes naive (as UTC) and UTC datetimes only: a source's zone-less value read
+    # in its `timezone:` arrives in that zone.
+    zone = v.tzinfo
+    return v if zone is None or zone is UTC else v.astimezone(UTC)
+
+
 _TO_CEL: Final[Mapping[type, Callable[[Any], Any]]] = {
+    BitString: str,
+    datetime: _datetime_to_cel,
     date: _date_to_cel,
     time: _date_to_cel,
     list: _list_to_cel,

@@ -14,8 +14,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
@@ -23,7 +25,8 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from tunggal.errors import FatalError, PoisonEventError, TransientError
-from tunggal.events.model import UNAVAILABLE, RawEvent
+from tunggal.events.model import UNAVAILABLE, BitString, RawEvent
+from tunggal.events.values import duration_text
 from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
 from tunggal.mapping.dbinfo import contributions_table
@@ -145,6 +148,70 @@ def stage_type(ctype: str) -> str:
     if ctype == "date" or (ctype.startswith("timestamp") and ctype.endswith("without time zone")):
         return "timestamptz"
     return ctype
+
+
+def _is_zone_free(ctype: str) -> bool:
+    return ctype.startswith("timestamp") and ctype.endswith("without time zone")
+
+
+def _is_bytea(ctype: str) -> bool:
+    return ctype == "bytea"
+
+
+def _is_bits(ctype: str) -> bool:
+    return ctype.startswith("bit")
+
+
+def _is_time(ctype: str) -> bool:
+    return ctype.startswith("time") and ctype.endswith("without time zone") and "stamp" not in ctype
+
+
+def _needs_care(ctype: str) -> bool:
+    return _is_zone_free(ctype) or _is_bytea(ctype) or _is_bits(ctype) or _is_time(ctype)
+
+
+def _in_source_zone(value: Any) -> bool:
+    """A zone-less source value read in its source's `timezone:` (`values.in_zone`)."""
+    return value.__class__ is datetime and isinstance(value.tzinfo, ZoneInfo)
+
+
+def _wall_clock(value: Any) -> Any:
+    return value.replace(tzinfo=None) if _in_source_zone(value) else value
+
+
+def _needs_fixing(value: Any) -> bool:
+    kind = value.__class__
+    return kind is BitString or kind is bool or kind is timedelta or _in_source_zone(value)
+
+
+_DAY = timedelta(days=1)
+
+
+def _fixed(value: Any, ctype: str) -> Any:
+    """`value` as its target column of type `ctype` needs it (see `PostgresSink._fix_values`)."""
+    if value.__class__ is BitString and _is_bytea(ctype):
+        return value.to_bytes()
+    if value.__class__ is timedelta and _is_time(ctype):
+        # A duration (MySQL TIME) into `time`: PostgreSQL's interval-to-time cast would wrap it
+        # around the clock (-00:00:01 -> 23:59:59). A time of day only when it is one; else its
+        # hours as text, which PostgreSQL refuses, so the row is dead-lettered.
+        if timedelta(0) <= value < _DAY:
+            return (datetime.min + value).time()
+        return duration_text(value // timedelta(microseconds=1))
+    if value.__class__ is bool:  # BIT(1) arrives as a boolean; PostgreSQL has no such cast
+        if _is_bytea(ctype):
+            return b"\x01" if value else b"\x00"
+        if _is_bits(ctype):
+            return "1" if value else "0"
+    if _is_zone_free(ctype):
+        return _wall_clock(value)
+    return value
+
+
+def _key_fixed(key: tuple[Any, ...], types: Mapping[int, str]) -> tuple[Any, ...]:
+    if not types:
+        return key
+    return tuple(_fixed(v, types[i]) if i in types else v for i, v in enumerate(key))
 
 
 def _tables_of(steps: Sequence[Step]) -> set[str]:
@@ -744,9 +811,40 @@ class PostgresSink:
     def _cast(self, table: str, column: str) -> sql.Composable:
         return sql.SQL("%s::{}").format(sql.SQL(self._type(table, column)))
 
+    def _fix_columns(self, table: str) -> dict[str, str]:
+        return {c: t for c, t in self._types(table).items() if _needs_care(t)}
+
+    def _wall_clocks(self, table: str, rows: list[Upsert]) -> list[Upsert]:
+        """Values the decoder made without knowing their target column's type (the source column
+        also feeds a column of another type, or a computed one):
+        - a zone-less source value read as an instant in the source's zone, into a `timestamp`
+          column, is written as the wall clock the source holds, not as its UTC time;
+        - a bit string into a `bytea` column is written as the bits' bytes, not ASCII digits;
+        - a BIT(1) boolean into a bit or bytea column as its bit;
+        - a duration into a `time` column only when it is a time of day, else refused."""
+        columns = self._fix_columns(table)
+        if not columns:
+            return rows
+        key = self._spec(table).key
+        in_key = {i: columns[c] for i, c in enumerate(key) if c in columns}
+        out = rows
+        for index, row in enumerate(rows):
+            values = row.values
+            if any(_needs_fixing(values.get(c)) for c in columns):
+                if out is rows:
+                    out = list(rows)
+                fixed = dict(values)
+                for c, ctype in columns.items():
+                    if c in fixed:
+                        fixed[c] = _fixed(fixed[c], ctype)
+                # The key too: tombstones and deletes compare it as the delete spells it.
+                out[index] = replace(row, values=fixed, key=_key_fixed(row.key, in_key))
+        return out
+
     def _upserts(
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert], result: BatchResult
     ) -> None:
+        rows = self._wall_clocks(table, rows)
         # Rows whose unchanged-TOAST columns differ need different UPDATE lists.
         groups: dict[tuple[tuple[str, ...], frozenset[str]], list[Upsert]] = defaultdict(list)
         for row in rows:
@@ -992,6 +1090,9 @@ class PostgresSink:
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete], result: BatchResult
     ) -> None:
         spec = self._spec(table)
+        in_key = {i: t for i, c in enumerate(spec.key) if _needs_care(t := self._type(table, c))}
+        if in_key and any(_needs_fixing(r.key[i]) for r in rows for i in in_key):
+            rows = [replace(r, key=_key_fixed(r.key, in_key)) for r in rows]  # see _wall_clocks
         # As for upserts: one array per column and a statement text that does not depend on the
         # number of rows, unless a key column is itself an array.
         columnar = not any(self._type(table, c).endswith("]") for c in spec.key)
