@@ -305,16 +305,21 @@ def _stream_find_and_repair(env: dict[str, Any], daemon: Daemon) -> None:
         "WHERE target_table = 'public.barang'",
     )
     assert runs[0][0] >= 3 and runs[0][1] == 1
+    # The daemon reads the runs every 30 s: a read made before the last run shows an older one.
     wait_until(
-        lambda: _metric(port, "tunggal_verify_rows", source="sys_a", table="public.barang"),
+        lambda: (
+            _metric(port, "tunggal_verify_rows", source="sys_a", table="public.barang")
+            and _metric(
+                port,
+                "tunggal_verify_drift_rows",
+                source="sys_a",
+                table="public.barang",
+                kind="missing",
+            )
+            == 0
+        ),
         90,
-        message="tunggal_verify_rows exported",
-    )
-    assert (
-        _metric(
-            port, "tunggal_verify_drift_rows", source="sys_a", table="public.barang", kind="missing"
-        )
-        == 0
+        message="the newest run exported: tunggal_verify_rows, and no missing rows",
     )
     code, _ = daemon.terminate()
     assert code == 0, log()

@@ -180,6 +180,8 @@ def _retype(field: dict[str, Any], convert: Converter) -> Retype | None:
     ):
         return plain_string_retype
     name = field.get("name")
+    if name is not None and not isinstance(name, str):
+        return None  # a malformed schema: the field's own converter reports it
     if name in _LOCAL_TIMESTAMPS:
         return local_timestamp_retype(convert)
     if name in _TIMES:
