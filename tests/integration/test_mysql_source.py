@@ -170,29 +170,43 @@ def test_mysql_end_to_end_with_kill_and_resume(
     assert "Snapshot step 7" not in daemon.output(), log_tail()
 
 
+def _kv_source(server: MariaDbServer, new_db: Any, tmp_path: Path, name: str = "sipd") -> str:
+    """A source database with one table `kv`, an empty target `kv` and the mapping between
+    them; returns the source database's name (the target is `tmp_path`'s "target" file)."""
+    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
+    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    target = new_db("target")
+    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    (tmp_path / "target").write_text(target)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "m.yaml").write_text(
+        MAPPING.format(name=name, db=db).split(f"  - from: {db}.pos")[0]
+    )
+    return db
+
+
+def _run_until_it_stops(tmp_path: Path, connector: Path, name: str = "sipd") -> str:
+    """`tunggal run` that must stop at start: its one `error:` line, with no stack trace."""
+    target = (tmp_path / "target").read_text()
+    config = write_config(tmp_path, target, {name: str(connector)}, ["mappings/*.yaml"])
+    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
+    result = run_cli("run", "--config", str(config), timeout=90)
+    assert result.returncode != 0
+    # No stack trace, Java's or Python's (Debezium's own message stays in the log).
+    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
 def test_mysql_kind_on_mariadb_says_use_mariadb(
     mariadb: MariaDbServer, new_db: Any, tmp_path: Path
 ) -> None:
     """A real MariaDB server (its own version string, 10.11) read with `kind: mysql`."""
-    db = mariadb.create_database(f"src_{uuid.uuid4().hex[:8]}")
-    mariadb.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
-    target = new_db("target")
-    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-    (tmp_path / "mappings").mkdir()
-    (tmp_path / "mappings" / "m.yaml").write_text(
-        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
-    )
+    db = _kv_source(mariadb, new_db, tmp_path)
     connector = write_mysql_connector(tmp_path, "sipd", mariadb, db)
-    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
-    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
-    result = run_cli("run", "--config", str(config), timeout=90)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert "MariaDB" in errors[0] and "kind: mariadb" in errors[0], errors
-    assert str(connector) in errors[0], errors
-    # No stack trace, Java's or Python's (Debezium's own message stays in the log line above).
-    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    error = _run_until_it_stops(tmp_path, connector)
+    assert "MariaDB" in error and "kind: mariadb" in error and str(connector) in error, error
 
 
 def _stub_mariadb_connector(where: Path) -> Path:
@@ -225,29 +239,16 @@ def test_mariadb_kind_without_its_jars_says_which_to_add(
     mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path, daemon_factory: Any
 ) -> None:
     server = mariadb_as_mysql
-    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
-    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+    db = _kv_source(server, new_db, tmp_path, name="kontrak")
     server.execute("INSERT INTO kv VALUES (1, 'satu')", database=db)
-    target = new_db("target")
-    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-    (tmp_path / "mappings").mkdir()
-    (tmp_path / "mappings" / "m.yaml").write_text(
-        MAPPING.format(name="kontrak", db=db).split(f"  - from: {db}.pos")[0]
-    )
     connector = write_mysql_connector(tmp_path, "kontrak", server, db, kind="mariadb")
-    config = write_config(tmp_path, target, {"kontrak": str(connector)}, ["mappings/*.yaml"])
-    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
-
-    result = run_cli("run", "--config", str(config), timeout=90)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert "io.debezium.connector.mariadb.MariaDbConnector" in errors[0], errors
-    assert "debezium-connector-mariadb" in errors[0] and "mariadb-java-client" in errors[0]
-    assert str(connector) in errors[0] and "java.classpath" in errors[0], errors
-    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    error = _run_until_it_stops(tmp_path, connector, name="kontrak")
+    assert "io.debezium.connector.mariadb.MariaDbConnector" in error, error
+    assert "debezium-connector-mariadb" in error and "mariadb-java-client" in error
+    assert str(connector) in error and "java.classpath" in error, error
 
     # With a directory of jars on java.classpath the JVM finds the class and the engine reads.
+    config = tmp_path / "tunggal.yaml"
     jars = _stub_mariadb_connector(tmp_path)
     config.write_text(config.read_text().replace("java:\n", f"java:\n  classpath: [{jars}]\n"))
     daemon: Daemon = daemon_factory(config).start()
@@ -265,26 +266,7 @@ def test_mariadb_kind_without_its_jars_says_which_to_add(
 def one_table(mariadb_as_mysql: MariaDbServer, new_db: Any, tmp_path: Path) -> dict[str, Any]:
     """A source database with one table, its target and mapping; no connector file yet."""
     server = mariadb_as_mysql
-    db = server.create_database(f"src_{uuid.uuid4().hex[:8]}")
-    server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
-    target = new_db("target")
-    sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-    (tmp_path / "mappings").mkdir()
-    (tmp_path / "mappings" / "m.yaml").write_text(
-        MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
-    )
-    return {"server": server, "db": db, "target": target}
-
-
-def _run_until_it_stops(tmp_path: Path, target: str, connector: Path) -> str:
-    config = write_config(tmp_path, target, {"sipd": str(connector)}, ["mappings/*.yaml"])
-    assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
-    result = run_cli("run", "--config", str(config), timeout=90)
-    assert result.returncode != 0
-    assert "\tat " not in result.stderr and "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
+    return {"server": server, "db": _kv_source(server, new_db, tmp_path)}
 
 
 def test_a_missing_grant_is_one_line(one_table: dict[str, Any], tmp_path: Path) -> None:
@@ -293,7 +275,7 @@ def test_a_missing_grant_is_one_line(one_table: dict[str, Any], tmp_path: Path) 
     server.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s", (MARIADB_ROOT_PASSWORD,))
     server.execute(f"GRANT SELECT ON `{db}`.* TO '{user}'@'127.0.0.1'")  # no REPLICATION grants
     connector = write_mysql_connector(tmp_path, "sipd", server, db, user=user)
-    error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+    error = _run_until_it_stops(tmp_path, connector)
     assert "privilege" in error, error  # Debezium names the one it lacks
 
 
@@ -302,7 +284,7 @@ def test_a_statement_binlog_is_one_line(one_table: dict[str, Any], tmp_path: Pat
     connector = write_mysql_connector(tmp_path, "sipd", server, one_table["db"])
     server.execute("SET GLOBAL binlog_format = 'STATEMENT'")
     try:
-        error = _run_until_it_stops(tmp_path, one_table["target"], connector)
+        error = _run_until_it_stops(tmp_path, connector)
     finally:
         server.execute("SET GLOBAL binlog_format = 'ROW'")
     assert "binlog_format" in error and "ROW" in error, error
@@ -312,17 +294,10 @@ def test_a_server_without_binlog_is_one_line(new_db: Any, tmp_path: Path) -> Non
     server = MariaDbServer(version=MYSQL_COMPATIBLE_VERSION, extra_args=("--skip-log-bin",))
     server.start()
     try:
-        db = server.create_database("nobinlog")
-        server.execute("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(100))", database=db)
+        db = _kv_source(server, new_db, tmp_path)
         assert server.execute("SELECT @@log_bin") == [(0,)]
-        target = new_db("target")
-        sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-        (tmp_path / "mappings").mkdir()
-        (tmp_path / "mappings" / "m.yaml").write_text(
-            MAPPING.format(name="sipd", db=db).split(f"  - from: {db}.pos")[0]
-        )
         connector = write_mysql_connector(tmp_path, "sipd", server, db)
-        error = _run_until_it_stops(tmp_path, target, connector)
+        error = _run_until_it_stops(tmp_path, connector)
     finally:
         server.destroy()
     assert "binlog" in error.lower(), error
