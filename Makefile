@@ -2,6 +2,8 @@
 # Both create .venv/ in the repo root with the project and every extra installed.
 PYTHON ?= python3
 VENV := .venv
+# pytest workers: each starts its own PostgreSQL, MariaDB, broker and Connect worker
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint venv bench clean
@@ -24,7 +26,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
