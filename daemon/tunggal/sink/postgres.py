@@ -179,9 +179,12 @@ def _wall_clock(value: Any) -> Any:
     return value.replace(tzinfo=None) if _in_source_zone(value) else value
 
 
+_FIXABLE = frozenset((BitString, bool, timedelta))
+
+
 def _needs_fixing(value: Any) -> bool:
     kind = value.__class__
-    return kind is BitString or kind is bool or kind is timedelta or _in_source_zone(value)
+    return kind in _FIXABLE or _in_source_zone(value)
 
 
 _DAY = timedelta(days=1)
@@ -241,6 +244,15 @@ def _without(rows: list[Upsert], column: str) -> list[Upsert]:
     ]
 
 
+@dataclass(frozen=True)
+class _Care:
+    """A target table's columns whose values may need fixing before they are written (see
+    `_fixed`): by name, and by position in the key."""
+
+    columns: Mapping[str, str]
+    in_key: Mapping[int, str]
+
+
 def key_json(key: Sequence[Any]) -> str:
     # orjson writes a tuple as an array: no list copy per row (tuple() of a tuple is itself).
     return orjson.dumps(tuple(key), default=str).decode()
@@ -271,6 +283,8 @@ class PostgresSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._dbapi: Any = None
         self._statements: dict[tuple[Any, ...], bytes] = {}
+        # Per target table, its columns whose values may need fixing (see `_care`).
+        self._cares: dict[str, _Care] = {}
         # Staging tables filled in the current transaction: a second use must empty them first.
         self._staged: set[str] = set()
         # Temporary tables of the session, and those created by the current transaction (gone
@@ -289,6 +303,7 @@ class PostgresSink:
     # -- lifecycle -------------------------------------------------------------------------
     def introspect(self) -> dict[str, TableInfo]:
         self._statements.clear()
+        self._cares.clear()
         try:
             self.tables = introspect(self.engine)
         except sa.exc.DBAPIError as exc:
@@ -316,6 +331,7 @@ class PostgresSink:
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
         self._statements.clear()
+        self._cares.clear()
         try:
             self.prepare_merges()
         except BaseException:
@@ -323,6 +339,7 @@ class PostgresSink:
             # recomputed again by the next reload: `_merge_applied` says what the old used.
             self.targets, self.mapping_hash, self.merged, self._merge_applied = before
             self._statements.clear()
+            self._cares.clear()
             raise
 
     # -- tables written by several sources -----------------------------------------------------
@@ -811,10 +828,17 @@ class PostgresSink:
     def _cast(self, table: str, column: str) -> sql.Composable:
         return sql.SQL("%s::{}").format(sql.SQL(self._type(table, column)))
 
-    def _fix_columns(self, table: str) -> dict[str, str]:
-        return {c: t for c, t in self._types(table).items() if _needs_care(t)}
+    def _care(self, table: str) -> _Care:
+        """The columns of `table` whose values may need fixing, worked out once per
+        introspection or mapping change rather than per batch."""
+        care = self._cares.get(table)
+        if care is None:
+            columns = {c: t for c, t in self._types(table).items() if _needs_care(t)}
+            in_key = {i: columns[c] for i, c in enumerate(self._spec(table).key) if c in columns}
+            care = self._cares[table] = _Care(columns, in_key)
+        return care
 
-    def _wall_clocks(self, table: str, rows: list[Upsert]) -> list[Upsert]:
+    def _fix_values(self, table: str, rows: list[Upsert]) -> list[Upsert]:
         """Values the decoder made without knowing their target column's type (the source column
         also feeds a column of another type, or a computed one):
         - a zone-less source value read as an instant in the source's zone, into a `timestamp`
@@ -822,29 +846,36 @@ class PostgresSink:
         - a bit string into a `bytea` column is written as the bits' bytes, not ASCII digits;
         - a BIT(1) boolean into a bit or bytea column as its bit;
         - a duration into a `time` column only when it is a time of day, else refused."""
-        columns = self._fix_columns(table)
+        care = self._care(table)
+        columns = care.columns
         if not columns:
             return rows
-        key = self._spec(table).key
-        in_key = {i: columns[c] for i, c in enumerate(key) if c in columns}
         out = rows
         for index, row in enumerate(rows):
             values = row.values
-            if any(_needs_fixing(values.get(c)) for c in columns):
-                if out is rows:
-                    out = list(rows)
-                fixed = dict(values)
-                for c, ctype in columns.items():
-                    if c in fixed:
-                        fixed[c] = _fixed(fixed[c], ctype)
-                # The key too: tombstones and deletes compare it as the delete spells it.
-                out[index] = replace(row, values=fixed, key=_key_fixed(row.key, in_key))
+            # Inlined `_needs_fixing`: this runs for every row of a table with a timestamp,
+            # time, bit or bytea column, and almost never finds anything.
+            for c in columns:
+                value: Any = values.get(c)
+                kind = value.__class__
+                if kind in _FIXABLE or (kind is datetime and isinstance(value.tzinfo, ZoneInfo)):
+                    break
+            else:
+                continue
+            if out is rows:
+                out = list(rows)
+            fixed = dict(values)
+            for c, ctype in columns.items():
+                if c in fixed:
+                    fixed[c] = _fixed(fixed[c], ctype)
+            # The key too: tombstones and deletes compare it as the delete spells it.
+            out[index] = replace(row, values=fixed, key=_key_fixed(row.key, care.in_key))
         return out
 
     def _upserts(
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Upsert], result: BatchResult
     ) -> None:
-        rows = self._wall_clocks(table, rows)
+        rows = self._fix_values(table, rows)
         # Rows whose unchanged-TOAST columns differ need different UPDATE lists.
         groups: dict[tuple[tuple[str, ...], frozenset[str]], list[Upsert]] = defaultdict(list)
         for row in rows:
@@ -1090,9 +1121,9 @@ class PostgresSink:
         self, cur: psycopg.Cursor[Any], table: str, rows: list[Delete], result: BatchResult
     ) -> None:
         spec = self._spec(table)
-        in_key = {i: t for i, c in enumerate(spec.key) if _needs_care(t := self._type(table, c))}
+        in_key = self._care(table).in_key
         if in_key and any(_needs_fixing(r.key[i]) for r in rows for i in in_key):
-            rows = [replace(r, key=_key_fixed(r.key, in_key)) for r in rows]  # see _wall_clocks
+            rows = [replace(r, key=_key_fixed(r.key, in_key)) for r in rows]  # see _fix_values
         # As for upserts: one array per column and a statement text that does not depend on the
         # number of rows, unless a key column is itself an array.
         columnar = not any(self._type(table, c).endswith("]") for c in spec.key)
