@@ -185,4 +185,4 @@ def test_yaml_syntax_errors_name_the_file_line_and_column(tmp_path: Path) -> Non
     mapping = tmp_path / "maps" / "sys_c.yaml"
     mapping.write_text(MAPPING.replace("key: [id]", "key: [id"))
     line = one_line(run_cli("validate", str(mapping)), f"{mapping}:")
-    assert "YAML syntax error: expected ',' or ']'" in line and "(column 5)" in line
+    assert "YAML syntax error: expected ',' or ']'" in line and "(column 12)" in line
