@@ -2,8 +2,8 @@
 
 Secrets never live in the file: `${VAR}` takes an environment variable and `${file:PATH}`
 the contents of a secret file (one trailing newline dropped). A secret file of our own must
-not be readable by group or others; one owned by another user (a container's secret mount,
-root's 0444) is read as it is, since its group/other bits are how we get to read it at all.
+not be readable by group or others; a mounted one (another user's, or on a read-only mount:
+a container's secrets, root's 0444) is read as it is, since no chmod can change it.
 """
 
 from __future__ import annotations
@@ -326,9 +326,7 @@ def read_secret_file(path: Path, *, file: str, location: str) -> str:
         raise ConfigError(
             [Problem(file, location, f"cannot read secret file {path}: {exc.strerror}")]
         ) from None
-    # Only a file we own can be fixed with chmod by whoever runs us: a mounted secret (Docker,
-    # Kubernetes: root's, 0444 or 0644) is readable by others because that is how we read it.
-    if info.st_uid == os.geteuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and _ours_to_chmod(path, info):
         raise ConfigError(
             [
                 Problem(
@@ -340,6 +338,18 @@ def read_secret_file(path: Path, *, file: str, location: str) -> str:
             ]
         )
     return content.removesuffix("\n").removesuffix("\r")
+
+
+def _ours_to_chmod(path: Path, info: os.stat_result) -> bool:
+    """Whether whoever runs us could `chmod 600` the file. A mounted secret could not be: owned
+    by another user (Docker, Kubernetes: root's 0444 or 0644, readable by others because that
+    is how our user reads it), or on a read-only mount (the same secret, the daemon as root)."""
+    if info.st_uid != os.geteuid():
+        return False
+    try:
+        return not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return True
 
 
 def _expand_tree(node: Any, *, file: str) -> Any:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,28 @@ def test_a_problem_of_no_file_is_its_message_alone() -> None:
     assert str(Problem("", "", "no mapping files given", hint="pass *.yaml files")) == (
         "no mapping files given (pass *.yaml files)"
     )
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs to write a secret into, then remounted read-only, as container runtimes mount
+    secrets. Needs root's mount privilege (the suite runs as root)."""
+    where = tmp_path / "secrets"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", where])
+    if mounted.returncode != 0:
+        pytest.skip("mounting needs root with CAP_SYS_ADMIN")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", where], check=True)
+
+
+def test_a_secret_on_a_read_only_mount_is_read_as_it_is(read_only_mount: Path) -> None:
+    # The daemon as root in a container: the secret is root's own, 0444, and cannot be chmod-ed.
+    secret = read_only_mount / "pw"
+    secret.write_text("rahasia\n")
+    secret.chmod(0o444)
+    subprocess.run(["mount", "-o", "remount,ro", read_only_mount], check=True)
+    conn = _connector_with_secret(read_only_mount.parent, secret)
+    assert load_connector(conn).database.password == "rahasia"
