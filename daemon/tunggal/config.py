@@ -109,7 +109,8 @@ def dsn_problem(dsn: str) -> str | None:
             return f"`{host}` is not a host name or address"
         port = match.group(2)
         if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-            return f"port `{port}` is not a number from 1 to 65535"
+            # Not quoted: in `postgresql://user:pw/db` (host missing) the "port" is a password.
+            return f"the port after `{match.group(1)}` is not a number from 1 to 65535"
     return None
 
 

@@ -139,7 +139,10 @@ def test_an_override_rescues_a_value_whose_variable_is_unset(
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [
-        ("postgresql://u:pw@127.0.0.1:notaport/db", "target.dsn: port `notaport` is not a number"),
+        (
+            "postgresql://u:pw@127.0.0.1:notaport/db",
+            "target.dsn: the port after `127.0.0.1` is not a number",
+        ),
         ("postgresql://u:pa/ss@127.0.0.1/db", "target.dsn: the password in the URL seems to"),
         ("postgresql://u:p@ss@127.0.0.1/db", "target.dsn: the user or password in the URL"),
     ],

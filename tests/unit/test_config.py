@@ -143,9 +143,14 @@ def _problems(cfg: Path, environ: dict[str, str] | None = None) -> list[str]:
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [
-        ("postgresql://u:pw@127.0.0.1:notaport/db", "port `notaport` is not a number"),
-        ("postgresql://u:pw@127.0.0.1:70000/db", "port `70000` is not a number from 1 to 65535"),
+        ("postgresql://u:pw@127.0.0.1:notaport/db", "the port after `127.0.0.1` is not a number"),
+        (
+            "postgresql://u:pw@127.0.0.1:70000/db",
+            "the port after `127.0.0.1` is not a number from 1 to 65535",
+        ),
         ("postgresql://u:pw@db host/db", "`db host` is not a host name or address"),
+        # No host: libpq would read the password as the port; the message must not show it.
+        ("postgresql://u:s3cret/db", "the port after `u` is not a number"),
         ("postgresql://u:pa/ss@db/x", "the password in the URL seems to contain `/`"),
         ("postgresql://u:p@ss@db/x", "the user or password in the URL contains `@`"),
         ("postgresql://u:100%@db/x", "the user or password in the URL has a `%` that encodes"),
@@ -155,6 +160,7 @@ def test_a_bad_dsn_is_one_line_naming_the_setting(tmp_path: Path, dsn: str, mess
     cfg = _config(tmp_path, f"  dsn: '{dsn}'\n")
     (problem,) = _problems(cfg)
     assert problem.startswith(f"{cfg}:2: target.dsn: {message}")
+    assert "s3cret" not in problem
     if "password" in message:
         assert "URL-encode it (/ is %2F, @ is %40" in problem
         assert "or give the password in target.password" in problem
