@@ -11,6 +11,8 @@ FROM python:${PYTHON_VERSION}-slim-trixie AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
+# The wheel carries the example mappings (pyproject.toml's force-include, for `tunggal demo`).
+COPY mappings ./mappings
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[embedded]'
 
 # Stage 2: the runtime: slim Python, Debian's headless JRE for the embedded Debezium engine.

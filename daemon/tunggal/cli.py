@@ -23,7 +23,7 @@ from tunggal.admin.cli import (
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.connect.cli import connectors_group
 from tunggal.dlq.cli import dlq_group
-from tunggal.errors import ConfigError, FatalError, TunggalError
+from tunggal.errors import ConfigError, FatalError, Problem, TunggalError
 from tunggal.reconcile.cli import forget_command, resync_command
 from tunggal.reconcile.verify_cli import verify_command
 
@@ -121,21 +121,25 @@ def replay(config_path: Path, source: str, events: Path) -> None:
 
 def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> None:
     from tunggal import logs
-    from tunggal.config import load_config
+    from tunggal.config import env_bool, load_config
     from tunggal.metrics import Metrics
     from tunggal.runtime.app import build_runner
     from tunggal.runtime.gc_tuning import tune_for_throughput
     from tunggal.runtime.http import StatusServer
 
     config = load_config(config_path)
-    if (
-        replay is None
-        and os.geteuid() == 0
-        and not (config.allow_root or os.environ.get("TUNGGAL_ALLOW_ROOT") == "1")
-    ):
+    allowed_by_env = env_bool("TUNGGAL_ALLOW_ROOT", os.environ.get("TUNGGAL_ALLOW_ROOT", "0"))
+    if replay is None and os.geteuid() == 0 and not (config.allow_root or allowed_by_env):
         raise ConfigError(
-            "refusing to run as root: run as a dedicated user (see ops/tunggal.service), "
-            "or set allow_root: true / TUNGGAL_ALLOW_ROOT=1 if you really mean it"
+            [
+                Problem(
+                    str(config_path),
+                    "allow_root",
+                    "refusing to run as root",
+                    hint="run as a dedicated user (see ops/tunggal.service), or set "
+                    "allow_root: true / TUNGGAL_ALLOW_ROOT=true if you really mean it",
+                )
+            ]
         )
     ctx = click.get_current_context()
     logs.configure(

@@ -1,7 +1,9 @@
 """`tunggal.yaml`: the daemon's own settings, validated up front into frozen objects.
 
 Secrets never live in the file: `${VAR}` takes an environment variable and `${file:PATH}`
-the contents of a secret file (which must not be readable by group or others).
+the contents of a secret file (one trailing newline dropped). A secret file of our own must
+not be readable by group or others; a mounted one (another user's, or on a read-only mount:
+a container's secrets, root's 0444) is read as it is, since no chmod can change it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import glob
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -29,16 +32,102 @@ class _Frozen(BaseModel):
 class TargetConfig(_Frozen):
     dsn: str = Field(
         description="SQLAlchemy/libpq URL of the consolidated database, "
-        "e.g. postgresql://tunggal:${TUNGGAL_TARGET_PASSWORD}@db:5432/tunggal"
+        "e.g. postgresql://tunggal@db:5432/tunggal; with `password` set, the loaded value "
+        "holds that password too (URL-encoded), so every connection uses it"
+    )
+    password: str | None = Field(
+        None,
+        description="The target's password outside the URL (no URL-encoding needed): "
+        "${ENV_VAR} or ${file:/path}. Used when the DSN has none; both is an error.",
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_into_dsn(cls, data: Any) -> Any:
+        # Fold the password into the URL once, here: the sink, reconcile, dlq and Connect
+        # commands all connect with `target.dsn`, and so need no second way to be told it.
+        if not isinstance(data, dict):
+            return data
+        dsn, password = data.get("dsn"), data.get("password")
+        if not isinstance(dsn, str) or not isinstance(password, str) or password == "":
+            return data
+        if dsn_has_password(dsn):
+            raise ValueError(
+                "target.dsn has a password and target.password is set too: give it in one "
+                "place (target.password needs no URL-encoding)"
+            )
+        return {**data, "dsn": dsn_with_password(dsn, password)}
 
     @field_validator("dsn")
     @classmethod
     def _postgres_only(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
             raise ValueError("only PostgreSQL targets are supported (postgresql://...)")
+        problem = dsn_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
+
+
+# --- PostgreSQL URLs ------------------------------------------------------------------------
+#
+# libpq reads `scheme://[user[:password]@]host[:port][,host[:port]...][/dbname][?params]` and
+# stops the user:password part at the FIRST `@` and the host part at the first `/`, `?` or `#`.
+# So a password with such characters must be URL-encoded, or it silently becomes part of the
+# host, port or database name:
+#   postgresql://u:pa/ss@db/x   -> host "u", port "pa": "invalid port"
+#   postgresql://u:p@ss@db/x    -> password "p", host "ss@db": "could not translate host name"
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._%-]*)(?::(.*))?$")
+_ENCODE_HINT = (
+    "URL-encode it (/ is %2F, @ is %40, ? is %3F, # is %23, % is %25) "
+    "or give the password in target.password"
+)
+
+
+def _authority(dsn: str) -> tuple[str, str]:
+    """The `user:password@hosts` part of a URL and what follows it."""
+    rest = dsn.split("://", 1)[1]
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return rest[:cut], rest[cut:]
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """What libpq would stumble on in this URL, in words an admin can act on (or None)."""
+    authority, after = _authority(dsn)
+    if authority.count("@") > 1:
+        return f"the user or password in the URL contains `@`: {_ENCODE_HINT}"
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at and "@" in after:
+        return f"the password in the URL seems to contain `/`, `?` or `#`: {_ENCODE_HINT}"
+    if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
+        return f"the user or password in the URL has a `%` that encodes nothing: {_ENCODE_HINT}"
+    for host in hosts.split(","):
+        match = _HOST.match(host)
+        if match is None:
+            return f"`{host}` is not a host name or address"
+        port = match.group(2)
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            # Not quoted: in `postgresql://user:pw/db` (host missing) the "port" is a password.
+            return f"the port after `{match.group(1)}` is not a number from 1 to 65535"
+    return None
+
+
+def dsn_has_password(dsn: str) -> bool:
+    authority, after = _authority(dsn)
+    userinfo = authority.rpartition("@")[0]
+    query = urllib.parse.parse_qs(after.partition("?")[2])
+    return ":" in userinfo or "password" in query
+
+
+def dsn_with_password(dsn: str, password: str) -> str:
+    """`dsn` with `password` (URL-encoded) after its user name."""
+    scheme = dsn.split("://", 1)[0]
+    authority, after = _authority(dsn)
+    userinfo, _, hosts = authority.rpartition("@")
+    encoded = urllib.parse.quote(password, safe="")
+    return f"{scheme}://{userinfo}:{encoded}@{hosts}{after}"
 
 
 class BatchConfig(_Frozen):
@@ -229,14 +318,16 @@ def expand_secrets(text: str, *, file: str, location: str) -> str:
 
 
 def read_secret_file(path: Path, *, file: str, location: str) -> str:
+    """The secret in `path`, less one trailing newline (`echo pw > file` adds it; any other
+    whitespace may belong to the secret)."""
     try:
-        mode = path.stat().st_mode
-        content = path.read_text().strip()
+        info = path.stat()
+        content = path.read_text()
     except OSError as exc:
         raise ConfigError(
             [Problem(file, location, f"cannot read secret file {path}: {exc.strerror}")]
         ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and _ours_to_chmod(path, info):
         raise ConfigError(
             [
                 Problem(
@@ -247,20 +338,52 @@ def read_secret_file(path: Path, *, file: str, location: str) -> str:
                 )
             ]
         )
-    return content
+    return content.removesuffix("\n").removesuffix("\r")
 
 
-def _expand_tree(node: Any, *, file: str, path: str = "") -> Any:
-    if isinstance(node, str):
-        return expand_secrets(node, file=file, location=path) if "${" in node else node
-    if isinstance(node, dict):
-        return {
-            k: _expand_tree(v, file=file, path=f"{path}.{k}" if path else str(k))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_expand_tree(v, file=file, path=f"{path}[{i}]") for i, v in enumerate(node)]
-    return node
+def _ours_to_chmod(path: Path, info: os.stat_result) -> bool:
+    """Whether whoever runs us could `chmod 600` the file. A mounted secret could not be: owned
+    by another user (Docker, Kubernetes: root's 0444 or 0644, readable by others because that
+    is how our user reads it), or on a read-only mount (the same secret, the daemon as root)."""
+    if info.st_uid != os.geteuid():
+        return False
+    try:
+        return not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return True
+
+
+def _expand_tree(node: Any, *, file: str) -> Any:
+    """`node` with every `${...}` replaced; every missing reference reported at once."""
+    expanded, problems = _expand_all(node, file=file)
+    if problems:
+        raise ConfigError(problems)
+    return expanded
+
+
+def _expand_all(
+    node: Any, *, file: str, skip: frozenset[str] = frozenset()
+) -> tuple[Any, list[Problem]]:
+    """`node` with its `${...}` replaced, except under the locations in `skip` (values that came
+    from the environment, expanded already), and the problems of those that cannot be."""
+    problems: list[Problem] = []
+
+    def walk(node: Any, path: str) -> Any:
+        if path in skip:
+            return node
+        if isinstance(node, str) and "${" in node:
+            try:
+                return expand_secrets(node, file=file, location=path)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                return node
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]
+        return node
+
+    return walk(node, ""), problems
 
 
 def pydantic_problems(
@@ -308,32 +431,61 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> TunggalConfig:
-    """Read, expand and validate the config; `TUNGGAL_<SECTION>__<KEY>` variables override it."""
+    """Read, expand and validate the config; `TUNGGAL_<SECTION>__<KEY>` variables override it.
+
+    An override replaces the file's value before that value is expanded: a `${VAR}` in a
+    value the environment overrides is never read, so it need not be set.
+    """
     path = Path(path)
     file = str(path)
     data, lines = load_settings_file(path, "config file")
-    data = _expand_tree(data, file=file)
-    # A bad override is reported together with the file's own problems: all in one round.
-    env_problems: list[Problem] = []
-    overridden: dict[str, str] = {}
-    try:
-        overridden = apply_env_overrides(data, os.environ if environ is None else environ)
-    except ConfigError as exc:
-        env_problems = exc.problems
+    # Problems from the overrides and from the file are reported together: all in one round.
+    overridden, problems = apply_env_overrides(data, os.environ if environ is None else environ)
+    data, unresolved = _expand_all(data, file=file, skip=frozenset(overridden))
+    problems.extend(unresolved)
     data["base_dir"] = str(path.resolve().parent)
     try:
         config = TunggalConfig.model_validate(data)
     except ValidationError as exc:
-        problems = pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
-        raise ConfigError([*env_problems, *(_blame_env(p, overridden) for p in problems)]) from None
+        # A value whose reference could not be expanded is reported once, for that.
+        blamed = {p.location for p in unresolved}
+        problems.extend(
+            _blame_env(p, overridden)
+            for p in pydantic_problems(exc, file=file, lines=lines, model=TunggalConfig)
+            if p.location not in blamed
+        )
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
     missing = [
         Problem(file, f"java.classpath[{i}]", f"no such file or directory: {config.resolve(entry)}")
         for i, entry in enumerate(config.java.classpath)
         if not config.resolve(entry).exists()
     ]
-    if env_problems or missing:
-        raise ConfigError([*env_problems, *missing])
+    if missing:
+        raise ConfigError(missing)
     return config
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_bool(var: str, text: str, *, location: str = "") -> bool:
+    """A yes/no from the environment: 1/true/yes/on or 0/false/no/off, any case."""
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ConfigError(
+        [
+            Problem(
+                f"environment variable {var}",
+                location,
+                f"{text!r} is not a yes or no",
+                hint=f"use one of {', '.join(_TRUE)} or {', '.join(_FALSE)}",
+            )
+        ]
+    )
 
 
 # --- environment overrides ----------------------------------------------------------------------
@@ -346,7 +498,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> T
 # TUNGGAL_LOG_FORMAT, TUNGGAL_TARGET_PASSWORD in the example config, ...) are left alone, and a
 # misspelt override is an error rather than silently ignored. The top-level scalars have no
 # section to separate, so their exact names count too: TUNGGAL_STATE_DIR, TUNGGAL_MAPPINGS,
-# TUNGGAL_WATCH_MAPPINGS. TUNGGAL_ALLOW_ROOT=1 keeps the meaning `tunggal run` gives it.
+# TUNGGAL_WATCH_MAPPINGS. TUNGGAL_ALLOW_ROOT keeps the meaning `tunggal run` gives it (allowed
+# if either it or allow_root says so). Yes/no values, here and there, go through env_bool.
 
 ENV_PREFIX = "TUNGGAL_"
 _TOP_LEVEL_ENV = ("state_dir", "mappings", "watch_mappings")
@@ -390,8 +543,11 @@ def override_names(environ: Mapping[str, str]) -> list[str]:
     )
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """Put `TUNGGAL_...__...` values into `data`; return {location: variable} of each.
+def apply_env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[Problem]]:
+    """Put `TUNGGAL_...__...` values into `data`: {location: variable} of each one applied,
+    and the problems of those that could not be.
 
     Values may use ${VAR} and ${file:PATH} like the file. Lists are comma-separated; an
     empty value clears an optional setting.
@@ -402,7 +558,7 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
         rest = var[len(ENV_PREFIX) :]
         where = f"environment variable {var}"
         try:
-            location = _override(data, rest.lower().split("__"), environ[var], where)
+            location = _override(data, rest.lower().split("__"), environ[var], var)
         except _Unknown as exc:
             guess = suggest(var, env_names())
             hint = f"did you mean {guess}?" if guess else "names are TUNGGAL_<SECTION>__<KEY>"
@@ -411,17 +567,16 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
             problems.extend(exc.problems)
         else:
             applied[location] = var
-    if problems:
-        raise ConfigError(problems)
-    return applied
+    return applied, problems
 
 
 class _Unknown(Exception):
     pass
 
 
-def _override(data: dict[str, Any], parts: list[str], value: str, where: str) -> str:
+def _override(data: dict[str, Any], parts: list[str], value: str, var: str) -> str:
     """Set the setting `parts` names in `data` (creating sections as needed); its location."""
+    where = f"environment variable {var}"
     model: type[BaseModel] = TunggalConfig
     node: dict[str, Any] = data
     location = ""
@@ -436,7 +591,7 @@ def _override(data: dict[str, Any], parts: list[str], value: str, where: str) ->
         if inner is None:
             if queue:
                 raise _Unknown(f"`{location}` has no settings below it")
-            node[part] = _env_value(field.annotation, value, where, location)
+            node[part] = _env_value(field.annotation, value, var, location)
             return location
         if not queue:
             raise _Unknown(f"`{location}` is a section: name one of its keys after __")
@@ -470,9 +625,12 @@ def _override(data: dict[str, Any], parts: list[str], value: str, where: str) ->
     raise _Unknown("no setting named")  # parts was empty: the "__" check rules it out
 
 
-def _env_value(annotation: Any, text: str, where: str, location: str) -> Any:
+def _env_value(annotation: Any, text: str, var: str, location: str) -> Any:
     if text == "" and type(None) in get_args(annotation):
         return None
+    if annotation is bool:
+        return env_bool(var, text, location=location)
+    where = f"environment variable {var}"
     text = expand_secrets(text, file=where, location=location) if "${" in text else text
     if _is_sequence(annotation):
         return [item.strip() for item in text.split(",") if item.strip()]

@@ -57,11 +57,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        text = (
-            f"{where}: {self.location}: {self.message}"
-            if self.location
-            else f"{where}: {self.message}"
-        )
+        # A problem of no file (a command's arguments) is its message alone, not ": message".
+        text = ": ".join(part for part in (where, self.location, self.message) if part)
         if self.hint:
             text += f" ({self.hint})"
         return text

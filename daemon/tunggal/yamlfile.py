@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from tunggal.errors import ConfigError, Problem
+
 
 def _walk(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
     lines[path] = node.start_mark.line + 1
@@ -47,21 +49,39 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def syntax_problem(file: str, exc: yaml.YAMLError) -> Problem:
+    """A YAML syntax error as one line naming the file, the line and the column.
+
+    PyYAML's own text names the stream it was given ("<unicode string>") rather than the file,
+    so the message is built from its parts.
+    """
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem(file, "", f"YAML error: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    message = f"YAML syntax error: {exc.problem or exc.context}"
+    if mark is not None:
+        message += f" (column {mark.column + 1})"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        message += f", {exc.context} at line {exc.context_mark.line + 1}"
+    return Problem(
+        file,
+        "",
+        message,
+        None if mark is None else mark.line + 1,
+        "check the indentation, colons and brackets around here; indent with spaces, not tabs",
+    )
+
+
 def load_settings_file(path: Path, what: str) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML file whose top level must be a mapping (the config, a connector), with the
     line of every key; unreadable files and syntax errors become one located ConfigError."""
-    from tunggal.errors import ConfigError, Problem
-
     file = str(path)
     try:
         data, lines = load_yaml_with_lines(path)
     except OSError as exc:
         raise ConfigError([Problem(file, "", f"cannot read {what}: {exc.strerror}")]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(
-            [Problem(file, "", f"YAML syntax error: {exc}", line=mark.line + 1 if mark else None)]
-        ) from None
+        raise ConfigError([syntax_problem(file, exc)]) from None
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, "", f"expected a mapping at the top level of the {what}")])
     return data, lines

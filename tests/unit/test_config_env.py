@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import run_cli
 from tunggal.admin.masking import MASK, mask_text
-from tunggal.config import load_config
+from tunggal.config import env_bool, load_config
 from tunggal.errors import ConfigError
 
 BASE = """\
@@ -186,3 +186,66 @@ def test_config_show_reports_a_bad_override_without_traceback(config_file: Path)
     assert result.returncode == 2
     assert "did you mean TUNGGAL_BATCH__MAX_AGE_MS?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_override_replaces_a_value_before_its_variables_are_read(tmp_path: Path) -> None:
+    # The README: the override wins. So the file's ${TGT_PW} is never needed.
+    path = tmp_path / "tunggal.yaml"
+    path.write_text(BASE.replace("tunggal:filepw@", "tunggal:${TGT_PW_NOT_SET}@"))
+    config = load_config(path, {"TUNGGAL_TARGET__DSN": "postgresql://u:envpw@other/db"})
+    assert config.target.dsn == "postgresql://u:envpw@other/db"
+    # Without the override, the unset variable is the one problem, named once.
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}: target.dsn: environment variable TGT_PW_NOT_SET is not set "
+        "(export TGT_PW_NOT_SET=... or use ${file:/path})"
+    ]
+
+
+def test_every_unset_variable_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "tunggal.yaml"
+    path.write_text(
+        BASE.replace("tunggal:filepw@", "tunggal:${PW_UNSET}@").replace(
+            "max_size: 100", "max_size: ${SIZE_UNSET}"
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert [(p.location, p.message) for p in info.value.problems] == [
+        ("target.dsn", "environment variable PW_UNSET is not set"),
+        ("batch.max_size", "environment variable SIZE_UNSET is not set"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *((t, True) for t in ("1", "true", "TRUE", "Yes", "on")),
+        *((t, False) for t in ("0", "false", "No", "OFF")),
+    ],
+)
+def test_yes_no_from_the_environment(config_file: Path, text: str, value: bool) -> None:
+    assert env_bool("TUNGGAL_ALLOW_ROOT", text) is value
+    config = load_config(
+        config_file, {"TUNGGAL_WATCH_MAPPINGS": text, "TUNGGAL_METRICS__ENABLED": text}
+    )
+    assert config.watch_mappings is value and config.metrics.enabled is value
+
+
+@pytest.mark.parametrize("text", ["maybe", "y", "t", "", "2"])
+def test_anything_else_is_one_line_naming_the_variable(config_file: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, {"TUNGGAL_BATCH__WHEN_CAUGHT_UP": text})
+    (problem,) = info.value.problems
+    assert str(problem) == (
+        f"environment variable TUNGGAL_BATCH__WHEN_CAUGHT_UP: batch.when_caught_up: {text!r} is "
+        "not a yes or no (use one of 1, true, yes, on or 0, false, no, off)"
+    )
+
+
+def test_target_password_from_the_environment(config_file: Path) -> None:
+    path = config_file
+    path.write_text(BASE.replace("tunggal:filepw@", "tunggal@"))
+    config = load_config(path, {"TUNGGAL_TARGET__PASSWORD": "a/b@c"})
+    assert config.target.dsn == "postgresql://tunggal:a%2Fb%40c@db:5432/tunggal"

@@ -1,10 +1,12 @@
 """`tunggal demo`: the four city systems and the consolidated database on throwaway PostgreSQL.
 
 It starts two PostgreSQL servers (sources, target), loads the example schemas from
-`mappings/sql/`, seeds them, runs the real daemon (`tunggal run`, embedded Debezium) in a
-subprocess, keeps changing the sources, and shows rows synced per source and table with lag,
-and how many rows of a table several systems write (opd) come from more than one.
-Ctrl-C stops the daemon gracefully and removes everything.
+`mappings/sql/` (in a wheel: package data, see `examples_dir`), seeds them, runs the real
+daemon (`tunggal run`, embedded Debezium) in a subprocess, keeps changing the sources, and
+shows rows synced per source and table with lag, and how many rows of a table several systems
+write (opd) come from more than one.
+Ctrl-C stops the daemon gracefully and removes everything: the working directory is removed
+on every way out, success, failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +39,31 @@ from tunggal.mapping.dbinfo import CONTRIBUTIONS_SCHEMA as CONTRIBUTIONS
 REPO_MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
 
 
-def _mappings_dir() -> Path:
-    # Running from a checkout: the repo's example mappings. Installed elsewhere: a copy
-    # next to the current directory.
-    for candidate in (REPO_MAPPINGS, Path.cwd() / "mappings"):
+def examples_dir() -> Path:
+    """The example mappings and their source schemas (`sql/`).
+
+    A wheel carries the repository's `mappings/` as `tunggal/demo/examples/mappings` (the
+    force-include of pyproject.toml, so there is one copy in the repository); a checkout,
+    or an editable install of it, reads them in place.
+    """
+    packaged = Path(str(resources.files("tunggal.demo") / "examples" / "mappings"))
+    for candidate in (packaged, REPO_MAPPINGS):
         if (candidate / "sql").is_dir():
             return candidate
-    raise SystemExit("cannot find the example mappings/ directory; run from the repository")
+    raise DemoError(f"the example mappings are missing: neither {packaged} nor {REPO_MAPPINGS}")
+
+
+class DemoError(Exception):
+    """The demo cannot go on; one line for the terminal."""
+
+
+def tunggal_command() -> str:
+    """How the user can run this same tunggal in another terminal (the hints name it)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "tunggal":
+        found = shutil.which(sys.argv[0]) or sys.argv[0]
+        return str(Path(found).absolute())
+    return f"{sys.executable} -m tunggal"  # python -m tunggal, or tunggal from a test
 
 
 def _write_config(
@@ -208,24 +229,48 @@ def _merged(conn: psycopg.Connection[Any]) -> list[str]:
 
 def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 0.0) -> int:
     console = Console(stderr=False)
-    own_dir = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="tunggal-demo-")) if workdir is None else workdir
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    work: Path | None = None
+    try:
+        mappings = examples_dir()
+        work = Path(tempfile.mkdtemp(prefix="tunggal-demo-")) if workdir is None else workdir
+        return _run(console, work, mappings, stop, rate, duration)
+    except (DemoError, RuntimeError, OSError, psycopg.Error) as exc:
+        # RuntimeError: a PostgreSQL server that would not start (pgcluster's one line).
+        console.print(f"[red]the demo stopped: {exc}[/]")
+        return 1
+    finally:
+        if workdir is None and work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    console: Console,
+    work: Path,
+    mappings: Path,
+    stop: threading.Event,
+    rate: float,
+    duration: float,
+) -> int:
     work.mkdir(parents=True, exist_ok=True)
     # The PostgreSQL servers run as an unprivileged user that must reach their directories.
     work.chmod(0o755)
-    mappings = _mappings_dir()
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     clusters: list[PgCluster] = []
     daemon: subprocess.Popen[bytes] | None = None
     generator: ChangeGenerator | None = None
     try:
         console.print("[bold]Starting PostgreSQL for the four source systems and the target…")
-        sources = PgCluster(name="demo-sources", base_dir=work / "pg-sources").start()
+        sources = PgCluster(name="demo-sources", base_dir=work / "pg-sources")
         clusters.append(sources)
-        target_pg = PgCluster(name="demo-target", base_dir=work / "pg-target").start()
+        sources.start()
+        target_pg = PgCluster(name="demo-target", base_dir=work / "pg-target")
         clusters.append(target_pg)
+        target_pg.start()
         for system in SYSTEMS:
             dsn = sources.create_database(system)
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -242,15 +287,19 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
             env=env,
             capture_output=True,
             text=True,
+            start_new_session=True,  # a Ctrl-C now is ours to act on (below), not its
         )
         if schema.returncode != 0:
             console.print(f"[red]tunggal schema failed:[/]\n{schema.stderr}")
             return 1
+        if stop.is_set():
+            console.print("stopped before the daemon started")
+            return 130
         log_path = work / "daemon.log"
         console.print(
             f"[bold]Starting the daemon[/] (log: {log_path}, metrics: "
             f"http://127.0.0.1:{metrics_port}/metrics)\n"
-            f"In another terminal: [bold].venv/bin/tunggal status"
+            f"In another terminal: [bold]{tunggal_command()} status"
             f"{'' if metrics_port == 9464 else f' --url http://127.0.0.1:{metrics_port}'}[/]"
         )
         with open(log_path, "ab") as log_file:
@@ -311,6 +360,3 @@ def run_demo(workdir: Path | None = None, rate: float = 20.0, duration: float = 
                 daemon.kill()
         for cluster in clusters:
             cluster.destroy()
-        if own_dir:
-            shutil.rmtree(work, ignore_errors=True)
-        signal.signal(signal.SIGINT, previous)

@@ -42,7 +42,7 @@ from tunggal.mapping.spec import (
     PriorityRule,
     TableMapping,
 )
-from tunggal.yamlfile import suggest
+from tunggal.yamlfile import suggest, syntax_problem
 
 Loc = tuple[str | int, ...]
 LineIndex = dict[tuple[str, ...], int]  # filled while parsing; see engine.Lines
@@ -108,27 +108,8 @@ def _parse(file: str, text: str) -> tuple[Any, LineIndex, list[Problem]]:
         # and a key overriding a merged one would then look like a duplicate.
         _index(node, (), lines, problems, file)
         return loader.construct_document(node), lines, problems
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = f"YAML syntax error: {exc.problem or exc.context}"
-        if exc.context and exc.problem and exc.context_mark is not None:
-            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        return (
-            None,
-            {},
-            [
-                Problem(
-                    file,
-                    "",
-                    message,
-                    None if mark is None else mark.line + 1,
-                    "check the indentation, colons and brackets around here;"
-                    " indent with spaces, not tabs",
-                )
-            ],
-        )
     except yaml.YAMLError as exc:
-        return None, {}, [Problem(file, "", f"YAML error: {exc}")]
+        return None, {}, [syntax_problem(file, exc)]
     finally:
         loader.dispose()
 
