@@ -440,13 +440,15 @@ def test_the_guide_deploys_streams_and_upgrades(scratch: Scratch) -> None:
     # Upgrade to a newer version of the same code, while it streams.
     offsets = s.moved("/var/lib/tunggal/e_planning.offsets")
     assert offsets.exists()
+    assert offsets.stat().st_mode & 0o777 == 0o600, "the unit's UMask keeps state private"
     old = s.release
     pyproject = s.checkout / "pyproject.toml"
     pyproject.write_text(
         pyproject.read_text().replace(f'version = "{old}"', f'version = "{old}.post1"')
     )
     s.release = version_of(s.checkout)
-    s.sh(section_blocks("Install")[0].text, "building the new wheel")
+    build = next(b for b in section_blocks("Install") if "pip wheel" in b.text)
+    s.sh(build.text, "building the new wheel")
     s.run_section("Upgrade")
     new_python = s.moved("/opt/tunggal/current/bin/python")
     version = subprocess.run(
