@@ -170,3 +170,31 @@ def test_dashboard_parses_and_every_panel_has_a_query() -> None:
 
 def test_dashboard_names_only_metrics_the_daemon_exposes() -> None:
     check_names(dashboard_exprs(), DASHBOARD.name)
+
+
+UNIT = OPS / "tunggal.service"
+DEPLOY_GUIDE = OPS.parent / "docs" / "deploy.md"
+
+
+def test_unit_names_the_paths_the_deploy_guide_lays_out() -> None:
+    # tests/integration/test_deploy_guide.py runs the unit on the guide's layout; this is the
+    # quick check that neither changes its paths alone.
+    settings = dict(
+        line.split("=", 1)
+        for line in UNIT.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    executable, command, *args = settings["ExecStart"].split()
+    assert command == "run" and args[0] == "--config", settings["ExecStart"]
+    guide = DEPLOY_GUIDE.read_text()
+    named = {
+        "ExecStart": executable,
+        "--config": args[1],
+        "EnvironmentFile": settings["EnvironmentFile"].lstrip("-"),
+        "WorkingDirectory": settings["WorkingDirectory"],
+        "StateDirectory": f"/var/lib/{settings['StateDirectory']}",
+        "User": f"User={settings['User']}",
+    }
+    missing = {key: path for key, path in named.items() if path not in guide}
+    assert not missing, f"docs/deploy.md does not name the unit's {missing}"
+    assert executable.startswith("/opt/tunggal/current/"), "the guide's link to the release"
