@@ -150,7 +150,11 @@ def _closest(word: str, candidates: Sequence[str]) -> str | None:
     if folded:
         return folded[0]
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return close[0] if close else None
+    if close:
+        return close[0]
+    # A name with something added or cut off (`val_typo` for `val`, `nama` for `nama_opd`).
+    stems = [c for c in candidates if len(c) >= 3 and (word.startswith(c) or c.startswith(word))]
+    return max(stems, key=len) if stems else None
 
 
 def _listing(names: Sequence[str]) -> str:
