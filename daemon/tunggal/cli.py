@@ -271,7 +271,7 @@ def validate(config_path: Path, check_db: bool, files: tuple[Path, ...]) -> None
         config = load_config(config_path)
         mappings, connectors = load_all(config)
         if check_db:
-            open_checked_sink(config, mappings, connectors).close()
+            open_checked_sink(config, mappings, connectors, every_source=True).close()
     targets = mappings.targets()
     click.echo(
         f"ok: {len(mappings.files)} mapping file(s), {len(targets)} target table(s), "

@@ -291,7 +291,11 @@ def _read_mysql(conn: Any, spec: ConnectorSpec, wanted: list[str]) -> Catalog:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # libpq: 'connection failed: connection to server at "h", port 5432 failed: FATAL:  database
+    # "x" does not exist': the server's own words are the part that says what to fix.
+    return text.splitlines()[0].rpartition("FATAL:")[2].strip()
 
 
 def read_catalog(spec: ConnectorSpec, tables: Iterable[str]) -> Catalog | None:

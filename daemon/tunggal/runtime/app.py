@@ -66,22 +66,34 @@ def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True
     return sink
 
 
-def source_files(
-    config: TunggalConfig, connectors: dict[str, ConnectorSpec]
+def checked_sources(
+    config: TunggalConfig, connectors: dict[str, ConnectorSpec], *, every: bool = False
 ) -> dict[str, tuple[ConnectorSpec, str]]:
-    """Each source's connector and the file it came from, for messages."""
-    return {s.name: (connectors[s.name], str(config.resolve(s.connector))) for s in config.sources}
+    """The sources whose catalogs are checked, each with its connector and the connector's file.
+
+    `run` and reloads check the sources it reads itself (`engine: embedded`), with the
+    connector's credentials as Debezium will use them. An `engine: kafka` source is read by
+    Kafka Connect, often from another network: `every` (`validate --db`) checks it too."""
+    return {
+        s.name: (connectors[s.name], str(config.resolve(s.connector)))
+        for s in config.sources
+        if every or s.engine == "embedded"
+    }
 
 
 def open_checked_sink(
-    config: TunggalConfig, mappings: MappingSet, connectors: dict[str, ConnectorSpec]
+    config: TunggalConfig,
+    mappings: MappingSet,
+    connectors: dict[str, ConnectorSpec],
+    *,
+    every_source: bool = False,
 ) -> PostgresSink:
     """The sink, once the mappings were checked against the target and against the sources
     (`reconcile.catalog`): every problem of both reported together. Before any source starts,
     so that a table missing in a source stops the daemon before Debezium makes a slot."""
     from tunggal.reconcile.catalog import check_sources
 
-    problems = check_sources(mappings, source_files(config, connectors))
+    problems = check_sources(mappings, checked_sources(config, connectors, every=every_source))
     try:
         sink = open_sink(config, mappings)
     except ConfigError as exc:
@@ -240,7 +252,7 @@ def build_runner(
     if replay is None:
         from tunggal.reconcile.catalog import check_sources
 
-        files = source_files(config, connectors)
+        files = checked_sources(config, connectors)
 
         def check(new: MappingSet) -> list[Problem]:
             return check_sources(new, files)
