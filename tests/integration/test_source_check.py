@@ -319,6 +319,9 @@ def test_mysql_wrong_password_is_one_line_not_an_outage(
     monkeypatch.setenv("TEST_MYSQL_PASSWORD", "not-the-password")
     stderr = run_must_stop(mysql_source["config"])
     assert "1 problem found" in stderr, stderr
-    assert f"{mysql_source['connector']}: database: source '{mysql_source['name']}'" in stderr
-    assert "refused user root" in stderr and "Access denied" in stderr, stderr
+    assert (
+        f"{mysql_source['connector']}:3: database: cannot log in to source "
+        f"'{mysql_source['name']}' (database {mysql_source['db']} on 127.0.0.1:"
+    ) in stderr, stderr
+    assert "as root: Access denied for user 'root'" in stderr, stderr
     assert "check database.user, database.password" in stderr

@@ -4,15 +4,18 @@ from real servers in tests/integration/test_source_check.py."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tunggal.connectors import ConnectorSpec
 from tunggal.errors import Problem
 from tunggal.mapping import load_mappings
 from tunggal.mapping.reads import TableRead, source_reads
-from tunggal.reconcile.catalog import Catalog, Named, catalog_problems
+from tunggal.reconcile.catalog import Catalog, Named, catalog_problems, check_sources
 
 MAPPING = """\
 source: eplan
@@ -183,3 +186,27 @@ def test_exactly_the_columns_the_source_lacks_are_reported(have: set[str], read:
         assert p.hint is not None
         if p.hint.startswith("did you mean"):
             assert p.hint.split("`")[1] in have
+
+
+def test_a_sql_server_source_is_not_checked_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No SQL Server driver outside the JVM: no connection is tried, one warning is logged."""
+    path = tmp_path / "sipkd.yaml"
+    path.write_text(MAPPING.replace("source: eplan", "source: sipkd"))
+    connector = ConnectorSpec.model_validate(
+        {
+            "name": "sipkd",
+            "kind": "sqlserver",
+            # Nothing listens there: a connection attempt would be an outage warning instead.
+            "database": {"host": "127.0.0.1", "port": 1, "dbname": "sipkd", "user": "sa"},
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        problems = check_sources(load_mappings([path]), {"sipkd": (connector, "c.yaml")})
+    assert problems == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "source sipkd is sqlserver: its tables and columns are not checked at start-up or "
+        "reload (Tunggal has no driver for it outside Debezium); a missing one shows in the "
+        "Debezium log"
+    ]

@@ -186,12 +186,12 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attnum > 0 AND NOT a.attisdropped AND n.nspname || '.' || c.relname = ANY(%s)
 ORDER BY 1, a.attnum
 """
-# SQLSTATE class 28 (invalid authorization) and 3D000 (no such database): the files are wrong.
+# SQLSTATE class 28 (invalid authorization) and 3D000 (no such database), which libpq often
+# reports without a SQLSTATE: the connector file is wrong, not the network.
 _PG_REFUSED: Final = (
-    "password authentication failed",
+    "authentication failed",  # password, or peer/ident/... as the server's pg_hba.conf says
     "no pg_hba.conf entry",
-    "does not exist",
-    "authentication failed",
+    "does not exist",  # the role or the database
 )
 
 
@@ -312,14 +312,16 @@ def read_catalog(spec: ConnectorSpec, tables: Iterable[str]) -> Catalog | None:
 # --- the check --------------------------------------------------------------------------------
 
 
-def connector_tables(spec: ConnectorSpec, file: str) -> list[Named]:
-    """The connector file's `tables:` entries, each with its line."""
-    if not spec.tables:
-        return []
+def _lines(file: str) -> Mapping[str, int]:
+    """The connector file's line of each key, for messages."""
     try:
-        _, lines = load_yaml_with_lines(Path(file))
+        return load_yaml_with_lines(Path(file))[1]
     except Exception:  # it loaded a moment ago; lines are a nicety, not worth failing over
-        lines = {}
+        return {}
+
+
+def connector_tables(spec: ConnectorSpec, file: str, lines: Mapping[str, int]) -> list[Named]:
+    """The connector file's `tables:` entries, each with its line."""
     return [
         Named(table, file, f"tables[{i}]", lines.get(f"tables[{i}]"))
         for i, table in enumerate(spec.tables)
@@ -340,7 +342,8 @@ def check_sources(
     problems: list[Problem] = []
     for name, (spec, file) in sources.items():
         mine = [r for r in reads if r.source == name]
-        named = connector_tables(spec, file)
+        lines = _lines(file)
+        named = connector_tables(spec, file, lines)
         if not mine and not named:
             continue
         try:
@@ -350,8 +353,9 @@ def check_sources(
                 Problem(
                     file,
                     "database",
-                    f"source '{name}' ({_where(spec)}) refused user {spec.database.user}: {exc}",
-                    None,
+                    f"cannot log in to source '{name}' ({_where(spec)}) as "
+                    f"{spec.database.user}: {exc}",
+                    lines.get("database"),
                     "check database.user, database.password and database.dbname",
                 )
             )
@@ -368,9 +372,9 @@ def check_sources(
         if catalog is None:
             log.warning(
                 "source %s is %s: its tables and columns are not checked at start-up or reload "
-                "(Tunggal carries no %s driver); a misspelt one shows in the Debezium log",
+                "(Tunggal has no driver for it outside Debezium); a missing one shows in the "
+                "Debezium log",
                 name,
-                spec.kind,
                 spec.kind,
             )
             continue
