@@ -98,13 +98,20 @@ def slot_and_publication(source: str, name: str) -> list[tuple[Any, ...]]:
 def test_a_missing_source_table_stops_the_start_with_its_line_and_no_slot(
     pg_source: dict[str, Any], tmp_path: Path
 ) -> None:
+    """One table there, one not (the issue's case: the daemon streamed the one, never said a
+    word about the other, and left its slot holding WAL)."""
     name = pg_source["name"]
-    mapping = write_mapping(tmp_path, name, table="public.kvx")
+    mapping = write_mapping(tmp_path, name)
+    with mapping.open("a") as extra:
+        extra.write(
+            "  - from: public.kvx\n    to: public.kv\n    key: [id]\n    columns: {id: id}\n"
+        )
     apply_schema(pg_source["config"])
     stderr = run_must_stop(pg_source["config"])
     where = f"database {pg_source['dbname']} on 127.0.0.1:{pg_source['port']}"
+    assert "1 problem found" in stderr, stderr
     assert (
-        f"{mapping}:3: tables[0].from: source table public.kvx does not exist in source "
+        f"{mapping}:9: tables[1].from: source table public.kvx does not exist in source "
         f"'{name}' ({where}) (did you mean public.kv? tables there: public.kv)"
     ) in stderr, stderr
     # Stopped before Debezium started: no slot holds WAL, no publication was made.
