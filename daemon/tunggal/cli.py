@@ -255,7 +255,8 @@ def _count_lines(path: Path) -> int | None:
     "--db/--no-db",
     "check_db",
     default=False,
-    help="Also check tables, columns, keys and types in the target database.",
+    help="Also check tables, columns, keys and types in the target database, and the tables "
+    "and columns the mappings and connectors name in the source databases.",
 )
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @_guard
@@ -269,12 +270,12 @@ def validate(config_path: Path, check_db: bool, files: tuple[Path, ...]) -> None
             raise FatalError("--db needs --config (the target's DSN), not a list of files")
     else:
         from tunggal.config import load_config
-        from tunggal.runtime.app import load_all, open_sink
+        from tunggal.runtime.app import load_all, open_checked_sink
 
         config = load_config(config_path)
-        mappings, _ = load_all(config)
+        mappings, connectors = load_all(config)
         if check_db:
-            open_sink(config, mappings).close()
+            open_checked_sink(config, mappings, connectors, every_source=True).close()
     targets = mappings.targets()
     click.echo(
         f"ok: {len(mappings.files)} mapping file(s), {len(targets)} target table(s), "

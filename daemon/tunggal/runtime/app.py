@@ -10,7 +10,7 @@ import tenacity
 
 from tunggal.config import SourceConfig, TunggalConfig
 from tunggal.connectors import ConnectorSpec, load_connector, server_id_clashes
-from tunggal.errors import ConfigError, TransientError
+from tunggal.errors import ConfigError, Problem, TransientError
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
@@ -63,6 +63,44 @@ def open_sink(config: TunggalConfig, mappings: MappingSet, *, check: bool = True
         if problems:
             sink.close()
             raise ConfigError(problems)
+    return sink
+
+
+def checked_sources(
+    config: TunggalConfig, connectors: dict[str, ConnectorSpec], *, every: bool = False
+) -> dict[str, tuple[ConnectorSpec, str]]:
+    """The sources whose catalogs are checked, each with its connector and the connector's file.
+
+    `run` and reloads check the sources it reads itself (`engine: embedded`), with the
+    connector's credentials as Debezium will use them. An `engine: kafka` source is read by
+    Kafka Connect, often from another network: `every` (`validate --db`) checks it too."""
+    return {
+        s.name: (connectors[s.name], str(config.resolve(s.connector)))
+        for s in config.sources
+        if every or s.engine == "embedded"
+    }
+
+
+def open_checked_sink(
+    config: TunggalConfig,
+    mappings: MappingSet,
+    connectors: dict[str, ConnectorSpec],
+    *,
+    every_source: bool = False,
+) -> PostgresSink:
+    """The sink, once the mappings were checked against the target and against the sources
+    (`reconcile.catalog`): every problem of both reported together. Before any source starts,
+    so that a table missing in a source stops the daemon before Debezium makes a slot."""
+    from tunggal.reconcile.catalog import check_sources
+
+    problems = check_sources(mappings, checked_sources(config, connectors, every=every_source))
+    try:
+        sink = open_sink(config, mappings)
+    except ConfigError as exc:
+        raise ConfigError([*exc.problems, *problems]) from None
+    if problems:
+        sink.close()
+        raise ConfigError(problems)
     return sink
 
 
@@ -153,7 +191,10 @@ def build_runner(
     replay: tuple[str, Path] | None = None,
 ) -> Runner:
     mappings, connectors = load_all(config)
-    sink = open_sink(config, mappings)
+    # A replay reads a file of events, not the sources.
+    sink = (
+        open_sink(config, mappings) if replay else open_checked_sink(config, mappings, connectors)
+    )
     modes = {name: spec.modes() for name, spec in connectors.items()}
     sources: list[Source] = []
     if replay is not None:
@@ -207,7 +248,16 @@ def build_runner(
         capture = CaptureFollower(config, connectors, runner.reconfigure_source)
         # Tables added to a source's mappings while the daemon was stopped are backfilled.
         capture.at_start(mappings)
-    runner.reloader = MappingReloader(config, pipeline, sink, metrics, capture)
+    check = None
+    if replay is None:
+        from tunggal.reconcile.catalog import check_sources
+
+        files = checked_sources(config, connectors)
+
+        def check(new: MappingSet) -> list[Problem]:
+            return check_sources(new, files)
+
+    runner.reloader = MappingReloader(config, pipeline, sink, metrics, capture, check)
     if replay is None:
         start_probes(config, mappings, connectors, metrics, stop)
     return runner

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunggal.config import TunggalConfig
 from tunggal.errors import ConfigError, Problem, TunggalError
-from tunggal.mapping import check_against_database, load_mappings
+from tunggal.mapping import MappingSet, check_against_database, load_mappings
 from tunggal.metrics import Metrics
 from tunggal.runtime.capture import CaptureFollower
 from tunggal.runtime.pipeline import Pipeline
@@ -31,12 +31,16 @@ class MappingReloader:
         sink: PostgresSink,
         metrics: Metrics,
         capture: CaptureFollower | None = None,
+        check_sources: Callable[[MappingSet], list[Problem]] | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.sink = sink
         self.metrics = metrics
         self.capture = capture
+        # The new set's tables and columns against the source catalogs (`reconcile.catalog`):
+        # a misspelt source column would dead-letter every event of its table.
+        self.check_sources = check_sources
         # The problems of the last refused reload: a retry that finds the same ones says so in
         # one line instead of listing them again.
         self.refused: list[str] | None = None
@@ -47,6 +51,9 @@ class MappingReloader:
         try:
             mappings = load_mappings(self.config.mapping_paths())
             problems = check_against_database(mappings, self.sink.introspect())
+            changed = mappings.content_hash != self.pipeline.mappings.content_hash
+            if changed and self.check_sources is not None:
+                problems = [*problems, *self.check_sources(mappings)]
         except ConfigError as exc:
             problems = exc.problems
         except TunggalError as exc:
