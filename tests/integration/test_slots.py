@@ -228,3 +228,30 @@ def _drop(config: str, slot: str, answer: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=60,
     )
+
+
+def test_a_server_named_two_ways_shows_no_false_orphan(setup: dict[str, Any]) -> None:
+    """A second source reads the same server as `localhost`: its slot, seen through the
+    first source's `127.0.0.1`, is still that source's, and so not droppable."""
+    config: Path = setup["config"]
+    cluster: PgCluster = setup["cluster"]
+    dbname = setup["source"].rsplit("/", 1)[1]
+    other = f"sys_{uuid.uuid4().hex[:6]}"
+    connector = write_connector(config.parent, other, cluster.port, dbname)
+    connector.write_text(connector.read_text().replace("127.0.0.1", "localhost"))
+    config.write_text(config.read_text() + f"  - name: {other}\n    connector: {connector}\n")
+    slot = f"tunggal_{other}"
+    sql(setup["source"], "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    try:
+        listed = run_cli("slots", "--config", str(config))
+        assert listed.returncode == 0, listed.stderr
+        rows = [line for line in listed.stdout.splitlines() if f" {slot} " in line]
+        assert len(rows) == 2, listed.stdout  # once per name of the server
+        assert all(f"source {other}" in row for row in rows), listed.stdout
+        refused = run_cli(
+            "slots", "drop", slot, "--yes", "--server", setup["server"], "--config", str(config)
+        )
+        assert refused.returncode == 2 and f"belongs to source {other}" in refused.stderr
+        assert slot in _slots(setup["source"])
+    finally:
+        sql(setup["source"], "SELECT pg_drop_replication_slot(%s)", (slot,))

@@ -15,7 +15,13 @@ from tunggal.config import TunggalConfig
 from tunggal.connectors import load_connector
 from tunggal.errors import ConfigError, FatalError
 from tunggal.metrics import SlotState
-from tunggal.sources.pgstats import SourceDatabase, by_server, drop_slot, read_server_slots
+from tunggal.sources.pgstats import (
+    SourceDatabase,
+    by_server,
+    drop_slot,
+    read_server_slots,
+    slot_owners,
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,11 @@ def source_databases(config: TunggalConfig) -> list[SourceDatabase]:
 def list_slots(config: TunggalConfig) -> SlotList:
     slots: list[Slot] = []
     unreadable: dict[str, str] = {}
-    for server, databases in by_server(source_databases(config)).items():
+    configured = source_databases(config)
+    owners = slot_owners(configured)
+    for server, databases in by_server(configured).items():
         try:
-            reading = read_server_slots(databases)
+            reading = read_server_slots(databases, owners)
         except Exception as exc:
             unreadable[server] = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             continue

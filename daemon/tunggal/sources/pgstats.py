@@ -141,11 +141,19 @@ class ServerReading:
     max_keep_bytes: float | None
 
 
-def read_server_slots(databases: Sequence[SourceDatabase]) -> ServerReading:
+def slot_owners(databases: Sequence[SourceDatabase]) -> dict[tuple[str, str], str]:
+    """(slot, database) -> the configured source that reads it, over every server: one server
+    can be named two ways ("db1", "10.0.0.5"), and a slot must never look orphaned (and so
+    droppable) because its owner wrote the other name."""
+    return {(db.slot, db.dbname): db.name for db in databases}
+
+
+def read_server_slots(
+    databases: Sequence[SourceDatabase], owners: Mapping[tuple[str, str], str]
+) -> ServerReading:
     """Every watched slot on the server of `databases` (all on one server), each with the
-    configured source that owns it: the source whose slot name and database it has. Read with
-    the first source's credentials that connect (the view is readable by every user)."""
-    owners = {(db.slot, db.dbname): db.name for db in databases}
+    configured source that owns it (`owners`, see slot_owners). Read with the first source's
+    credentials that connect (the view is readable by every user)."""
     error: Exception | None = None
     for db in databases:
         try:
@@ -233,7 +241,7 @@ class SlotProbe:
 
     def poll_server(self, server: str, databases: Sequence[SourceDatabase]) -> None:
         try:
-            reading = read_server_slots(databases)
+            reading = read_server_slots(databases, slot_owners(self.databases))
         except Exception as exc:
             log.debug("cannot read the replication slots of %s: %s", server, _short(exc))
             self.metrics.set_server_slots(
