@@ -158,7 +158,8 @@ def read_server_slots(
     for db in databases:
         try:
             with _connect(db) as conn:
-                rows = conn.execute(SERVER_SLOTS, ([d.slot for d in databases],)).fetchall()
+                named = sorted({slot for slot, _ in owners})
+                rows = conn.execute(SERVER_SLOTS, (named,)).fetchall()
                 keep = conn.execute(MAX_KEEP).fetchone()
         except psycopg.Error as exc:
             error = exc
