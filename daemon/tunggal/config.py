@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunggal.errors import ConfigError, Problem
 from tunggal.yamlfile import load_settings_file, suggest
@@ -248,6 +256,40 @@ class SourceConfig(_Frozen):
         return self
 
 
+class SlotsConfig(_Frozen):
+    """How Tunggal watches the replication slots on its PostgreSQL source servers.
+
+    Every slot named `tunggal_*` (and every slot a source names with slot.name) on each
+    server a source reads from is read every `interval_s`, also the slots no configured source
+    owns any more: a forgotten slot keeps WAL until the server's disk is full. The warning
+    threshold of the WAL a slot may hold is, by precedence: `warn_retained_wal`, else
+    `warn_fraction` of the server's `max_slot_wal_keep_size` (past which PostgreSQL
+    invalidates the slot and the source needs a new snapshot), else
+    `warn_retained_wal_unlimited` on a server without that limit.
+    """
+
+    warn_retained_wal: ByteSize | None = Field(
+        None, description="Fixed threshold for every server, e.g. 20GiB (default: derived)."
+    )
+    warn_fraction: float = Field(
+        0.5, gt=0, le=1, description="Share of max_slot_wal_keep_size at which to warn."
+    )
+    warn_retained_wal_unlimited: ByteSize = Field(
+        ByteSize(10 * 1024**3),
+        description="Threshold on a server whose max_slot_wal_keep_size is unlimited (-1).",
+    )
+    interval_s: float = Field(30.0, gt=0, description="How often the slots are read.")
+
+    def warn_bytes(self, max_keep_bytes: float | None) -> float:
+        """The threshold for a server whose max_slot_wal_keep_size is `max_keep_bytes`
+        (None: unlimited, or a PostgreSQL before 13 that has no such setting)."""
+        if self.warn_retained_wal is not None:
+            return float(self.warn_retained_wal)
+        if max_keep_bytes is not None and max_keep_bytes > 0:
+            return self.warn_fraction * max_keep_bytes
+        return float(self.warn_retained_wal_unlimited)
+
+
 class TunggalConfig(_Frozen):
     target: TargetConfig
     mappings: tuple[str, ...] = Field(description="Mapping files or globs, relative to this file.")
@@ -265,6 +307,7 @@ class TunggalConfig(_Frozen):
     logging: LoggingConfig = LoggingConfig()
     java: JavaConfig = JavaConfig()
     kafka: KafkaConfig | None = Field(None, description="Brokers for engine: kafka sources.")
+    slots: SlotsConfig = SlotsConfig()
 
     # Filled in by load_config: where relative paths are anchored.
     base_dir: str = Field("", exclude=True)

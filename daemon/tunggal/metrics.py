@@ -66,6 +66,28 @@ class SnapshotProgress:
         return max(0, self.tables_total - self.tables_remaining)
 
 
+@dataclass(frozen=True)
+class SlotState:
+    """One replication slot on a source server, as the slot probe last read it."""
+
+    slot: str
+    database: str
+    active: bool
+    # current WAL position - restart_lsn; None when the slot holds no position (lost).
+    retained_bytes: float | None
+    source: str | None  # the configured source that owns it; None: an orphan
+
+
+@dataclass(frozen=True)
+class ServerSlots:
+    """Every watched slot of one PostgreSQL server ("host:port"), read at once; `slots` is
+    None when the server could not be read."""
+
+    slots: tuple[SlotState, ...] | None
+    warn_bytes: float
+    max_keep_bytes: float | None
+
+
 @dataclass
 class Probes:
     """Readings taken off the main loop by slow pollers (JMX, the source databases) and
@@ -77,6 +99,7 @@ class Probes:
     row_estimates: dict[str, dict[str, int]] = field(default_factory=dict)
     slot_retained_bytes: dict[str, float | None] = field(default_factory=dict)
     slot_names: dict[str, str] = field(default_factory=dict)
+    server_slots: dict[str, ServerSlots] = field(default_factory=dict)
     jvm_heap_used: int | None = None
     jvm_heap_max: int | None = None
 
@@ -248,6 +271,14 @@ class Metrics:
         with self.lock:
             self.probes.slot_names[source] = slot
             self.probes.slot_retained_bytes[source] = retained_bytes
+
+    def set_server_slots(self, server: str, reading: ServerSlots) -> None:
+        with self.lock:
+            previous = self.probes.server_slots.get(server)
+            if reading.slots is None and previous is not None:
+                # Unreadable: keep the threshold, drop the slots (no stale values).
+                reading = ServerSlots(None, previous.warn_bytes, previous.max_keep_bytes)
+            self.probes.server_slots[server] = reading
 
     def set_jvm_heap(self, used: int | None, maximum: int | None) -> None:
         with self.lock:
@@ -590,6 +621,58 @@ class _ProbeCollector(Collector):
                 heap_max.add_metric([], probes.jvm_heap_max)
         yield from (running, completed, tables_total, tables_done, rows, estimated)
         yield from (retained, heap_used, heap_max)
+        yield from _server_slot_families(probes.server_slots, self.metrics.lock)
+
+
+def _server_slot_families(
+    servers: Mapping[str, ServerSlots], lock: threading.Lock
+) -> Iterable[Metric]:
+    """Every watched slot of every source server, orphans included, and each server's
+    threshold, so that one alert rule compares them (`... > on(server) group_left ...`)."""
+    labels = ["server", "slot", "database", "source", "orphan"]
+    retained = GaugeMetricFamily(
+        "tunggal_replication_slot_retained_wal_bytes",
+        "WAL the server keeps for each tunggal slot on it (current LSN - restart_lsn), "
+        "orphans included (source empty, orphan=true)",
+        labels=labels,
+    )
+    active = GaugeMetricFamily(
+        "tunggal_replication_slot_active", "1 while a reader holds the slot", labels=labels
+    )
+    warn = GaugeMetricFamily(
+        "tunggal_replication_slot_warn_bytes",
+        "Retained WAL above which a slot is alerted on (slots.* settings, by default half "
+        "of max_slot_wal_keep_size)",
+        labels=["server"],
+    )
+    max_keep = GaugeMetricFamily(
+        "tunggal_replication_slot_max_keep_bytes",
+        "The server's max_slot_wal_keep_size (absent when unlimited)",
+        labels=["server"],
+    )
+    readable = GaugeMetricFamily(
+        "tunggal_replication_slot_server_readable",
+        "1 when the server's slots were read at the last attempt",
+        labels=["server"],
+    )
+    with lock:
+        for server, reading in sorted(servers.items()):
+            warn.add_metric([server], reading.warn_bytes)
+            if reading.max_keep_bytes is not None:
+                max_keep.add_metric([server], reading.max_keep_bytes)
+            readable.add_metric([server], float(reading.slots is not None))
+            for slot in reading.slots or ():
+                key = [
+                    server,
+                    slot.slot,
+                    slot.database,
+                    slot.source or "",
+                    "false" if slot.source else "true",
+                ]
+                active.add_metric(key, float(slot.active))
+                if slot.retained_bytes is not None:
+                    retained.add_metric(key, slot.retained_bytes)
+    yield from (retained, active, warn, max_keep, readable)
 
 
 @dataclass(frozen=True)

