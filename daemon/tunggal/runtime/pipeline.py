@@ -40,6 +40,49 @@ class Processed:
     def count(self, key: tuple[str, str, str, str], n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 
+    def merge(self, other: Processed) -> None:
+        """Add a later chunk's work (the runner decides per chunk whether to keep it)."""
+        self.ops.extend(other.ops)
+        self.dead_letters.extend(other.dead_letters)
+        for source, theirs in other.progress.items():
+            mine = self.progress.get(source)
+            if mine is None:
+                self.progress[source] = theirs
+                continue
+            mine.position = max(mine.position, theirs.position)
+            mine.commit_ts_us = max(mine.commit_ts_us, theirs.commit_ts_us)
+            mine.events += theirs.events
+            if theirs.epoch is not None:
+                mine.epoch = theirs.epoch  # the later chunk's is the newer snapshot
+        self.live |= other.live
+        for source, beat in other.heartbeats.items():
+            self.heartbeats[source] = max(beat, self.heartbeats.get(source, 0))
+        for key, offset in other.offsets.items():
+            self.offsets[key] = max(offset, self.offsets.get(key, 0))
+        for counted, n in other.counts.items():
+            self.count(counted, n)
+        self.notices.extend(other.notices)
+        for read, n in other.incremental_rows.items():
+            self.incremental_rows[read] = self.incremental_rows.get(read, 0) + n
+
+    def table_counts(self, source: str) -> dict[str, tuple[int, dict[str, int], str]]:
+        """By source table: events seen (failed ones included), failures by error class and
+        one error: what the flood-stop rule is fed. Tables as dead letters name them."""
+        out: dict[str, tuple[int, dict[str, int], str]] = {}
+        for (src, table, _op, _outcome), n in self.counts.items():
+            if src == source:
+                events, failures, example = out.get(table, (0, {}, ""))
+                out[table] = (events + n, failures, example)
+        for letter in self.dead_letters:
+            if letter.source != source:
+                continue
+            destination = letter.raw.destination if letter.raw is not None else None
+            table = letter.source_table or destination or "?"
+            events, failures, example = out.get(table, (0, {}, ""))
+            failures[letter.error_class] = failures.get(letter.error_class, 0) + 1
+            out[table] = (events, failures, example or letter.error)
+        return out
+
 
 # Reads a source's snapshot epoch as committed in the target (None when it has none yet).
 EpochLookup = Callable[[str], int | None]

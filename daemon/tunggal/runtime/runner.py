@@ -15,6 +15,7 @@ writer to be idle, so a reload never changes the mapping or the sink's targets u
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import logging
 import queue
@@ -25,15 +26,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import tenacity
 
-from tunggal.config import BatchConfig, RetryConfig
+from tunggal.config import BatchConfig, FloodStopConfig, RetryConfig
 from tunggal.errors import FatalError, TransientError, TunggalError
-from tunggal.metrics import Metrics
+from tunggal.metrics import PAUSED_FLOOD, Metrics
+from tunggal.runtime.flood import FloodRule, FloodTrip, FloodWatch
 from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
 from tunggal.runtime.pipeline import Pipeline, Processed
 from tunggal.runtime.systemd import Notifier
 from tunggal.sink.collapse import collapse
 from tunggal.sink.postgres import BatchResult, PostgresSink, RequestUpdate
-from tunggal.sources.base import Chunk, Source, SourceFailure
+from tunggal.sources.base import Chunk, Source, SourceConnected, SourceFailure
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Runner:
         on_batch: Callable[[], None] | None = None,
         notifier: Notifier | None = None,
         reloader: Callable[[], bool] | None = None,
+        flood_stop: FloodStopConfig | None = None,
     ) -> None:
         self.sources = list(sources)
         self.pipeline = pipeline
@@ -84,7 +87,23 @@ class Runner:
         # needs, `tunggal schema --apply` not run yet) is often fixed outside the files.
         self._reload_retry_at: float | None = None
         self._reload_backoff = RELOAD_RETRY_S
-        self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
+        self.inbox: queue.Queue[Chunk | SourceFailure | SourceConnected] = queue.Queue(maxsize=16)
+        # The flood stop (`runtime.flood`); None when switched off (and for `tunggal replay`,
+        # which an operator runs on purpose, file by file).
+        flood = flood_stop or FloodStopConfig(enabled=False)
+        self.flood = (
+            FloodWatch(FloodRule(flood.min_failures, flood.window_s, flood.min_ratio))
+            if flood.enabled
+            else None
+        )
+        # Sources paused by it, and those still to be stopped at the next batch boundary.
+        self.paused: dict[str, FloodTrip] = {}
+        self._to_close: set[str] = set()
+        self._closers: dict[str, threading.Thread] = {}
+        # Sources that reached their database (said `ready` once each).
+        self._connected: set[str] = set()
+        self._status_text = ""
+        self._status_lock = threading.Lock()
         self._closing = threading.Event()
         self._chunks: list[Chunk] = []
         self._pending = Processed()
@@ -102,8 +121,13 @@ class Runner:
         self.totals = {"events": 0, "batches": 0, "dead_letters": 0}
 
     # -- wiring ------------------------------------------------------------------------
-    def deliver(self, item: Chunk | SourceFailure) -> None:
+    def deliver(self, item: Chunk | SourceFailure | SourceConnected) -> None:
         """Called by source threads. Blocks while the runner is behind (back-pressure)."""
+        if isinstance(item, Chunk) and item.source in self.paused:
+            # Refused at once, on the source's thread: a paused source never waits on a full
+            # inbox, so it stops when asked. Not acknowledged: delivered again on resume.
+            item.settle(FatalError(f"source {item.source} is paused"))
+            return
         while not self._closing.is_set():
             try:
                 self.inbox.put(item, timeout=0.2)
@@ -116,6 +140,7 @@ class Runner:
 
     def start(self) -> None:
         self.sink.check_ready()
+        self.metrics.target_ok()
         for source in self.sources:
             self.metrics.source(source.name, source.engine)
             source.start(self.deliver)
@@ -125,11 +150,15 @@ class Runner:
     def run(self, *, until_idle: bool = False) -> None:
         try:
             self.start()
+            # Start-up checks passed (config, mappings, target): systemd's READY. The sources
+            # say `ready` each once they reach their database (`_connected_now`).
             self.notifier.ready()
-            log.info("ready: reading from %s", ", ".join(s.name for s in self.sources) or "-")
+            log.info("started: connecting to %s", ", ".join(s.name for s in self.sources) or "-")
             while not self.stop.is_set():
                 self.notifier.watchdog()
                 self.run_once()
+                self._watch_connections()
+                self._report_status()
                 if until_idle and self._idle():
                     break
         except BaseException:
@@ -155,8 +184,15 @@ class Runner:
             item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
         except queue.Empty:
             item = None
+        if isinstance(item, SourceConnected):
+            self._connected_now(item.source)
+            item = None
         if isinstance(item, SourceFailure):
-            self._source_failed(item)
+            if item.source in self.paused:
+                # Stopped on purpose; it starts afresh when the mapping is fixed.
+                log.debug("paused source %s: %s", item.source, item.message)
+            else:
+                self._source_failed(item)
             item = None
         if item is not None:
             self._take(item)
@@ -173,13 +209,26 @@ class Runner:
         """
         now = self.clock()
         reload = self.reload_requested.is_set() and self.reloader is not None
-        if reload or any(now >= due for due in self._restart_at.values()):
+        if reload or self._to_close or any(now >= due for due in self._restart_at.values()):
             self._wait_written()
+        for name in sorted(self._to_close):
+            # Paused: what it delivered before the trip is committed now (and acknowledged by
+            # the source as it stops); the rest was refused, so it is delivered again. Stopped
+            # on a thread of its own while this loop goes on refusing what it still sends: a
+            # source blocked on a full inbox would not stop.
+            self._to_close.discard(name)
+            self._restart_at.pop(name, None)
+            closer = threading.Thread(
+                target=self._by_name[name].close, name=f"tunggal-pause-{name}", daemon=True
+            )
+            closer.start()
+            self._closers[name] = closer
         if reload:
             assert self.reloader is not None
             self.reload_requested.clear()
             if self.reloader():
                 self._reload_retry_at, self._reload_backoff = None, RELOAD_RETRY_S
+                self._resume_paused()
             else:
                 self._reload_retry_at = now + self._reload_backoff
                 self._reload_backoff = min(self._reload_backoff * 2, RELOAD_RETRY_MAX_S)
@@ -213,6 +262,9 @@ class Runner:
         between batches (a mapping reload), when nothing of it is in hand or being written:
         what it delivered and was not acknowledged is delivered again by the new start."""
         source = self._by_name[name]
+        self._join_closer(name)
+        if self.paused.pop(name, None) is not None:
+            self._forget_pause(name)
         source.close()
         prepare(source)
         self.metrics.restarts.labels(name).inc()
@@ -235,8 +287,23 @@ class Runner:
         self._restart_at[failure.source] = self.clock() + delay
 
     def _take(self, chunk: Chunk) -> None:
+        if chunk.source in self.paused:
+            # Refused, so never acknowledged: delivered again when the source resumes.
+            chunk.settle(FatalError(f"source {chunk.source} is paused"))
+            return
+        self._connected_now(chunk.source)
         self.metrics.received.labels(chunk.source).inc(len(chunk.events))
-        self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        if self.flood is None:
+            self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        else:
+            # Mapped apart first: a chunk that trips the flood stop is held back whole, so its
+            # events are neither dead-lettered nor acknowledged.
+            processed = self.pipeline.process(chunk.source, chunk.events)
+            trip = self._flood_trip(chunk.source, processed)
+            if trip is not None:
+                self._pause(chunk, trip, len(processed.dead_letters))
+                return
+            self._pending.merge(processed)
         if chunk.source in self._pending.live:
             self._streamed.add(chunk.source)
             self._restart_attempts.pop(chunk.source, None)
@@ -271,6 +338,107 @@ class Runner:
         caught_up = self.batch.when_caught_up and self._chunks[-1].caught_up
         return caught_up or any(c.holds_source for c in self._chunks)
 
+    # -- flood stop, connections, status -------------------------------------------------------
+    def _flood_trip(self, source: str, processed: Processed) -> FloodTrip | None:
+        assert self.flood is not None
+        now = self.clock()
+        tripped = None
+        for table, (events, failures, example) in processed.table_counts(source).items():
+            trip = self.flood.observe(source, table, events, failures, now, example)
+            tripped = tripped or trip
+        return tripped
+
+    def _pause(self, chunk: Chunk, trip: FloodTrip, held: int) -> None:
+        """Stop taking the source's events: the chunk that tripped the rule is refused (none
+        of its events dead-lettered, none acknowledged), so is everything the source sends
+        until it is stopped at the next batch boundary; what it sent before is written and
+        committed as usual. A successful mapping reload starts it again from its last
+        committed position (`_resume_paused`)."""
+        name = trip.source
+        chunk.settle(FatalError(f"source {name} is paused"))
+        self.paused[name] = trip
+        self._to_close.add(name)
+        if self._chunks:
+            self._chunks[-1].flush_requested = True  # write what came before now
+        before = trip.failures - held
+        reason = (
+            f"{trip.failures} of {trip.events} events of {trip.table} failed with "
+            f"{trip.error_class} within {trip.window_s:g}s: the mapping looks broken, not the "
+            "data"
+        )
+        self.metrics.source_paused(name, PAUSED_FLOOD, f"paused: {reason}")
+        log.error(
+            "source %s paused: %s (e.g. %s); nothing after its last committed position is "
+            "acknowledged, the %d events in hand are held, not dead-lettered%s; fix the "
+            "mapping and reload (SIGHUP, or save the file): the source resumes from there",
+            name,
+            reason,
+            trip.example or "-",
+            len(chunk.events),
+            f"; {before} dead-lettered before the pause stay in tunggal_dead_letters "
+            "(`tunggal dlq replay` once fixed)"
+            if before > 0
+            else "",
+        )
+
+    def _resume_paused(self) -> None:
+        """The mappings were reloaded: every paused source starts again, from its last
+        committed position, so the events held back are mapped anew. A mapping still broken
+        pauses it again after `min_failures` more."""
+        for name in sorted(self.paused):
+            self._join_closer(name)
+            del self.paused[name]
+            self._forget_pause(name)
+            log.info("source %s resumes after the mapping reload, from its last commit", name)
+            self.metrics.restarts.labels(name).inc()
+            self._by_name[name].start(self.deliver)
+
+    def _join_closer(self, name: str) -> None:
+        closer = self._closers.pop(name, None)
+        if closer is not None:
+            closer.join(30)
+
+    def _forget_pause(self, name: str) -> None:
+        self._to_close.discard(name)
+        if self.flood is not None:
+            self.flood.forget(name)
+        self.metrics.source_resumed(name)
+
+    def _connected_now(self, name: str) -> None:
+        if name in self._connected or name not in self._by_name:
+            return
+        self._connected.add(name)
+        log.info("ready: reading from %s", name)
+
+    def _watch_connections(self) -> None:
+        # A Kafka source says so itself in its state once it has joined its group.
+        if len(self._connected) < len(self.sources):
+            for source in self.sources:
+                if self.metrics.source(source.name).state == "streaming":
+                    self._connected_now(source.name)
+
+    def _report_status(self) -> None:
+        """systemd's STATUS= line (`systemctl status`), sent when it changes; any thread."""
+        target = self.metrics.target
+        if not target.up:
+            since = target.down_since
+            at = dt.datetime.fromtimestamp(since).strftime("%H:%M:%S") if since else "?"
+            text = f"target down since {at}: {target.error}"
+        else:
+            states = {s.name: self.metrics.source(s.name).state for s in self.sources}
+            parts = [f"{name} {state}" for name, state in states.items() if state != "streaming"]
+            streaming = [name for name, state in states.items() if state == "streaming"]
+            if streaming:
+                parts.insert(0, "streaming " + ", ".join(streaming))
+            text = "; ".join(parts) or "running"
+        for name, trip in sorted(dict(self.paused).items()):  # dict(): a copy, any thread
+            text += f"; source {name} paused: {trip.table} fails ({trip.error_class})"
+        with self._status_lock:
+            if text == self._status_text:
+                return
+            self._status_text = text
+        self.notifier.status(text)
+
     # -- writing ----------------------------------------------------------------------------
     def _retrying(self, deadline: float | None, sources: Sequence[str]) -> tenacity.Retrying:
         """Every failed attempt is reported at once, from the writer thread (log line, /status,
@@ -290,6 +458,8 @@ class Runner:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.metrics.write_failed(sources, str(exc))
+            self.metrics.target_failed(str(exc))
+            self._report_status()  # the loop may be waiting on this very write
             if isinstance(exc, TransientError):
                 self.metrics.retries.labels("target").inc()
                 log.warning(
@@ -382,6 +552,9 @@ class Runner:
         for chunk in chunks:
             chunk.settle()
         self.metrics.write_recovered(sources)
+        if not self.metrics.target_is_up():
+            self.metrics.target_ok()
+            self._report_status()
         self._record(pending, result, elapsed, events)
         if self.on_batch is not None:
             self.on_batch()
@@ -470,6 +643,8 @@ class Runner:
                 log.debug("the batch in flight failed while stopping: %s", exc)
             finally:
                 self._writer.shutdown()
+            for name in list(self._closers):
+                self._join_closer(name)
             for chunk in [*self._chunks, *self._drain_unsettled()]:
                 chunk.settle(FatalError("shutting down"))
             self._chunks = []
