@@ -145,8 +145,12 @@ def test_rules_cover_what_operators_asked_for() -> None:
         "tunggal_dead_letters_total",
         "tunggal_mapping_reloads_total",
         "tunggal_replication_slot_wal_retained_bytes",
+        "tunggal_target_up",
+        "tunggal_source_paused",
     ):
         assert metric in exprs, metric
+    names = {r["alert"] for r in rules()}
+    assert {"TunggalTargetDown", "TunggalSourcePaused"} <= names
 
 
 def test_rules_name_only_metrics_the_daemon_exposes() -> None:
