@@ -23,14 +23,17 @@ chunks = st.lists(
 
 
 def reference(seen: list[tuple[float, int, int, int]], now: float, rule: FloodRule) -> bool:
-    """The rule written out plainly: the window's totals, per error class."""
+    """The rule written out plainly: every run of the newest chunks within the window, per
+    error class."""
     recent = [s for s in seen if s[0] > now - rule.window_s]
-    events = sum(s[1] for s in recent)
-    return any(rule.trips(sum(s[k] for s in recent), events) for k in (2, 3))
+    runs = [recent[i:] for i in range(len(recent))]
+    return any(
+        rule.trips(sum(s[k] for s in run), sum(s[1] for s in run)) for run in runs for k in (2, 3)
+    )
 
 
 @given(chunks)
-def test_the_sliding_window_trips_exactly_when_the_rule_over_its_totals_says_so(
+def test_it_trips_exactly_when_a_run_of_the_newest_chunks_breaks_the_rule(
     steps: list[tuple[float, int, int, int]],
 ) -> None:
     watch, now, seen = FloodWatch(RULE), 1000.0, []
@@ -60,6 +63,16 @@ def test_a_single_poison_row_per_window_never_trips(goods: list[int]) -> None:
     for i, good in enumerate(goods):
         # one bad row a minute and a bit, with any number of good ones around it
         assert watch.observe("s", "public.t", good + 1, {"A": 1}, i * 61.0) is None
+
+
+def test_good_events_before_a_break_do_not_delay_the_trip() -> None:
+    """A busy table whose mapping breaks: the first chunk of failures trips it, although the
+    window still holds thousands of good events from before."""
+    watch = FloodWatch(RULE)
+    for t in range(50):
+        assert watch.observe("s", "public.t", 200, {}, float(t)) is None
+    trip = watch.observe("s", "public.t", 25, {"MappingError": 25}, 50.0)
+    assert trip is not None and (trip.failures, trip.events) == (25, 25)
 
 
 def test_a_table_failing_on_every_row_trips_on_the_chunk_with_enough_failures() -> None:

@@ -6,14 +6,18 @@ never fit) would set aside the whole stream the same way, thousands a second, an
 falls behind until someone replays them all. This rule tells the two apart; the runner pauses
 the source when it trips (see `Runner._pause`).
 
-It trips for one (source, table, error class) when, over the last `window_s` seconds, the table
-had at least `min_failures` failures of that class AND they were at least `min_ratio` of all the
-table's events in the window. Worked example with the defaults (20, 60 s, 0.5):
+It trips for one (source, table, error class) when the table's most recent events (a run of
+them up to now, none older than `window_s` seconds) hold at least `min_failures` failures of
+that class AND those are at least `min_ratio` of the run. Worked example with the defaults
+(20, 60 s, 0.5):
   - one bad row among 10,000 good ones: 1 failure, never trips;
   - 30 bad dates in a bulk load of 40 rows: 30 failures, 75 % of 40: trips;
-  - 30 bad rows spread over a busy hour (3,000 events a minute): never 20 in one window at
-    50 %: never trips;
-  - a transform failing on every row: trips on the first chunk holding 20 of them.
+  - 30 bad rows spread over a busy hour (3,000 events a minute): never 20 in a run where they
+    are half: never trips;
+  - a transform failing on every row: trips on the first chunk holding 20 of them, however
+    many good events the table had just before (a run that starts at the break counts; a
+    ratio over the whole window would let thousands through while it caught up).
+Chunks are the unit: a source hands its events over in chunks, and a run is whole chunks.
 
 Pure: no I/O, the time is an argument (huey's `loop(now=...)`), so tests drive it directly.
 """
@@ -103,9 +107,19 @@ class FloodWatch:
         window = self._tables.setdefault((source, table), _TableWindow())
         window.expire(now - self.rule.window_s)
         window.add(_Seen(now, events, {c: n for c, n in failures.items() if n}))
-        for cls, n in sorted(window.failures.items()):
-            if self.rule.trips(n, window.events):
-                return FloodTrip(source, table, cls, n, window.events, self.rule.window_s, example)
+        # Runs ending now, newest chunk first: the shortest one that breaks the rule trips it.
+        run_events, run_failures = 0, dict.fromkeys(window.failures, 0)
+        for seen in reversed(window.seen):
+            run_events += seen.events
+            for cls, n in seen.failures.items():
+                run_failures[cls] += n
+            for cls, n in sorted(run_failures.items()):
+                if self.rule.trips(n, run_events):
+                    return FloodTrip(source, table, cls, n, run_events, self.rule.window_s, example)
+            # A longer run adds no more failures than the window holds: once even all of
+            # them would be under the ratio, no longer run trips.
+            if all(total < self.rule.min_ratio * run_events for total in window.failures.values()):
+                break
         return None
 
     def forget(self, source: str) -> None:

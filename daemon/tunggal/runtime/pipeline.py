@@ -167,8 +167,15 @@ class Pipeline:
         return lookup
 
     def process(
-        self, source: str, raws: list[RawEvent], into: Processed | None = None
+        self,
+        source: str,
+        raws: list[RawEvent],
+        into: Processed | None = None,
+        *,
+        log_poison: bool = True,
     ) -> Processed:
+        """Decode and map `raws`; `log_poison=False` leaves the poison lines to the caller
+        (the runner says them only for the dead letters it keeps: `report_poison`)."""
         out = into if into is not None else Processed()
         modes = self.modes.get(source, ConnectorModes())
         hints = self._hint_lookup(source)
@@ -194,19 +201,17 @@ class Pipeline:
                 ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
                 table = exc.table or raw.destination or "?"
-                log.error(
-                    "poison event from %s (%s, offset %s): %s", source, table, raw.offset, exc
+                letter = DeadLetter(
+                    source=source,
+                    error_class=type(exc).__name__,
+                    error=str(exc),
+                    raw=raw,
+                    source_table=exc.table,
+                    position=event.position if event is not None else None,
                 )
-                out.dead_letters.append(
-                    DeadLetter(
-                        source=source,
-                        error_class=type(exc).__name__,
-                        error=str(exc),
-                        raw=raw,
-                        source_table=exc.table,
-                        position=event.position if event is not None else None,
-                    )
-                )
+                if log_poison:
+                    report_poison(letter)
+                out.dead_letters.append(letter)
                 out.count((source, table, "?", "dead_letter"))
                 continue
             if not event.snapshot:
@@ -283,6 +288,16 @@ class Pipeline:
                 source,
                 target,
             )
+
+
+def report_poison(letter: DeadLetter) -> None:
+    """The one line a dead-lettered event gets."""
+    raw = letter.raw
+    table = letter.source_table or (raw.destination if raw is not None else None) or "?"
+    offset = raw.offset if raw is not None else None
+    log.error(
+        "poison event from %s (%s, offset %s): %s", letter.source, table, offset, letter.error
+    )
 
 
 def _parse_notice(source: str, raw: RawEvent) -> SnapshotNotice | None:

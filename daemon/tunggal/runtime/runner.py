@@ -31,7 +31,7 @@ from tunggal.errors import FatalError, TransientError, TunggalError
 from tunggal.metrics import PAUSED_FLOOD, Metrics
 from tunggal.runtime.flood import FloodRule, FloodTrip, FloodWatch
 from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
-from tunggal.runtime.pipeline import Pipeline, Processed
+from tunggal.runtime.pipeline import Pipeline, Processed, report_poison
 from tunggal.runtime.systemd import Notifier
 from tunggal.sink.collapse import collapse
 from tunggal.sink.postgres import BatchResult, PostgresSink, RequestUpdate
@@ -298,11 +298,13 @@ class Runner:
         else:
             # Mapped apart first: a chunk that trips the flood stop is held back whole, so its
             # events are neither dead-lettered nor acknowledged.
-            processed = self.pipeline.process(chunk.source, chunk.events)
+            processed = self.pipeline.process(chunk.source, chunk.events, log_poison=False)
             trip = self._flood_trip(chunk.source, processed)
             if trip is not None:
                 self._pause(chunk, trip, len(processed.dead_letters))
                 return
+            for letter in processed.dead_letters:
+                report_poison(letter)
             self._pending.merge(processed)
         if chunk.source in self._pending.live:
             self._streamed.add(chunk.source)
