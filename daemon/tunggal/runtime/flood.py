@@ -122,6 +122,14 @@ class FloodWatch:
                 break
         return None
 
+    def failures_before_newest(self, source: str, table: str) -> int:
+        """The table's failures in the window before its newest chunk: after a trip, the ones
+        dead-lettered before the pause."""
+        window = self._tables.get((source, table))
+        if window is None or not window.seen:
+            return 0
+        return sum(window.failures.values()) - sum(window.seen[-1].failures.values())
+
     def forget(self, source: str) -> None:
         """A fixed mapping starts the source's count afresh."""
         for key in [k for k in self._tables if k[0] == source]:

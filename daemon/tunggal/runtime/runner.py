@@ -301,7 +301,7 @@ class Runner:
             processed = self.pipeline.process(chunk.source, chunk.events, log_poison=False)
             trip = self._flood_trip(chunk.source, processed)
             if trip is not None:
-                self._pause(chunk, trip, len(processed.dead_letters))
+                self._pause(chunk, trip)
                 return
             for letter in processed.dead_letters:
                 report_poison(letter)
@@ -350,7 +350,7 @@ class Runner:
             tripped = tripped or trip
         return tripped
 
-    def _pause(self, chunk: Chunk, trip: FloodTrip, held: int) -> None:
+    def _pause(self, chunk: Chunk, trip: FloodTrip) -> None:
         """Stop taking the source's events: the chunk that tripped the rule is refused (none
         of its events dead-lettered, none acknowledged), so is everything the source sends
         until it is stopped at the next batch boundary; what it sent before is written and
@@ -362,7 +362,8 @@ class Runner:
         self._to_close.add(name)
         if self._chunks:
             self._chunks[-1].flush_requested = True  # write what came before now
-        before = trip.failures - held
+        assert self.flood is not None
+        before = self.flood.failures_before_newest(name, trip.table)
         reason = (
             f"{trip.failures} of {trip.events} events of {trip.table} failed with "
             f"{trip.error_class} within {trip.window_s:g}s: the mapping looks broken, not the "
