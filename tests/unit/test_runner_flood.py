@@ -125,7 +125,7 @@ def test_the_chunk_that_trips_the_rule_is_held_and_the_source_resumes_on_reload(
     runner.reload_requested.set()  # ...and reloaded
     runner.run_once()
     assert source.starts == 2  # started again, from its last commit
-    assert runner.paused == {}
+    assert runner.pauses is not None and runner.pauses.paused == {}
     assert metrics.source("s").state == "starting"
     assert metrics.paused.labels("s", "dead_letter_flood")._value.get() == 0
     again = events(5, 12)  # the held events, delivered again

@@ -15,7 +15,6 @@ writer to be idle, so a reload never changes the mapping or the sink's targets u
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import logging
 import queue
@@ -28,11 +27,11 @@ import tenacity
 
 from tunggal.config import BatchConfig, FloodStopConfig, RetryConfig
 from tunggal.errors import FatalError, TransientError, TunggalError
-from tunggal.metrics import PAUSED_FLOOD, Metrics
-from tunggal.runtime.flood import FloodRule, FloodTrip, FloodWatch
+from tunggal.metrics import Metrics
 from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
+from tunggal.runtime.pause import Pauses
 from tunggal.runtime.pipeline import Pipeline, Processed, report_poison
-from tunggal.runtime.systemd import Notifier
+from tunggal.runtime.systemd import Notifier, status_line
 from tunggal.sink.collapse import collapse
 from tunggal.sink.postgres import BatchResult, PostgresSink, RequestUpdate
 from tunggal.sources.base import Chunk, Source, SourceConnected, SourceFailure
@@ -88,18 +87,13 @@ class Runner:
         self._reload_retry_at: float | None = None
         self._reload_backoff = RELOAD_RETRY_S
         self.inbox: queue.Queue[Chunk | SourceFailure | SourceConnected] = queue.Queue(maxsize=16)
-        # The flood stop (`runtime.flood`); None when switched off (and for `tunggal replay`,
-        # which an operator runs on purpose, file by file).
-        flood = flood_stop or FloodStopConfig(enabled=False)
-        self.flood = (
-            FloodWatch(FloodRule(flood.min_failures, flood.window_s, flood.min_ratio))
-            if flood.enabled
+        # The flood stop (`runtime.flood`, `runtime.pause`); None when switched off (and for
+        # `tunggal replay`, which an operator runs on purpose, file by file).
+        self.pauses = (
+            Pauses(flood_stop, metrics, self._by_name)
+            if flood_stop is not None and flood_stop.enabled
             else None
         )
-        # Sources paused by it, and those still to be stopped at the next batch boundary.
-        self.paused: dict[str, FloodTrip] = {}
-        self._to_close: set[str] = set()
-        self._closers: dict[str, threading.Thread] = {}
         # Sources that reached their database (said `ready` once each).
         self._connected: set[str] = set()
         self._status_text = ""
@@ -123,10 +117,9 @@ class Runner:
     # -- wiring ------------------------------------------------------------------------
     def deliver(self, item: Chunk | SourceFailure | SourceConnected) -> None:
         """Called by source threads. Blocks while the runner is behind (back-pressure)."""
-        if isinstance(item, Chunk) and item.source in self.paused:
+        if isinstance(item, Chunk) and self.pauses is not None and self.pauses.refuse(item):
             # Refused at once, on the source's thread: a paused source never waits on a full
             # inbox, so it stops when asked. Not acknowledged: delivered again on resume.
-            item.settle(FatalError(f"source {item.source} is paused"))
             return
         while not self._closing.is_set():
             try:
@@ -153,7 +146,10 @@ class Runner:
             # Start-up checks passed (config, mappings, target): systemd's READY. The sources
             # say `ready` each once they reach their database (`_connected_now`).
             self.notifier.ready()
-            log.info("started: connecting to %s", ", ".join(s.name for s in self.sources) or "-")
+            if self.sources:
+                log.info("started: connecting to %s", ", ".join(s.name for s in self.sources))
+            else:
+                log.info("ready: reading from -")  # nothing to connect to
             while not self.stop.is_set():
                 self.notifier.watchdog()
                 self.run_once()
@@ -188,7 +184,7 @@ class Runner:
             self._connected_now(item.source)
             item = None
         if isinstance(item, SourceFailure):
-            if item.source in self.paused:
+            if self.pauses is not None and item.source in self.pauses.paused:
                 # Stopped on purpose; it starts afresh when the mapping is fixed.
                 log.debug("paused source %s: %s", item.source, item.message)
             else:
@@ -209,26 +205,22 @@ class Runner:
         """
         now = self.clock()
         reload = self.reload_requested.is_set() and self.reloader is not None
-        if reload or self._to_close or any(now >= due for due in self._restart_at.values()):
+        stopping = self.pauses is not None and bool(self.pauses.to_stop)
+        if reload or stopping or any(now >= due for due in self._restart_at.values()):
             self._wait_written()
-        for name in sorted(self._to_close):
+        if self.pauses is not None and stopping:
             # Paused: what it delivered before the trip is committed now (and acknowledged by
-            # the source as it stops); the rest was refused, so it is delivered again. Stopped
-            # on a thread of its own while this loop goes on refusing what it still sends: a
-            # source blocked on a full inbox would not stop.
-            self._to_close.discard(name)
-            self._restart_at.pop(name, None)
-            closer = threading.Thread(
-                target=self._by_name[name].close, name=f"tunggal-pause-{name}", daemon=True
-            )
-            closer.start()
-            self._closers[name] = closer
+            # the source as it stops); the rest was refused, so it is delivered again.
+            for name in self.pauses.to_stop:
+                self._restart_at.pop(name, None)
+            self.pauses.stop_paused()
         if reload:
             assert self.reloader is not None
             self.reload_requested.clear()
             if self.reloader():
                 self._reload_retry_at, self._reload_backoff = None, RELOAD_RETRY_S
-                self._resume_paused()
+                if self.pauses is not None:
+                    self.pauses.resume_all(self.deliver)
             else:
                 self._reload_retry_at = now + self._reload_backoff
                 self._reload_backoff = min(self._reload_backoff * 2, RELOAD_RETRY_MAX_S)
@@ -262,9 +254,8 @@ class Runner:
         between batches (a mapping reload), when nothing of it is in hand or being written:
         what it delivered and was not acknowledged is delivered again by the new start."""
         source = self._by_name[name]
-        self._join_closer(name)
-        if self.paused.pop(name, None) is not None:
-            self._forget_pause(name)
+        if self.pauses is not None:
+            self.pauses.release(name)  # started here, with the new properties
         source.close()
         prepare(source)
         self.metrics.restarts.labels(name).inc()
@@ -287,21 +278,19 @@ class Runner:
         self._restart_at[failure.source] = self.clock() + delay
 
     def _take(self, chunk: Chunk) -> None:
-        if chunk.source in self.paused:
-            # Refused, so never acknowledged: delivered again when the source resumes.
-            chunk.settle(FatalError(f"source {chunk.source} is paused"))
-            return
+        if self.pauses is not None and self.pauses.refuse(chunk):
+            return  # refused, so never acknowledged: delivered again when it resumes
         self._connected_now(chunk.source)
         self.metrics.received.labels(chunk.source).inc(len(chunk.events))
-        if self.flood is None:
+        if self.pauses is None:
             self.pipeline.process(chunk.source, chunk.events, into=self._pending)
         else:
             # Mapped apart first: a chunk that trips the flood stop is held back whole, so its
             # events are neither dead-lettered nor acknowledged.
             processed = self.pipeline.process(chunk.source, chunk.events, log_poison=False)
-            trip = self._flood_trip(chunk.source, processed)
-            if trip is not None:
-                self._pause(chunk, trip)
+            if self.pauses.check(chunk, processed, self.clock()):
+                if self._chunks:
+                    self._chunks[-1].flush_requested = True  # write what came before now
                 return
             for letter in processed.dead_letters:
                 report_poison(letter)
@@ -340,73 +329,7 @@ class Runner:
         caught_up = self.batch.when_caught_up and self._chunks[-1].caught_up
         return caught_up or any(c.holds_source for c in self._chunks)
 
-    # -- flood stop, connections, status -------------------------------------------------------
-    def _flood_trip(self, source: str, processed: Processed) -> FloodTrip | None:
-        assert self.flood is not None
-        now = self.clock()
-        tripped = None
-        for table, (events, failures, example) in processed.table_counts(source).items():
-            trip = self.flood.observe(source, table, events, failures, now, example)
-            tripped = tripped or trip
-        return tripped
-
-    def _pause(self, chunk: Chunk, trip: FloodTrip) -> None:
-        """Stop taking the source's events: the chunk that tripped the rule is refused (none
-        of its events dead-lettered, none acknowledged), so is everything the source sends
-        until it is stopped at the next batch boundary; what it sent before is written and
-        committed as usual. A successful mapping reload starts it again from its last
-        committed position (`_resume_paused`)."""
-        name = trip.source
-        chunk.settle(FatalError(f"source {name} is paused"))
-        self.paused[name] = trip
-        self._to_close.add(name)
-        if self._chunks:
-            self._chunks[-1].flush_requested = True  # write what came before now
-        assert self.flood is not None
-        before = self.flood.failures_before_newest(name, trip.table)
-        reason = (
-            f"{trip.failures} of {trip.events} events of {trip.table} failed with "
-            f"{trip.error_class} within {trip.window_s:g}s: the mapping looks broken, not the "
-            "data"
-        )
-        self.metrics.source_paused(name, PAUSED_FLOOD, f"paused: {reason}")
-        log.error(
-            "source %s paused: %s (e.g. %s); nothing after its last committed position is "
-            "acknowledged, the %d events in hand are held, not dead-lettered%s; fix the "
-            "mapping and reload (SIGHUP, or save the file): the source resumes from there",
-            name,
-            reason,
-            trip.example or "-",
-            len(chunk.events),
-            f"; {before} dead-lettered before the pause stay in tunggal_dead_letters "
-            "(`tunggal dlq replay` once fixed)"
-            if before > 0
-            else "",
-        )
-
-    def _resume_paused(self) -> None:
-        """The mappings were reloaded: every paused source starts again, from its last
-        committed position, so the events held back are mapped anew. A mapping still broken
-        pauses it again after `min_failures` more."""
-        for name in sorted(self.paused):
-            self._join_closer(name)
-            del self.paused[name]
-            self._forget_pause(name)
-            log.info("source %s resumes after the mapping reload, from its last commit", name)
-            self.metrics.restarts.labels(name).inc()
-            self._by_name[name].start(self.deliver)
-
-    def _join_closer(self, name: str) -> None:
-        closer = self._closers.pop(name, None)
-        if closer is not None:
-            closer.join(30)
-
-    def _forget_pause(self, name: str) -> None:
-        self._to_close.discard(name)
-        if self.flood is not None:
-            self.flood.forget(name)
-        self.metrics.source_resumed(name)
-
+    # -- connections, status ------------------------------------------------------------------
     def _connected_now(self, name: str) -> None:
         if name in self._connected or name not in self._by_name:
             return
@@ -422,20 +345,11 @@ class Runner:
 
     def _report_status(self) -> None:
         """systemd's STATUS= line (`systemctl status`), sent when it changes; any thread."""
-        target = self.metrics.target
-        if not target.up:
-            since = target.down_since
-            at = dt.datetime.fromtimestamp(since).strftime("%H:%M:%S") if since else "?"
-            text = f"target down since {at}: {target.error}"
-        else:
-            states = {s.name: self.metrics.source(s.name).state for s in self.sources}
-            parts = [f"{name} {state}" for name, state in states.items() if state != "streaming"]
-            streaming = [name for name, state in states.items() if state == "streaming"]
-            if streaming:
-                parts.insert(0, "streaming " + ", ".join(streaming))
-            text = "; ".join(parts) or "running"
-        for name, trip in sorted(dict(self.paused).items()):  # dict(): a copy, any thread
-            text += f"; source {name} paused: {trip.table} fails ({trip.error_class})"
+        text = status_line(
+            self.metrics.target,
+            {s.name: self.metrics.source(s.name).state for s in self.sources},
+            self.pauses.describe() if self.pauses is not None else [],
+        )
         with self._status_lock:
             if text == self._status_text:
                 return
@@ -646,8 +560,8 @@ class Runner:
                 log.debug("the batch in flight failed while stopping: %s", exc)
             finally:
                 self._writer.shutdown()
-            for name in list(self._closers):
-                self._join_closer(name)
+            if self.pauses is not None:
+                self.pauses.wait_stopped()
             for chunk in [*self._chunks, *self._drain_unsettled()]:
                 chunk.settle(FatalError("shutting down"))
             self._chunks = []
