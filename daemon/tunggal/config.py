@@ -290,6 +290,27 @@ class SlotsConfig(_Frozen):
         return float(self.warn_retained_wal_unlimited)
 
 
+# --- Flood stop (issue 15, item 2): pause a source whose dead letters mean a broken mapping ---
+class FloodStopConfig(_Frozen):
+    """When a table's events fail at a rate that means the mapping is broken, not the data,
+    the source pauses (nothing acknowledged past what was written) until the mappings are
+    reloaded; see `runtime.flood` for the rule and a worked example."""
+
+    enabled: bool = Field(
+        True, description="Pause a flooding source; false dead-letters every failing event."
+    )
+    min_failures: int = Field(
+        20, ge=1, description="Failures of one table and error class in the window to pause."
+    )
+    window_s: float = Field(60.0, gt=0, description="The sliding window, in seconds.")
+    min_ratio: float = Field(
+        0.5, gt=0, le=1, description="...and at least this share of the table's events failed."
+    )
+
+
+# --- end of flood stop ---
+
+
 class TunggalConfig(_Frozen):
     target: TargetConfig
     mappings: tuple[str, ...] = Field(description="Mapping files or globs, relative to this file.")
@@ -306,6 +327,7 @@ class TunggalConfig(_Frozen):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     java: JavaConfig = JavaConfig()
+    flood_stop: FloodStopConfig = FloodStopConfig()
     kafka: KafkaConfig | None = Field(None, description="Brokers for engine: kafka sources.")
     slots: SlotsConfig = SlotsConfig()
 

@@ -45,8 +45,25 @@ class SourceState:
     # Set while a batch holding this source's events failed to commit and is being retried:
     # the source is not down, but nothing of it moves until the target takes the batch.
     write_error: str | None = None
+    # Set while the source is paused by the flood stop (`runtime.flood`): why, and since when.
+    paused: str | None = None
+    paused_since: float | None = None
     rate: float = 0.0  # events/s, exponentially smoothed
     _rate_mark: tuple[float, int] = field(default=(0.0, 0), repr=False)
+
+
+@dataclass
+class TargetState:
+    """The target as the last write or connection found it, for /status, /readyz and
+    `tunggal_target_up`: down from the first failed attempt until one succeeds."""
+
+    up: bool = True
+    down_since: float | None = None  # wall time of the first failure of this outage
+    error: str | None = None
+
+
+# The one reason a source is paused today; a label value, so bounded.
+PAUSED_FLOOD = "dead_letter_flood"
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,19 @@ class Metrics:
             "tunggal_target_write_failing",
             "1 while a batch holding the source's events failed to commit and is held for a retry",
             ["source"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "tunggal_source_paused",
+            "1 while the source is paused, by reason (dead_letter_flood: a table's events fail "
+            "as a broken mapping makes them; resumes on a mapping reload)",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.target = TargetState()
+        self.target_up = Gauge(
+            "tunggal_target_up",
+            "1 when the last write or connection to the target succeeded, 0 while they fail",
             registry=r,
         )
         self.restarts = Counter(
@@ -381,6 +411,7 @@ class Metrics:
                 state = self.sources[name] = SourceState(name, engine)
                 self.up.labels(name).set(0)
                 self.write_failing.labels(name).set(0)
+                self.paused.labels(name, PAUSED_FLOOD).set(0)
                 # Zero series per source, so `increase()` in an alert sees the first one.
                 for counter in (self.dead_letters, self.restarts, self.received):
                     counter.labels(name)
@@ -395,6 +426,36 @@ class Metrics:
     def _set_up(self, s: SourceState) -> None:
         streams = s.state in ("snapshot", "streaming") and s.write_error is None
         self.up.labels(s.name).set(1 if streams else 0)
+
+    def source_paused(self, name: str, reason: str, text: str) -> None:
+        s = self.source(name)
+        s.paused, s.paused_since = text, self.clock()
+        self.paused.labels(name, reason).set(1)
+        self.set_state(name, "paused", text)
+
+    def source_resumed(self, name: str) -> None:
+        s = self.source(name)
+        s.paused, s.paused_since = None, None
+        for reason in (PAUSED_FLOOD,):
+            self.paused.labels(name, reason).set(0)
+        self.set_state(name, "starting")
+
+    def target_failed(self, error: str) -> None:
+        """A write or a read of the target failed (any thread): down until one succeeds."""
+        with self.lock:
+            if self.target.up:
+                self.target.down_since = self.clock()
+            self.target.up, self.target.error = False, error
+        self.target_up.set(0)
+
+    def target_ok(self) -> None:
+        with self.lock:
+            self.target = TargetState()
+        self.target_up.set(1)
+
+    def target_is_up(self) -> bool:
+        with self.lock:
+            return self.target.up
 
     def write_failed(self, sources: Iterable[str], error: str) -> None:
         """A batch holding these sources' events failed to commit; it is held and retried.
@@ -500,6 +561,9 @@ class Metrics:
                         if s.last_target_commit
                         else None,
                         "events_applied": s.events_applied,
+                        "paused": None
+                        if s.paused is None
+                        else {"reason": s.paused, "since": s.paused_since},
                         "events_per_second": 0.0 if idle else round(s.rate, 1),
                         "snapshot": self._snapshot_status(s.name),
                         "incremental_snapshot": self._incremental_view(s.name),
@@ -508,9 +572,18 @@ class Metrics:
                 )
             heap = self.probes.jvm_heap_used
             tables = {t: dict(c) for t, c in self.tables.items()}
+            target = {
+                "up": self.target.up,
+                "down_since": self.target.down_since,
+                "seconds_down": None
+                if self.target.down_since is None
+                else max(0.0, now - self.target.down_since),
+                "error": self.target.error,
+            }
         dead = _counter_total(self.dead_letters)
         return {
             "sources": sources,
+            "target": target,
             "tables": tables,
             "dead_letters": dead,
             "mapping": _info_value(self.mapping),

@@ -304,7 +304,8 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
     checkout.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, checkout / name)
-    for name in ("daemon", "ops"):
+    # mappings/: the wheel carries the demo's examples (pyproject's force-include).
+    for name in ("daemon", "ops", "mappings"):
         shutil.copytree(REPO / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
     source = PgCluster(name="deploy-source").start()
     target = PgCluster(name="deploy-target").start()

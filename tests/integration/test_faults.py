@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -409,3 +412,122 @@ def test_a_failed_write_is_reported_at_once_and_the_batch_held(kv_sync: KvSync) 
     assert _dead_letters(s.target) == 0
     code, _ = daemon.terminate()
     assert code == 0, s.logs()
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+class _SystemdSocket:
+    """What systemd's NOTIFY_SOCKET receives from the daemon: READY=1, STATUS=..., in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def statuses(self) -> list[str]:
+        return [m.removeprefix("STATUS=") for m in list(self.messages) if m.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_a_target_outage_shows_in_status_readyz_metrics_and_systemd(
+    kv_sync: KvSync, target_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target stopped for a while under a stream of changes: at the first failed write,
+    `tunggal_target_up` is 0, /readyz 503 (/healthz stays 200: the process is fine and
+    retrying), /status and `tunggal status` say the target is down since when and why, and
+    systemd's STATUS= says so. Once it is back, all of it returns to normal and nothing is
+    lost."""
+    s = kv_sync
+    notify = _SystemdSocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    try:
+        sql(s.source, "INSERT INTO kv SELECT g, 'awal', 0 FROM generate_series(1, 300) g")
+        daemon = s.start_daemon()
+        _wait_equal(s, 90, "snapshot")
+        assert metric_sum(s.port, "tunggal_target_up") == 1
+        assert _get(s.port, "/readyz") == 200
+        writer = s.writer(total=2000, seed=5, keys=600, rate=60, max_seconds=90)
+        try:
+            wait_until(
+                lambda: any(x.startswith("streaming ") for x in notify.statuses()),
+                30,
+                message="STATUS= streaming",
+                context=lambda: str(notify.messages),
+            )
+            target_cluster.stop()
+            down_at = time.time()
+
+            def down() -> bool:
+                target = json.loads(
+                    urllib.request.urlopen(f"http://127.0.0.1:{s.port}/status", timeout=5).read()
+                )["target"]
+                return bool(
+                    target["up"] is False
+                    and target["down_since"] >= down_at - 1
+                    and target["error"]
+                    and metric_sum(s.port, "tunggal_target_up") == 0
+                    and _get(s.port, "/readyz") == 503
+                    and any(x.startswith("target down since ") for x in notify.statuses())
+                )
+
+            wait_until(down, 20, interval=0.3, message="the target shown down", context=s.logs)
+            assert _get(s.port, "/healthz") == 200
+            shown = run_cli("status", "--url", f"http://127.0.0.1:{s.port}")
+            assert shown.returncode == 0, shown.stderr
+            line = next(x for x in shown.stdout.splitlines() if x.startswith("target:"))
+            assert line.startswith("target: DOWN since "), shown.stdout
+            time.sleep(10)  # a while down, still retrying
+            assert daemon.alive(), s.logs()
+            assert _get(s.port, "/healthz") == 200 and _get(s.port, "/readyz") == 503
+        finally:
+            if not _accepting(target_cluster):
+                target_cluster.start()
+        writer.finish(90)
+        _wait_equal(s, 120, "target equal to the source after the outage")
+        wait_until(
+            lambda: (
+                metric_sum(s.port, "tunggal_target_up") == 1
+                and _get(s.port, "/readyz") == 200
+                and notify.statuses()[-1].startswith("streaming ")
+            ),
+            20,
+            message="all back to normal",
+            context=lambda: s.logs() + str(notify.statuses()[-3:]),
+        )
+        status = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{s.port}/status", timeout=5).read()
+        )
+        assert status["target"] == {
+            "up": True,
+            "down_since": None,
+            "seconds_down": None,
+            "error": None,
+        }
+        shown = run_cli("status", "--url", f"http://127.0.0.1:{s.port}")
+        assert "target: up" in shown.stdout, shown.stdout
+        assert _dead_letters(s.target) == 0
+        code, _ = daemon.terminate()
+        assert code == 0, s.logs()
+    finally:
+        notify.close()

@@ -154,8 +154,12 @@ def test_rules_cover_what_operators_asked_for() -> None:
         "tunggal_replication_slot_warn_bytes",
         'tunggal_replication_slot_retained_wal_bytes{orphan="true"}',
         "absent(tunggal_replication_slot_warn_bytes)",
+        "tunggal_target_up",
+        "tunggal_source_paused",
     ):
         assert metric in exprs, metric
+    names = {r["alert"] for r in rules()}
+    assert {"TunggalTargetDown", "TunggalSourcePaused"} <= names
 
 
 def test_rules_name_only_metrics_the_daemon_exposes() -> None:

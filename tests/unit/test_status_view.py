@@ -93,3 +93,33 @@ def test_a_running_incremental_snapshot_is_shown() -> None:
         "source src reads again: public.t1 1500 rows (done), public.t2 20 rows"
         "  (request tunggal-abc)"
     ) in lines
+
+
+def test_the_target_line_says_down_since_when_and_why_and_a_paused_source_its_reason() -> None:
+    status = {
+        "target": {
+            "up": False,
+            "down_since": 1_700_000_000.0,
+            "seconds_down": 125.0,
+            "error": "connection refused",
+        },
+        "sources": [
+            {
+                "name": "sipkd",
+                "state": "paused",
+                "error": "paused: 20 of 20 events of public.t failed with MappingError",
+            }
+        ],
+    }
+    lines = notes(status, "u")
+    text, style = lines[0]
+    assert text.startswith("target: DOWN since ") and text.endswith(
+        " (2m 05s): connection refused"
+    ), text
+    assert style == "bold red"
+    assert (
+        lines[1][0] == "source sipkd: paused: 20 of 20 events of public.t failed with MappingError"
+    )
+    assert sources_grid(status).styles[0][2] == "bold red"
+    up = notes({"target": {"up": True, "down_since": None, "error": None}}, "u")
+    assert up[0] == ("target: up", "green")

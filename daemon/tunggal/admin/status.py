@@ -24,6 +24,7 @@ _STATE_STYLES = {
     "starting": "yellow",
     "stopped": "dim",
     "failed": "bold red",
+    "paused": "bold red",
 }
 
 
@@ -161,9 +162,22 @@ def _action_header(action: str) -> str:
     return {"upsert": "upserted", "delete": "deleted"}.get(action, action)
 
 
+def target_line(target: Mapping[str, Any]) -> tuple[str, str | None]:
+    """`target: up`, or `target: DOWN since 10:42:07 (1m 30s): <error>` while writes fail."""
+    if target.get("up", True):
+        return ("target: up", "green")
+    text = f"target: DOWN since {_clock(target.get('down_since'))}"
+    if isinstance(target.get("seconds_down"), int | float):
+        text += f" ({seconds(target['seconds_down'])})"
+    return (f"{text}: {_text(target.get('error'))}", "bold red")
+
+
 def notes(status: Mapping[str, Any], url: str) -> list[tuple[str, str | None]]:
     """The lines under the tables: failures, dead letters, the active mapping set."""
     out: list[tuple[str, str | None]] = []
+    target = status.get("target")
+    if isinstance(target, Mapping):
+        out.append(target_line(target))
     sources = status.get("sources")
     for source in sources if isinstance(sources, list) else []:
         if isinstance(source, Mapping) and source.get("error"):

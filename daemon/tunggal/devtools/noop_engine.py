@@ -18,7 +18,7 @@ import orjson
 from tunggal.config import load_config
 from tunggal.events.model import HEARTBEAT_PREFIX
 from tunggal.runtime.app import load_all
-from tunggal.sources.base import Chunk, SourceFailure
+from tunggal.sources.base import Chunk, SourceConnected, SourceFailure
 from tunggal.sources.embedded import EmbeddedSource
 
 
@@ -40,7 +40,9 @@ def main(argv: list[str]) -> int:
     done = threading.Event()
     seen = {"events": 0, "first": 0.0, "last": 0.0}
 
-    def deliver(item: Chunk | SourceFailure) -> None:
+    def deliver(item: Chunk | SourceFailure | SourceConnected) -> None:
+        if isinstance(item, SourceConnected):
+            return
         if isinstance(item, SourceFailure):
             print(f"source failed: {item.message}", file=sys.stderr)
             done.set()

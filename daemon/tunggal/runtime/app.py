@@ -160,6 +160,7 @@ def _target_retry(
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if metrics is not None:
             metrics.retries.labels("target").inc()
+            metrics.target_failed(str(state.outcome.exception() if state.outcome else None))
         log.warning(
             "cannot read %s from the target (%s); retry %d in %.1fs",
             what,
@@ -242,6 +243,8 @@ def build_runner(
         retry=config.retry,
         stop=stop,
         notifier=Notifier(),
+        # `tunggal replay` is run on purpose, file by file: its failures are dead-lettered.
+        flood_stop=config.flood_stop if replay is None else None,
     )
     capture = None
     if replay is None:

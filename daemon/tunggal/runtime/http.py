@@ -1,4 +1,9 @@
-"""The daemon's small HTTP face: /metrics, /healthz, /readyz and /status (JSON)."""
+"""The daemon's small HTTP face: /metrics, /healthz, /readyz and /status (JSON).
+
+/healthz says whether the process works (a supervisor restarts it if not); /readyz whether it
+does its job: started, and the target takes its writes. While the target is down the daemon is
+healthy (it holds the batch and retries, nothing is lost) but not ready, so a load balancer or
+a dashboard shows it, and a restart would not help."""
 
 from __future__ import annotations
 
@@ -53,8 +58,13 @@ def _make_handler(
                 ok = healthy()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
             elif path == "/readyz":
-                ok = ready()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                if not ready():
+                    self._send(503, b"not ready\n")
+                elif not metrics.target_is_up():
+                    error = metrics.target.error or "?"
+                    self._send(503, f"not ready: target down: {error}\n".encode())
+                else:
+                    self._send(200, b"ready\n")
             elif path == "/status":
                 self._send(200, orjson.dumps(metrics.status()), "application/json")
             else:

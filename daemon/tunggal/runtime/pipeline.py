@@ -40,6 +40,49 @@ class Processed:
     def count(self, key: tuple[str, str, str, str], n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 
+    def merge(self, other: Processed) -> None:
+        """Add a later chunk's work (the runner decides per chunk whether to keep it)."""
+        self.ops.extend(other.ops)
+        self.dead_letters.extend(other.dead_letters)
+        for source, theirs in other.progress.items():
+            mine = self.progress.get(source)
+            if mine is None:
+                self.progress[source] = theirs
+                continue
+            mine.position = max(mine.position, theirs.position)
+            mine.commit_ts_us = max(mine.commit_ts_us, theirs.commit_ts_us)
+            mine.events += theirs.events
+            if theirs.epoch is not None:
+                mine.epoch = theirs.epoch  # the later chunk's is the newer snapshot
+        self.live |= other.live
+        for source, beat in other.heartbeats.items():
+            self.heartbeats[source] = max(beat, self.heartbeats.get(source, 0))
+        for key, offset in other.offsets.items():
+            self.offsets[key] = max(offset, self.offsets.get(key, 0))
+        for counted, n in other.counts.items():
+            self.count(counted, n)
+        self.notices.extend(other.notices)
+        for read, n in other.incremental_rows.items():
+            self.incremental_rows[read] = self.incremental_rows.get(read, 0) + n
+
+    def table_counts(self, source: str) -> dict[str, tuple[int, dict[str, int], str]]:
+        """By source table: events seen (failed ones included), failures by error class and
+        one error: what the flood-stop rule is fed. Tables as dead letters name them."""
+        out: dict[str, tuple[int, dict[str, int], str]] = {}
+        for (src, table, _op, _outcome), n in self.counts.items():
+            if src == source:
+                events, failures, example = out.get(table, (0, {}, ""))
+                out[table] = (events + n, failures, example)
+        for letter in self.dead_letters:
+            if letter.source != source:
+                continue
+            destination = letter.raw.destination if letter.raw is not None else None
+            table = letter.source_table or destination or "?"
+            events, failures, example = out.get(table, (0, {}, ""))
+            failures[letter.error_class] = failures.get(letter.error_class, 0) + 1
+            out[table] = (events, failures, example or letter.error)
+        return out
+
 
 # Reads a source's snapshot epoch as committed in the target (None when it has none yet).
 EpochLookup = Callable[[str], int | None]
@@ -124,8 +167,15 @@ class Pipeline:
         return lookup
 
     def process(
-        self, source: str, raws: list[RawEvent], into: Processed | None = None
+        self,
+        source: str,
+        raws: list[RawEvent],
+        into: Processed | None = None,
+        *,
+        log_poison: bool = True,
     ) -> Processed:
+        """Decode and map `raws`; `log_poison=False` leaves the poison lines to the caller
+        (the runner says them only for the dead letters it keeps: `report_poison`)."""
         out = into if into is not None else Processed()
         modes = self.modes.get(source, ConnectorModes())
         hints = self._hint_lookup(source)
@@ -151,19 +201,17 @@ class Pipeline:
                 ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
                 table = exc.table or raw.destination or "?"
-                log.error(
-                    "poison event from %s (%s, offset %s): %s", source, table, raw.offset, exc
+                letter = DeadLetter(
+                    source=source,
+                    error_class=type(exc).__name__,
+                    error=str(exc),
+                    raw=raw,
+                    source_table=exc.table,
+                    position=event.position if event is not None else None,
                 )
-                out.dead_letters.append(
-                    DeadLetter(
-                        source=source,
-                        error_class=type(exc).__name__,
-                        error=str(exc),
-                        raw=raw,
-                        source_table=exc.table,
-                        position=event.position if event is not None else None,
-                    )
-                )
+                if log_poison:
+                    report_poison(letter)
+                out.dead_letters.append(letter)
                 out.count((source, table, "?", "dead_letter"))
                 continue
             if not event.snapshot:
@@ -240,6 +288,16 @@ class Pipeline:
                 source,
                 target,
             )
+
+
+def report_poison(letter: DeadLetter) -> None:
+    """The one line a dead-lettered event gets."""
+    raw = letter.raw
+    table = letter.source_table or (raw.destination if raw is not None else None) or "?"
+    offset = raw.offset if raw is not None else None
+    log.error(
+        "poison event from %s (%s, offset %s): %s", letter.source, table, offset, letter.error
+    )
 
 
 def _parse_notice(source: str, raw: RawEvent) -> SnapshotNotice | None:

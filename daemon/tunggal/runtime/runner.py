@@ -25,15 +25,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import tenacity
 
-from tunggal.config import BatchConfig, RetryConfig
+from tunggal.config import BatchConfig, FloodStopConfig, RetryConfig
 from tunggal.errors import FatalError, TransientError, TunggalError
 from tunggal.metrics import Metrics
 from tunggal.runtime.gc_tuning import SWEEP_EVERY_S
-from tunggal.runtime.pipeline import Pipeline, Processed
-from tunggal.runtime.systemd import Notifier
+from tunggal.runtime.pause import Pauses
+from tunggal.runtime.pipeline import Pipeline, Processed, report_poison
+from tunggal.runtime.systemd import Notifier, status_line
 from tunggal.sink.collapse import collapse
 from tunggal.sink.postgres import BatchResult, PostgresSink, RequestUpdate
-from tunggal.sources.base import Chunk, Source, SourceFailure
+from tunggal.sources.base import Chunk, Source, SourceConnected, SourceFailure
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Runner:
         on_batch: Callable[[], None] | None = None,
         notifier: Notifier | None = None,
         reloader: Callable[[], bool] | None = None,
+        flood_stop: FloodStopConfig | None = None,
     ) -> None:
         self.sources = list(sources)
         self.pipeline = pipeline
@@ -84,7 +86,18 @@ class Runner:
         # needs, `tunggal schema --apply` not run yet) is often fixed outside the files.
         self._reload_retry_at: float | None = None
         self._reload_backoff = RELOAD_RETRY_S
-        self.inbox: queue.Queue[Chunk | SourceFailure] = queue.Queue(maxsize=16)
+        self.inbox: queue.Queue[Chunk | SourceFailure | SourceConnected] = queue.Queue(maxsize=16)
+        # The flood stop (`runtime.flood`, `runtime.pause`); None when switched off (and for
+        # `tunggal replay`, which an operator runs on purpose, file by file).
+        self.pauses = (
+            Pauses(flood_stop, metrics, self._by_name)
+            if flood_stop is not None and flood_stop.enabled
+            else None
+        )
+        # Sources that reached their database (said `ready` once each).
+        self._connected: set[str] = set()
+        self._status_text = ""
+        self._status_lock = threading.Lock()
         self._closing = threading.Event()
         self._chunks: list[Chunk] = []
         self._pending = Processed()
@@ -102,8 +115,12 @@ class Runner:
         self.totals = {"events": 0, "batches": 0, "dead_letters": 0}
 
     # -- wiring ------------------------------------------------------------------------
-    def deliver(self, item: Chunk | SourceFailure) -> None:
+    def deliver(self, item: Chunk | SourceFailure | SourceConnected) -> None:
         """Called by source threads. Blocks while the runner is behind (back-pressure)."""
+        if isinstance(item, Chunk) and self.pauses is not None and self.pauses.refuse(item):
+            # Refused at once, on the source's thread: a paused source never waits on a full
+            # inbox, so it stops when asked. Not acknowledged: delivered again on resume.
+            return
         while not self._closing.is_set():
             try:
                 self.inbox.put(item, timeout=0.2)
@@ -116,6 +133,7 @@ class Runner:
 
     def start(self) -> None:
         self.sink.check_ready()
+        self.metrics.target_ok()
         for source in self.sources:
             self.metrics.source(source.name, source.engine)
             source.start(self.deliver)
@@ -125,11 +143,18 @@ class Runner:
     def run(self, *, until_idle: bool = False) -> None:
         try:
             self.start()
+            # Start-up checks passed (config, mappings, target): systemd's READY. The sources
+            # say `ready` each once they reach their database (`_connected_now`).
             self.notifier.ready()
-            log.info("ready: reading from %s", ", ".join(s.name for s in self.sources) or "-")
+            if self.sources:
+                log.info("started: connecting to %s", ", ".join(s.name for s in self.sources))
+            else:
+                log.info("ready: reading from -")  # nothing to connect to
             while not self.stop.is_set():
                 self.notifier.watchdog()
                 self.run_once()
+                self._watch_connections()
+                self._report_status()
                 if until_idle and self._idle():
                     break
         except BaseException:
@@ -155,8 +180,15 @@ class Runner:
             item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
         except queue.Empty:
             item = None
+        if isinstance(item, SourceConnected):
+            self._connected_now(item.source)
+            item = None
         if isinstance(item, SourceFailure):
-            self._source_failed(item)
+            if self.pauses is not None and item.source in self.pauses.paused:
+                # Stopped on purpose; it starts afresh when the mapping is fixed.
+                log.debug("paused source %s: %s", item.source, item.message)
+            else:
+                self._source_failed(item)
             item = None
         if item is not None:
             self._take(item)
@@ -173,13 +205,22 @@ class Runner:
         """
         now = self.clock()
         reload = self.reload_requested.is_set() and self.reloader is not None
-        if reload or any(now >= due for due in self._restart_at.values()):
+        stopping = self.pauses is not None and bool(self.pauses.to_stop)
+        if reload or stopping or any(now >= due for due in self._restart_at.values()):
             self._wait_written()
+        if self.pauses is not None and stopping:
+            # Paused: what it delivered before the trip is committed now (and acknowledged by
+            # the source as it stops); the rest was refused, so it is delivered again.
+            for name in self.pauses.to_stop:
+                self._restart_at.pop(name, None)
+            self.pauses.stop_paused()
         if reload:
             assert self.reloader is not None
             self.reload_requested.clear()
             if self.reloader():
                 self._reload_retry_at, self._reload_backoff = None, RELOAD_RETRY_S
+                if self.pauses is not None:
+                    self.pauses.resume_all(self.deliver)
             else:
                 self._reload_retry_at = now + self._reload_backoff
                 self._reload_backoff = min(self._reload_backoff * 2, RELOAD_RETRY_MAX_S)
@@ -213,6 +254,8 @@ class Runner:
         between batches (a mapping reload), when nothing of it is in hand or being written:
         what it delivered and was not acknowledged is delivered again by the new start."""
         source = self._by_name[name]
+        if self.pauses is not None:
+            self.pauses.release(name)  # started here, with the new properties
         source.close()
         prepare(source)
         self.metrics.restarts.labels(name).inc()
@@ -235,8 +278,23 @@ class Runner:
         self._restart_at[failure.source] = self.clock() + delay
 
     def _take(self, chunk: Chunk) -> None:
+        if self.pauses is not None and self.pauses.refuse(chunk):
+            return  # refused, so never acknowledged: delivered again when it resumes
+        self._connected_now(chunk.source)
         self.metrics.received.labels(chunk.source).inc(len(chunk.events))
-        self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        if self.pauses is None:
+            self.pipeline.process(chunk.source, chunk.events, into=self._pending)
+        else:
+            # Mapped apart first: a chunk that trips the flood stop is held back whole, so its
+            # events are neither dead-lettered nor acknowledged.
+            processed = self.pipeline.process(chunk.source, chunk.events, log_poison=False)
+            if self.pauses.check(chunk, processed, self.clock()):
+                if self._chunks:
+                    self._chunks[-1].flush_requested = True  # write what came before now
+                return
+            for letter in processed.dead_letters:
+                report_poison(letter)
+            self._pending.merge(processed)
         if chunk.source in self._pending.live:
             self._streamed.add(chunk.source)
             self._restart_attempts.pop(chunk.source, None)
@@ -271,6 +329,33 @@ class Runner:
         caught_up = self.batch.when_caught_up and self._chunks[-1].caught_up
         return caught_up or any(c.holds_source for c in self._chunks)
 
+    # -- connections, status ------------------------------------------------------------------
+    def _connected_now(self, name: str) -> None:
+        if name in self._connected or name not in self._by_name:
+            return
+        self._connected.add(name)
+        log.info("ready: reading from %s", name)
+
+    def _watch_connections(self) -> None:
+        # A Kafka source says so itself in its state once it has joined its group.
+        if len(self._connected) < len(self.sources):
+            for source in self.sources:
+                if self.metrics.source(source.name).state == "streaming":
+                    self._connected_now(source.name)
+
+    def _report_status(self) -> None:
+        """systemd's STATUS= line (`systemctl status`), sent when it changes; any thread."""
+        text = status_line(
+            self.metrics.target,
+            {s.name: self.metrics.source(s.name).state for s in self.sources},
+            self.pauses.describe() if self.pauses is not None else [],
+        )
+        with self._status_lock:
+            if text == self._status_text:
+                return
+            self._status_text = text
+        self.notifier.status(text)
+
     # -- writing ----------------------------------------------------------------------------
     def _retrying(self, deadline: float | None, sources: Sequence[str]) -> tenacity.Retrying:
         """Every failed attempt is reported at once, from the writer thread (log line, /status,
@@ -290,6 +375,8 @@ class Runner:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.metrics.write_failed(sources, str(exc))
+            self.metrics.target_failed(str(exc))
+            self._report_status()  # the loop may be waiting on this very write
             if isinstance(exc, TransientError):
                 self.metrics.retries.labels("target").inc()
                 log.warning(
@@ -382,6 +469,9 @@ class Runner:
         for chunk in chunks:
             chunk.settle()
         self.metrics.write_recovered(sources)
+        if not self.metrics.target_is_up():
+            self.metrics.target_ok()
+            self._report_status()
         self._record(pending, result, elapsed, events)
         if self.on_batch is not None:
             self.on_batch()
@@ -470,6 +560,8 @@ class Runner:
                 log.debug("the batch in flight failed while stopping: %s", exc)
             finally:
                 self._writer.shutdown()
+            if self.pauses is not None:
+                self.pauses.wait_stopped()
             for chunk in [*self._chunks, *self._drain_unsettled()]:
                 chunk.settle(FatalError("shutting down"))
             self._chunks = []

@@ -6,10 +6,14 @@ for it are unmaintained. Every call is a no-op when systemd did not ask (no NOTI
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
+
+from tunggal.metrics import TargetState
 
 
 class Notifier:
@@ -50,3 +54,21 @@ class Notifier:
         if now - self._last_ping >= self.watchdog_interval:
             self._last_ping = now
             self.notify("WATCHDOG=1")
+
+
+def status_line(target: TargetState, states: Mapping[str, str], paused: Sequence[str]) -> str:
+    """The STATUS= text `systemctl status` shows: what streams, or that the target is down
+    since when and why, then any paused source. Worked example:
+    "target down since 10:42:07: connection refused; source sipkd paused: public.sp2d fails
+    (MappingError)"."""
+    if not target.up:
+        since = target.down_since
+        at = dt.datetime.fromtimestamp(since).strftime("%H:%M:%S") if since else "?"
+        text = f"target down since {at}: {target.error}"
+    else:
+        parts = [f"{name} {state}" for name, state in states.items() if state != "streaming"]
+        streaming = [name for name, state in states.items() if state == "streaming"]
+        if streaming:
+            parts.insert(0, "streaming " + ", ".join(streaming))
+        text = "; ".join(parts) or "running"
+    return "; ".join([text, *paused])

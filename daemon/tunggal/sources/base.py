@@ -49,7 +49,15 @@ class SourceFailure:
     message: str
 
 
-Deliver = Callable[[Chunk | SourceFailure], None]
+@dataclass
+class SourceConnected:
+    """A source reached its database and reads (Debezium's task started): until then, or
+    its first chunk, it is only starting, and the daemon does not say it is ready."""
+
+    source: str
+
+
+Deliver = Callable[[Chunk | SourceFailure | SourceConnected], None]
 
 
 class Source(Protocol):

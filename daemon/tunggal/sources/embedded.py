@@ -20,7 +20,7 @@ from typing import Any
 from tunggal.connectors import mask
 from tunggal.errors import FatalError
 from tunggal.events.model import RawEvent
-from tunggal.sources.base import Chunk, Deliver, SourceFailure
+from tunggal.sources.base import Chunk, Deliver, SourceConnected, SourceFailure
 from tunggal.sources.hints import explain_failure, missing_connector
 from tunggal.sources.javaout import route_java_output
 
@@ -326,6 +326,7 @@ class EmbeddedSource:
             engine_cls.create(json_format)
             .using(properties)
             .using(callback)
+            .using(_make_connector_callback(self))
             .notifying(consumer)
             .build()
         )
@@ -423,11 +424,16 @@ class EmbeddedSource:
         in the same way.
         """
         with self._mark_lock:
-            tail = self._in_flight
-            if tail is None:
+            # The newest batches may be ones the runner refused (a paused source): mark the
+            # committed ones before them, oldest first.
+            chain, batch = [], self._in_flight
+            while batch is not None and not batch.marked:
+                chain.append(batch)
+                batch = batch.previous
+            if not chain:
                 return
             try:
-                if self._mark(tail, tail.committer):
+                if all(self._mark(b, b.committer) for b in reversed(chain)):
                     log.debug("marked the last batch of %s processed", self.name)
             except Exception as exc:  # engine already stopping: the batch is re-delivered
                 log.debug("could not mark the last batch of %s: %s", self.name, exc)
@@ -489,6 +495,20 @@ def _make_consumer(source: EmbeddedSource) -> Any:
             return True
 
     return Consumer()
+
+
+def _make_connector_callback(source: EmbeddedSource) -> Any:
+    """Debezium's task started: it has connected to the database (the runner says `ready`)."""
+    import jpype
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$ConnectorCallback")
+    class Started:
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def taskStarted(self) -> None:
+            if source._deliver is not None:
+                source._deliver(SourceConnected(source.name))
+
+    return Started()
 
 
 def _make_completion(source: EmbeddedSource) -> Any:
