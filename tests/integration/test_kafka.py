@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -580,3 +581,23 @@ def _source_up(port: int, source: str) -> float:
         if line.startswith(f'tunggal_source_up{{source="{source}"}}'):
             return float(line.split()[-1])
     return -1.0
+
+
+def test_metrics_port_in_use_stops_run_with_one_line(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path
+) -> None:
+    source, target = _name(), new_db("kafka_port")
+    _setup_narrow(tmp_path, target, source)
+    config = _config(tmp_path, target, kafka_broker, source, group=f"g{source}")
+    _schema_apply(config)
+    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
+    assert port is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(port.group(1))))
+        taken.listen()
+        result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert port.group(1) in errors[0] and "metrics.port" in errors[0], errors[0]
