@@ -69,7 +69,9 @@ class Pipeline:
     PostgreSQL snapshot epochs: the first transaction streamed after a snapshot carries no
     commit epoch (see `events.decode`), so it is placed in the epoch of the newest snapshot of its
     source: the one whose rows this process saw, or else the one `epochs` finds committed in the
-    target (another process, or an earlier run, wrote the snapshot).
+    target (another process, or an earlier run, wrote the snapshot). If neither knows one yet
+    (on Kafka the snapshot's rows may be on partitions read later, or by another instance), the
+    batch says so and the sink places the event when it commits (`sink.epochs`).
     """
 
     def __init__(

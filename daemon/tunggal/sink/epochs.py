@@ -18,7 +18,8 @@ So the order in which batches commit decides, under one lock per source:
   (rows older than the snapshot) leaves the rows of the first transaction alone.
 
 Events without an epoch are rare (one transaction per snapshot), so the lock is taken only by
-batches that hold them or hold snapshot rows.
+batches that hold them or hold snapshot rows. Moving positions into a new epoch reads each
+target table once per snapshot (a scan: positions without an epoch are not indexed).
 """
 
 from __future__ import annotations
