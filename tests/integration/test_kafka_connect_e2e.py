@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -106,19 +107,22 @@ def test_truncate_first_after_the_snapshot_empties_the_target(
         mapping.read_text().replace("key: [id]\n", "key: [id]\n    truncate: delete_source_rows\n")
     )
     source = sources.dsns[name]
-    # One snapshot row and eight partitions: the TRUNCATE most likely lands on a partition
-    # without it, the case that went wrong (on the row's partition it comes after the row).
+    # One snapshot row, on the last of eight partitions: the TRUNCATE most likely lands on
+    # another, read first (see `client:` below), the case that went wrong. On the row's own
+    # partition it would come after the row.
     topic = f"{name}.public.kv"
-    kafka_broker.create_topic(topic, 8)
-    sql(source, "INSERT INTO kv VALUES (1, 'satu')")
+    kafka_broker.create_topic(topic, PARTITIONS)
+    row = next(i for i in range(1, 1000) if _partition_of(name, i) == PARTITIONS - 1)
+    sql(source, "INSERT INTO kv VALUES (%s, 'satu')", (row,))
     applied = sources.cli("apply", "--config", str(sources.config()))
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    read_ids(kafka_broker, topic, {1}, context=sources.connect_log)  # the snapshot
+    read_ids(kafka_broker, topic, {row}, context=sources.connect_log)  # the snapshot
     sql(source, "TRUNCATE kv")
     sql(source, "INSERT INTO kv VALUES (10, 'sepuluh'), (11, 'sebelas')")
     seen = read_ids(kafka_broker, topic, {10, 11}, context=sources.connect_log)
     assert seen[10] == seen[11] == "c"
     layout = _layout(kafka_broker, topic)
+    assert layout[PARTITIONS - 1][0] == f"r{row}", layout  # the key's partition as computed
 
     target = new_db("trunc_tgt")
     sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
@@ -130,6 +134,9 @@ def test_truncate_first_after_the_snapshot_empties_the_target(
             f"state_dir: {tmp_path / 'state'}\nwatch_mappings: false\n"
             f"metrics: {{port: {free_port()}}}\nbatch: {{max_age_ms: 200}}\n"
             f"kafka:\n  bootstrap_servers: ['{kafka_broker.bootstrap}']\n  group_id: trunc\n"
+            # kafka-python hands out a fetch partition by partition, in order; librdkafka on
+            # tansu in the order the records were written, which would hide the bug here.
+            "  client: kafka-python\n"
             "  session_timeout_ms: 2000\n  heartbeat_interval_ms: 500\n"
             f"sources:\n  - {{name: {name}, engine: kafka, "
             f"connector: {sources.connectors[name]}}}\n"
@@ -165,10 +172,28 @@ def test_truncate_first_after_the_snapshot_empties_the_target(
         assert code == 0, daemon.output()[-3000:]
 
 
+PARTITIONS = 8
+
+
+def _partition_of(name: str, row: int) -> int:
+    """The partition Connect's producer gives the key of row `row` of `name`'s kv table: its
+    JsonConverter key with schema, murmur2 as Kafka's default partitioner does."""
+    from kafka.partitioner.default import murmur2
+
+    key = {
+        "schema": {
+            "type": "struct",
+            "fields": [{"type": "int32", "optional": False, "field": "id"}],
+            "optional": False,
+            "name": f"{name}.public.kv.Key",
+        },
+        "payload": {"id": row},
+    }
+    return (murmur2(json.dumps(key, separators=(",", ":")).encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
 def _layout(broker: TansuBroker, topic: str) -> dict[int, list[str]]:
     """partition -> its events (op and id), for the message of a failure."""
-    import json
-
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
