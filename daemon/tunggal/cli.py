@@ -158,13 +158,22 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         watch_files(config.mapping_paths(), runner.reload_requested.set, stop)
     server = None
     if config.metrics.enabled and replay is None:
-        server = StatusServer(
-            metrics,
-            config.metrics.host,
-            config.metrics.port,
-            ready=lambda: runner.started,
-            healthy=lambda: not runner._failed,
-        ).start()
+        try:
+            server = StatusServer(
+                metrics,
+                config.metrics.host,
+                config.metrics.port,
+                ready=lambda: runner.started,
+                healthy=lambda: not runner._failed,
+            ).start()
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            error = FatalError(
+                f"cannot listen on {config.metrics.host}:{config.metrics.port} for metrics "
+                f"({exc.strerror or exc}): stop what holds it, or set another metrics.port in "
+                f"{config_path}"
+            )
+            _exit_after_jvm(error)
+            raise error from None
         log.info("metrics and status on http://%s:%d/", config.metrics.host, server.port)
     progress = _progress_poller(metrics, runner, replay)
     tune_for_throughput()

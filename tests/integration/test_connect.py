@@ -150,6 +150,8 @@ def read_ids(
                         continue  # a tombstone
                     payload = json.loads(record.value)["payload"]
                     row = payload["after"] or payload["before"]
+                    if row is None:
+                        continue  # a truncate: no row
                     seen[row["id"]] = payload["op"]
             return want <= seen.keys()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -136,6 +137,15 @@ class Topic:
         self.producer.flush()
         for future in futures:
             self.per_partition[future.get(timeout=30).partition] += 1
+
+    def seal(self, partitions: int) -> None:
+        """One tombstone per partition, each in a batch of its own: tansu answers ListOffsets
+        LATEST with the last batch's first offset + 1, the end only when that batch holds one
+        record (real Kafka answers the end). Tombstones change no row."""
+        for partition in range(partitions):
+            sent = self.producer.send(self.name, key=b'{"id": 0}', value=None, partition=partition)
+            self.producer.flush()
+            self.per_partition[sent.get(timeout=30).partition] += 1
 
     def close(self) -> None:
         self.producer.close()
@@ -580,3 +590,89 @@ def _source_up(port: int, source: str) -> float:
         if line.startswith(f'tunggal_source_up{{source="{source}"}}'):
             return float(line.split()[-1])
     return -1.0
+
+
+def test_metrics_port_in_use_stops_run_with_one_line(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path
+) -> None:
+    source, target = _name(), new_db("kafka_port")
+    _setup_narrow(tmp_path, target, source)
+    config = _config(tmp_path, target, kafka_broker, source, group=f"g{source}")
+    _schema_apply(config)
+    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
+    assert port is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(port.group(1))))
+        taken.listen()
+        result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert port.group(1) in errors[0] and "metrics.port" in errors[0], errors[0]
+
+
+def test_stale_cached_end_is_not_taken_for_a_recreated_topic(kafka_broker: TansuBroker) -> None:
+    """librdkafka keeps a partition's end from when the consumer last owned it, until the
+    first fetch after it is assigned again: a partition given back by a rebalance after
+    others read on looks as if its topic was re-created. The source must ask the broker
+    before it reads the partition again from offset 0 (the issue: 50k events read twice).
+
+    The consumer's cache is primed by hand (assign, read, unassign, more records, assign
+    again) and the source looks at it at once, as its loop does right after a rebalance.
+    kafka-python forgets the end on unassign (None until the next fetch): not at risk."""
+    from confluent_kafka import TopicPartition as CTP
+
+    from tunggal.config import KafkaConfig
+    from tunggal.metrics import Metrics
+    from tunggal.sources.kafka import KafkaSource
+    from tunggal.sources.kafka_clients import ConfluentClient
+
+    topic = Topic(kafka_broker, f"{_name()}.{TABLE}", partitions=1)
+    tp = (topic.name, 0)
+    for _ in range(5):
+        topic.seal(1)
+    kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap], group_id="stale")
+    client = ConfluentClient(kafka, "stale")
+    consumer = client._consumer
+    try:
+        consumer.assign([CTP(*tp, 0)])
+        wait_until(lambda: len(client.poll(10, 0.5)) == 0 and client.highwater(tp) == 5, 30)
+        consumer.unassign()
+        for _ in range(5):  # read by another instance meanwhile; stored offset 10
+            topic.seal(1)
+        source = KafkaSource("stale", kafka, topics=[tp[0]], load_offsets=dict, metrics=Metrics())
+        source._client = client
+        source._consumed[tp] = 10
+        consumer.assign([CTP(*tp, 10)])
+        assert client.highwater(tp) == 5  # the cache is stale: the test can tell
+        source._record_lag()
+        assert source._consumed[tp] == 10, "taken for a re-created topic"
+        assert client.end_offset(tp) == 10
+    finally:
+        client.close()
+        topic.close()
+
+
+@CLIENTS
+def test_end_offset_is_asked_of_the_broker(kafka_broker: TansuBroker, client: str) -> None:
+    """What the re-created-topic check trusts: the end as the broker says it now, without a
+    fetch or an assignment that would fill the client's cache."""
+    from tunggal.config import KafkaConfig
+    from tunggal.sources.kafka_clients import open_client
+
+    topic = Topic(kafka_broker, f"{_name()}.{TABLE}", partitions=2)
+    topic.send_lines([])
+    topic.seal(2)
+    topic.seal(2)
+    topic.close()
+    kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap], group_id="ends", client=client)
+    consumer = open_client(kafka, "ends")
+    try:
+        assert [consumer.end_offset((topic.name, p)) for p in range(2)] == [2, 2]
+        # a partition the broker does not have: no end, and soon (not request_timeout_ms)
+        started = time.monotonic()
+        assert consumer.end_offset((topic.name, 7)) in (None, 0)
+        assert time.monotonic() - started < 15
+    finally:
+        consumer.close()

@@ -112,7 +112,9 @@ class Pipeline:
     PostgreSQL snapshot epochs: the first transaction streamed after a snapshot carries no
     commit epoch (see `events.decode`), so it is placed in the epoch of the newest snapshot of its
     source: the one whose rows this process saw, or else the one `epochs` finds committed in the
-    target (another process, or an earlier run, wrote the snapshot).
+    target (another process, or an earlier run, wrote the snapshot). If neither knows one yet
+    (on Kafka the snapshot's rows may be on partitions read later, or by another instance), the
+    batch says so and the sink places the event when it commits (`sink.epochs`).
     """
 
     def __init__(
@@ -225,9 +227,15 @@ class Pipeline:
             progress.position = max(progress.position, event.position)
             progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
             progress.events += 1
-            if event.snapshot and epochs:
-                # committed with the rows, for a process that never sees them (`_place_in_epoch`)
-                progress.epoch = self._epochs.get(source, progress.epoch)
+            if epochs:
+                if event.snapshot:
+                    # committed with the rows, for a process that never sees them
+                    progress.epoch = self._epochs.get(source, progress.epoch)
+                elif not event.position >> EPOCH_SHIFT:
+                    # No snapshot row seen yet, none in the target: the sink places it when it
+                    # commits, under a lock (`sink.epochs`). On Kafka the snapshot's rows may
+                    # be on other partitions, taken later or by another instance.
+                    progress.unplaced = True
             # Op's str value, not `.value`: the enum property costs more than the rest here.
             if not ops:
                 out.count((source, event.table, str(event.op), "skipped"))

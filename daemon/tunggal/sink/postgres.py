@@ -31,6 +31,7 @@ from tunggal.mapping import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from tunggal.mapping import TableInfo, TargetSpec
 from tunggal.mapping.dbinfo import contributions_table
 from tunggal.mapping.ops import Delete, Truncate, Upsert
+from tunggal.sink import epochs
 from tunggal.sink.collapse import Pending, Segment, Step
 from tunggal.sink.merge import MergeTable, Recomputed, rules_json
 from tunggal.sink.schema import introspect, merged_tables, missing_bookkeeping
@@ -94,6 +95,8 @@ class SourceProgress:
     commit_ts_us: int
     events: int = 0
     epoch: int | None = None  # PostgreSQL: the newest snapshot epoch in the batch (see Pipeline)
+    # PostgreSQL: the batch holds events the pipeline found no epoch for (`sink.epochs`)
+    unplaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -687,6 +690,8 @@ class PostgresSink:
         self._touched.clear()
         try:
             with conn.cursor() as cur:
+                placed = epochs.settle(cur, progress, self._position_tables())
+                steps = epochs.place(steps, placed)
                 # Outside any savepoint: a temp table created in one that rolls back is gone.
                 if self.merged:
                     for name in sorted(_tables_of(steps) & self.merged.keys()):
@@ -720,6 +725,13 @@ class PostgresSink:
                 raise mapped from exc
             raise
         return result
+
+    def _position_tables(self) -> list[str]:
+        """Where rows keep their source position: the target table, or its contributions."""
+        return [
+            self.merged[name].contributions if name in self.merged else name
+            for name in self.targets
+        ]
 
     def _segment(self, cur: psycopg.Cursor[Any], segment: Segment, result: BatchResult) -> None:
         upserts: dict[str, list[Upsert]] = defaultdict(list)

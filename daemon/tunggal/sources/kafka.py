@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # (topic, partition) -> the next offset to read
 Offsets = dict[tuple[str, int], int]
 LoadOffsets = Callable[[str, Sequence[tuple[str, int]]], Offsets]
+# How long the broker's answer about a partition's end stands in for a stale cached one.
+END_ASKED_FOR_S = 5.0
 
 
 def default_topic_pattern(prefix: str, tables: Iterable[str]) -> str:
@@ -84,6 +86,8 @@ class KafkaSource:
         self._consumed: Offsets = {}
         self._client: ConsumerClient | None = None
         self._unreachable_since: float | None = None
+        # (topic, partition) -> (when, end): the broker's answer, while the cached end lags
+        self._ends_asked: dict[tuple[str, int], tuple[float, int]] = {}
         self._reported_down = False
 
     # -- Source protocol ---------------------------------------------------------------
@@ -236,10 +240,28 @@ class KafkaSource:
             if high is None or done is None:
                 continue
             if done > high:
-                self._restart_partition(tp, done, high)
-                done = 0
+                high = self._end_asked(tp)
+                if high is None:
+                    continue  # the broker does not answer: conclude nothing yet
+                if done > high:
+                    self._restart_partition(tp, done, high)
+                    done = 0
             lags[tp] = max(0, high - done)
         self.metrics.kafka_lag(self.name, lags)
+
+    def _end_asked(self, tp: tuple[str, int]) -> int | None:
+        """The partition's end as the broker says it now. The client's cached end can be the
+        one from when this consumer last owned the partition (a rebalance gave it back), and
+        stays so while no record comes: asked at most every few seconds per partition."""
+        assert self._client is not None
+        now = time.monotonic()
+        asked = self._ends_asked.get(tp)
+        if asked is not None and now - asked[0] < END_ASKED_FOR_S:
+            return asked[1]
+        high = self._client.end_offset(tp)
+        if high is not None:
+            self._ends_asked[tp] = (now, high)
+        return high
 
     # -- rebalances (called inside consumer.poll, on this thread) ------------------------
     def wait_settled(self) -> bool:
@@ -267,6 +289,7 @@ class KafkaSource:
         self._commit_to_kafka()
         for tp in revoked:
             self._consumed.pop(tp, None)
+            self._ends_asked.pop(tp, None)
 
     def _on_assign(self, assigned: list[tuple[str, int]]) -> None:
         """Seek every partition to the offset stored in the target with the rows."""

@@ -22,6 +22,8 @@ from tunggal.events.model import RawEvent
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+# How long asking the broker for a partition's end may take.
+_END_OFFSET_TIMEOUT_MS = 5000
 OnPartitions = Callable[[list[TopicPartition]], None]
 
 
@@ -51,7 +53,13 @@ class ConsumerClient(Protocol):
     def assignment(self) -> list[TopicPartition]: ...
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        """The partition's end as seen in the last fetch response; None if not known yet."""
+        """The partition's end as seen in the last fetch response; None if not known yet.
+        Cheap, for the lag metric, but may be stale: after a partition comes back to this
+        consumer it can still be the end seen when the consumer last owned it."""
+
+    def end_offset(self, tp: TopicPartition) -> int | None:
+        """The partition's end asked of the broker now (ListOffsets); None if it does not
+        answer. For decisions, such as concluding that a topic was re-created."""
 
     def connected(self) -> bool:
         """False while the group coordinator / brokers cannot be reached."""
@@ -169,6 +177,20 @@ class KafkaPythonClient:
         from kafka import TopicPartition as KTP
 
         high = self._consumer.highwater(KTP(*tp))
+        return None if high is None else int(high)
+
+    def end_offset(self, tp: TopicPartition) -> int | None:
+        from kafka import TopicPartition as KTP
+        from kafka.errors import KafkaError
+
+        try:
+            # end_offsets() waits up to request_timeout_ms (305 s by default) for a partition
+            # the broker does not know, as a deleted topic's: this loop must not stall so long.
+            ends = self._consumer._fetcher.end_offsets([KTP(*tp)], _END_OFFSET_TIMEOUT_MS)
+        except KafkaError as exc:
+            log.debug("end offset of %s[%d]: %s", tp[0], tp[1], exc)
+            return None
+        high = ends.get(KTP(*tp))
         return None if high is None else int(high)
 
     def connected(self) -> bool:
@@ -335,6 +357,19 @@ class ConfluentClient:
         try:
             _, high = self._consumer.get_watermark_offsets(CTP(*tp), cached=True)
         except Exception:
+            return None
+        return int(high) if high is not None and high >= 0 else None
+
+    def end_offset(self, tp: TopicPartition) -> int | None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka import TopicPartition as CTP
+
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                CTP(*tp), timeout=_END_OFFSET_TIMEOUT_MS / 1000, cached=False
+            )
+        except KafkaException as exc:
+            log.debug("end offset of %s[%d]: %s", tp[0], tp[1], exc)
             return None
         return int(high) if high is not None and high >= 0 else None
 
