@@ -231,7 +231,8 @@ class KafkaConfig(_Frozen):
 class SourceConfig(_Frozen):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,40}$",
-        description="Source system name; also the Debezium topic prefix.",
+        description="Source system name; also the Debezium topic prefix unless the connector's "
+        "properties set topic.prefix.",
     )
     engine: Literal["embedded", "kafka"] = Field(
         "embedded",
@@ -240,8 +241,9 @@ class SourceConfig(_Frozen):
     connector: str = Field(description="Connector definition file (connectors/*.yaml).")
     topics: tuple[str, ...] = Field(
         (),
-        description="kafka: topics to consume; default <name>.<schema>.<table> for every "
-        "table the mappings read from this source.",
+        description="kafka: topics to consume; default <prefix>.<schema>.<table> for every "
+        "table the mappings read from this source (<prefix>: the connector's topic.prefix, "
+        "else the name).",
     )
     topic_pattern: str | None = Field(
         None, description="kafka: a regular expression of topics instead of a list."

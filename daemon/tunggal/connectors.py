@@ -54,7 +54,8 @@ class ConnectorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,40}$",
-        description="Source name; the topic prefix and the slot name derive from it.",
+        description="Source name; the slot name derives from it, and the topic prefix unless "
+        "properties set topic.prefix.",
     )
     kind: Literal["postgresql", "mysql", "mariadb", "sqlserver"] = Field(
         "postgresql",
@@ -150,6 +151,13 @@ class ConnectorSpec(BaseModel):
             return self.server_id
         digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
         return SERVER_ID_BASE + int.from_bytes(digest, "big") % (2**31 - SERVER_ID_BASE)
+
+    @property
+    def topic_prefix(self) -> str:
+        """The prefix of the source's Kafka topics (`<prefix>.<schema>.<table>`): its name,
+        unless `properties` sets `topic.prefix` (Debezium's property, which wins in `render`).
+        The consumer subscribes by it; events are still keyed by the source's name."""
+        return self.properties.get("topic.prefix", self.name)
 
     @property
     def notification_topic(self) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tunggal.config import load_config
+from tunggal.connect.render import connect_config
+from tunggal.connectors import ConnectorSpec
 from tunggal.errors import ConfigError
 from tunggal.sources.kafka import default_topic_pattern
 from tunggal.sources.kafka_clients import confluent_settings, kafka_python_settings
@@ -98,7 +100,11 @@ def test_kafka_config_mistakes_are_reported(tmp_path: Path, text: str, expected:
 
 
 def test_default_topics_are_the_mapped_tables_and_the_heartbeat() -> None:
-    pattern = re.compile(default_topic_pattern("e_planning", ["public.kegiatan", "public.opd"]))
+    pattern = re.compile(
+        default_topic_pattern(
+            "e_planning", ["public.kegiatan", "public.opd"], "__debezium-notification.e_planning"
+        )
+    )
     assert pattern.match("e_planning.public.kegiatan")
     assert pattern.match("e_planning.public.opd")
     assert pattern.match("__debezium-heartbeat.e_planning")
@@ -125,3 +131,25 @@ def test_example_config_and_its_kafka_block_are_valid(
     assert config.kafka is not None
     assert config.kafka.sasl_mechanism == "SCRAM-SHA-512"
     assert config.kafka.sasl_password == "y"
+
+
+def test_a_topic_prefix_override_is_what_connect_is_sent_and_what_the_consumer_reads() -> None:
+    spec = ConnectorSpec.model_validate(
+        {
+            "name": "e_planning",
+            "database": {"host": "db", "dbname": "eplan", "user": "u"},
+            "signal_table": "public.tunggal_signal",
+            "properties": {"topic.prefix": "kota.eplan"},
+        }
+    )
+    config = connect_config(spec, ["public.opd"])
+    assert config["topic.prefix"] == spec.topic_prefix == "kota.eplan"
+    pattern = re.compile(
+        default_topic_pattern(spec.topic_prefix, ["public.opd"], spec.notification_topic)
+    )
+    assert pattern.match("kota.eplan.public.opd")
+    assert pattern.match("__debezium-heartbeat.kota.eplan")
+    # The notification topic is named by the source, and rendered so.
+    assert pattern.match(config["notification.sink.topic.name"])
+    assert not pattern.match("e_planning.public.opd")
+    assert not pattern.match("__debezium-heartbeat.e_planning")

@@ -23,6 +23,7 @@ from tunggal.connect.render import connect_config, connector_document, secret_va
 from tunggal.connect.rest import ConnectClient
 from tunggal.connectors import ConnectorSpec
 from tunggal.errors import ConfigError, Problem
+from tunggal.mapping import MappingSet
 
 CONNECT_URL_OPTION = click.option(
     "--connect-url",
@@ -45,6 +46,12 @@ class Rendered:
 
 def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
     """The Connect configs of the named sources (every source when none are named)."""
+    return _load(config_path, names)[1]
+
+
+def _load(config_path: Path, names: tuple[str, ...]) -> tuple[MappingSet, list[Rendered]]:
+    """The mappings, and the Connect configs of the named sources (every source when none
+    are named)."""
     from tunggal.config import load_config
     from tunggal.runtime.app import load_all
 
@@ -63,7 +70,7 @@ def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
     if not specs:
         raise ConfigError([Problem(str(config_path), "sources", "no sources: nothing to render")])
     bootstrap = config.kafka.bootstrap_servers if config.kafka is not None else ()
-    return [
+    rendered = [
         Rendered(
             name,
             files[name],
@@ -73,6 +80,7 @@ def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
         )
         for name in (names or tuple(specs))
     ]
+    return mappings, rendered
 
 
 @click.group("connectors")
@@ -100,16 +108,26 @@ def render_command(config_path: Path, names: tuple[str, ...]) -> None:
 @NAMES_ARGUMENT
 @_guard
 def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -> None:
-    """Validate every connector on Connect, then create or update them.
+    """Check the sources' catalogs and validate every connector on Connect, then create or
+    update them.
 
-    Nothing is applied unless every connector is valid; each problem is printed with its field.
+    Nothing is applied unless every mapped table, column and `tables:` entry is in its source
+    and every connector is valid; each problem is printed with its file and field. A source
+    that does not answer from here gets one warning and is not checked.
     Applying the same files twice changes nothing and says `unchanged`.
     """
-    rendered = _render_all(config_path, names)
+    from tunggal.reconcile.catalog import check_sources
+
+    mappings, rendered = _load(config_path, names)
+    # The source's catalog first, as `tunggal run` does for an embedded source: a mapped table
+    # that is not there would be created on Connect, said `created`, and fail in its task
+    # seconds later (`Unable to create filtered publication`). Read from this host; a source
+    # that does not answer here (Connect may sit on another network) gets one warning.
+    problems = check_sources(mappings, {one.name: (one.spec, one.file) for one in rendered})
     client = ConnectClient(connect_url)
     for one in rendered:
         client.add_secrets(secret_values(one.config))
-    problems = [
+    problems += [
         Problem(one.file, field, message)
         for one in rendered
         for field, message in client.validate(one.config["connector.class"], one.config)

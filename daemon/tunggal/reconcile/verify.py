@@ -514,7 +514,7 @@ class _Run:
         target_conn = self.v._target("tunggal-verify-watermark")
         self._aux = (source_conn, target_conn)
         if check.engine == "kafka" and self.v.config.kafka is not None:
-            prefix = check.database.spec.render(()).get("topic.prefix", check.source)
+            prefix = check.database.spec.topic_prefix
             topics = [f"{prefix}.{e.source_table}" for e in check.entries]
             return KafkaWatermark(
                 check.database, source_conn, target_conn, check.source, self.v.config.kafka, topics

@@ -208,7 +208,7 @@ def build_runner(
         for source in config.sources:
             spec = connectors[source.name]
             if source.engine == "kafka":
-                sources.append(_kafka_source(config, source, mappings, metrics))
+                sources.append(_kafka_source(config, source, spec, mappings, metrics))
                 continue
             from tunggal.sources.embedded import EmbeddedSource
 
@@ -267,7 +267,11 @@ def build_runner(
 
 
 def _kafka_source(
-    config: TunggalConfig, source: SourceConfig, mappings: MappingSet, metrics: Metrics
+    config: TunggalConfig,
+    source: SourceConfig,
+    spec: ConnectorSpec,
+    mappings: MappingSet,
+    metrics: Metrics,
 ) -> Source:
     from tunggal.sink.postgres import read_kafka_offsets
     from tunggal.sources.kafka import KafkaSource, default_topic_pattern
@@ -275,7 +279,9 @@ def _kafka_source(
     assert config.kafka is not None  # the config's validator guarantees it
     pattern = source.topic_pattern
     if not source.topics and not pattern:
-        pattern = default_topic_pattern(source.name, mappings.source_tables(source.name))
+        pattern = default_topic_pattern(
+            spec.topic_prefix, mappings.source_tables(source.name), spec.notification_topic
+        )
     dsn, timeout = config.target.dsn, config.target.connect_timeout_s
     return KafkaSource(
         source.name,

@@ -131,7 +131,7 @@ class CaptureFollower:
             return
         from tunggal.sources.kafka import default_topic_pattern
 
-        pattern = default_topic_pattern(source.name, tables)
+        pattern = default_topic_pattern(spec.topic_prefix, tables, spec.notification_topic)
 
         def prepare(running: Source) -> None:
             if hasattr(running, "topic_pattern"):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 import tenacity
 
 from tunggal.config import KafkaConfig
-from tunggal.events.model import HEARTBEAT_PREFIX, NOTIFICATION_PREFIX, RawEvent
+from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
 from tunggal.metrics import Metrics
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
 from tunggal.sources.kafka_clients import ClientError, ConsumerClient, open_client
@@ -42,13 +42,17 @@ LoadOffsets = Callable[[str, Sequence[tuple[str, int]]], Offsets]
 END_ASKED_FOR_S = 5.0
 
 
-def default_topic_pattern(prefix: str, tables: Iterable[str]) -> str:
-    """`<prefix>.<schema>.<table>` for every mapped table, plus Debezium's heartbeat and
-    notification topics, as one pattern: topics that do not exist yet are picked up when
-    Connect creates them."""
+def default_topic_pattern(prefix: str, tables: Iterable[str], notification_topic: str) -> str:
+    """`<prefix>.<schema>.<table>` for every mapped table, plus Debezium's heartbeat topic
+    (`__debezium-heartbeat.<prefix>`) and the notification topic, as one pattern: topics that
+    do not exist yet are picked up when Connect creates them.
+
+    `prefix` is the connector's `topic.prefix` (`ConnectorSpec.topic_prefix`: the source's name
+    unless overridden); the notification topic is named by the source, not by the prefix
+    (`ConnectorSpec.notification_topic`)."""
     names = [f"{prefix}.{t}" for t in sorted(set(tables))]
     names.append(f"{HEARTBEAT_PREFIX}.{prefix}")
-    names.append(f"{NOTIFICATION_PREFIX}.{prefix}")
+    names.append(notification_topic)
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
