@@ -126,6 +126,15 @@ def test_example_config_and_its_kafka_block_are_valid(
     assert config.kafka is not None
     assert config.kafka.sasl_mechanism == "SCRAM-SHA-512"
     assert config.kafka.sasl_password == "y"
+    assert config.kafka.client_config == {
+        "client.rack": "dc-balaikota",
+        "max.poll.interval.ms": 600000,
+    }
+    # The client takes it (less the CA file, which this machine has not: librdkafka reads it).
+    here = config.kafka.model_copy(update={"ssl_cafile": None})
+    assert client_config_problems(here, file=str(enabled)) == []
+    (problem,) = client_config_problems(config.kafka, file=str(enabled))
+    assert problem.location == "kafka" and "ssl.ca.location" in problem.message
 
 
 # -- kafka.client_config -------------------------------------------------------------------------
