@@ -6,9 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from tunggal.config import load_config
+from tunggal.config import KafkaConfig, load_config
 from tunggal.errors import ConfigError
+from tunggal.sources import kafka_client_config as kcc
 from tunggal.sources.kafka import default_topic_pattern
 from tunggal.sources.kafka_client_config import client_config_problems
 from tunggal.sources.kafka_clients import confluent_settings, kafka_python_settings
@@ -321,3 +324,47 @@ def test_oauthbearer_and_gssapi_need_no_user_name_but_kafka_python_no_oauthbeare
             "kafka: {bootstrap_servers: ['k:9092'], client: kafka-python, "
             "security_protocol: SASL_SSL, sasl_mechanism: OAUTHBEARER}\n",
         )
+
+
+_REFUSED_KEYS = sorted(
+    {
+        *kcc._OURS_CONFLUENT,
+        *kcc._OWNED_CONFLUENT,
+        *kcc._OURS_KAFKA_PYTHON,
+        *kcc._OWNED_KAFKA_PYTHON,
+        "error_cb",
+        "logger",
+        "key_deserializer",
+        "partition_assignment_strategy",
+    }
+)
+_SCALARS = st.one_of(
+    st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=12), st.floats(allow_nan=False)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    client=st.sampled_from(["confluent-kafka", "kafka-python"]),
+    refused=st.dictionaries(st.sampled_from(_REFUSED_KEYS), _SCALARS, min_size=1),
+)
+def test_no_refused_key_ever_reaches_a_client(client: str, refused: dict[str, object]) -> None:
+    """Whatever a refused key's spelling (kafka-python's dotted names too) and value, the client
+    is given Tunggal's settings: refused keys are dropped even where the start-up check was
+    not run (a command that skips it must not commit offsets the Kafka way)."""
+    ours = KafkaConfig(bootstrap_servers=("k:9092",), client=client)  # type: ignore[arg-type]
+    known = kcc._kafka_python_defaults()
+    # Keys of the other client are unknown to this one, not refused: leave them out.
+    if client == "confluent-kafka":
+        table = {*kcc._OURS_CONFLUENT, *kcc._OWNED_CONFLUENT, "error_cb", "logger"}
+        mine = {k: v for k, v in refused.items() if k in table}
+    else:
+        table = {*kcc._OURS_KAFKA_PYTHON, *kcc._OWNED_KAFKA_PYTHON, "key_deserializer"}
+        table.add("partition_assignment_strategy")
+        mine = {k: v for k, v in refused.items() if kcc.kafka_python_name(k, known) in table}
+    assume(mine)
+    theirs = ours.model_copy(update={"client_config": mine})
+    build = confluent_settings if client == "confluent-kafka" else kafka_python_settings
+    assert build(theirs, "g") == build(ours, "g")
+    problems = client_config_problems(theirs, file="t.yaml")
+    assert {p.location for p in problems} >= {f"kafka.client_config.{k}" for k in mine}
