@@ -29,6 +29,11 @@ from tunggal.connectors import SECRET_KEYS
 from tunggal.errors import Problem
 
 MASK = "********"
+# librdkafka's own lines while the check builds a consumer (a missing CA file, ...): the
+# problem it reports says the same, once.
+_quiet = logging.getLogger("tunggal.librdkafka.check")
+_quiet.propagate = False
+_quiet.addHandler(logging.NullHandler())
 
 # Client keys that have a kafka.* setting of their own.
 _OURS_CONFLUENT = {
@@ -312,8 +317,3 @@ def _kafka_python_check(kafka: KafkaConfig) -> str | None:
     except Exception as exc:  # kafka-python says "no" with KafkaError, assert, TypeError...
         return str(exc) or type(exc).__name__
     return None
-
-
-_quiet = logging.getLogger("tunggal.librdkafka.check")
-_quiet.propagate = False
-_quiet.addHandler(logging.NullHandler())
