@@ -194,7 +194,13 @@ class KafkaConfig(_Frozen):
     )
     client_id: str = Field("tunggal", description="Shown in the brokers' logs and lag tools.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = Field(
+        None,
+        description="OAUTHBEARER and GSSAPI take their own settings in client_config "
+        "(sasl.oauthbearer.*, sasl.kerberos.*); the others sasl_username and sasl_password.",
+    )
     sasl_username: str | None = None
     sasl_password: str | None = Field(None, description="Use ${ENV_VAR} or ${file:/path}.")
     ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certs.")
@@ -214,17 +220,31 @@ class KafkaConfig(_Frozen):
     commit_to_kafka: bool = Field(
         True, description="Also commit offsets to Kafka after each target commit (lag tools)."
     )
+    client_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Any other consumer setting, in the spelling of the client in use "
+        "(librdkafka's dotted names; kafka-python's constructor arguments, or the dotted Kafka "
+        "name of one), applied last over Tunggal's own and checked by the client at start. "
+        "Values take ${ENV_VAR} and ${file:/path}. Keys with a kafka.* setting of their own, "
+        "and the offset settings Tunggal owns, are refused (sources/kafka_client_config.py).",
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
         if self.security_protocol.startswith("SASL_"):
-            missing = [
-                k
-                for k in ("sasl_mechanism", "sasl_username", "sasl_password")
-                if getattr(self, k) in (None, "")
-            ]
+            # OAUTHBEARER and GSSAPI take no user name and password: their settings go in
+            # client_config, where the client checks them.
+            needed: tuple[str, ...] = ("sasl_mechanism",)
+            if self.sasl_mechanism in (None, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                needed += ("sasl_username", "sasl_password")
+            missing = [k for k in needed if getattr(self, k) in (None, "")]
             if missing:
                 raise ValueError(f"{self.security_protocol} needs {', '.join(missing)}")
+        if self.client == "kafka-python" and self.sasl_mechanism == "OAUTHBEARER":
+            raise ValueError(
+                "kafka-python takes an OAUTHBEARER token from a Python object, which a YAML "
+                "file cannot give: use client: confluent-kafka"
+            )
         return self
 
 
@@ -333,8 +353,10 @@ class TunggalConfig(_Frozen):
     kafka: KafkaConfig | None = Field(None, description="Brokers for engine: kafka sources.")
     slots: SlotsConfig = SlotsConfig()
 
-    # Filled in by load_config: where relative paths are anchored.
+    # Filled in by load_config: where relative paths are anchored, and the file itself (for
+    # problems found after loading, such as a client_config setting the client refuses).
     base_dir: str = Field("", exclude=True)
+    file: str = Field("", exclude=True)
 
     @model_validator(mode="after")
     def _kafka_when_needed(self) -> TunggalConfig:
@@ -511,6 +533,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> T
     data, unresolved = _expand_all(data, file=file, skip=frozenset(overridden))
     problems.extend(unresolved)
     data["base_dir"] = str(path.resolve().parent)
+    data["file"] = file
     try:
         config = TunggalConfig.model_validate(data)
     except ValidationError as exc:

@@ -29,7 +29,19 @@ from tunggal.events.modes import ConnectorModes, zone
 from tunggal.mapping.spec import PLAIN_TABLE
 from tunggal.yamlfile import load_settings_file
 
-SECRET_KEYS = ("password", "secret", "sasl.jaas.config", "token")
+# Words in a setting's name that mark its value secret, for every place a config is printed.
+# The last three are Kafka client settings (kafka.client_config): a private key given inline
+# (ssl.key.pem, sasl.oauthbearer.assertion.private.key.pem), its passphrase, and the
+# OAUTHBEARER config string, which can carry credentials.
+SECRET_KEYS = (
+    "password",
+    "secret",
+    "sasl.jaas.config",
+    "token",
+    "passphrase",
+    "key.pem",
+    "oauthbearer.config",
+)
 SERVER_ID_BASE = 5400
 # Each kind's usual port, taken when the connector file names none.
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "sqlserver": 1433}

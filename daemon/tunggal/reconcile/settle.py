@@ -141,6 +141,7 @@ def topic_ends(kafka: KafkaConfig, topics: Sequence[str]) -> dict[tuple[str, int
 
     settings = kafka_python_settings(kafka, "tunggal-verify")
     settings.pop("group_id", None)
+    settings.pop("group_instance_id", None)  # kafka-python refuses it without a group
     consumer = KafkaConsumer(**settings)
     try:
         parts = [

@@ -45,6 +45,11 @@ def load_all(config: TunggalConfig) -> tuple[MappingSet, dict[str, ConnectorSpec
         connectors[source.name] = spec
         files[source.name] = (spec, str(path))
     problems.extend(server_id_clashes(files))
+    if config.kafka is not None:
+        from tunggal.sources.kafka_client_config import client_config_problems
+
+        # Checked by the client itself, before anything is consumed (and by `validate`).
+        problems.extend(client_config_problems(config.kafka, file=config.file))
     if problems:
         raise ConfigError(problems)
     assert mappings is not None

@@ -31,6 +31,7 @@ from tunggal.config import KafkaConfig
 from tunggal.events.model import HEARTBEAT_PREFIX, RawEvent
 from tunggal.metrics import Metrics
 from tunggal.sources.base import Chunk, Deliver, SourceFailure
+from tunggal.sources.kafka_client_config import scrub
 from tunggal.sources.kafka_clients import ClientError, ConsumerClient, open_client
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class KafkaSource:
         try:
             client = open_client(self.kafka, self.group_id)
         except ClientError as exc:
-            self._deliver(SourceFailure(self.name, f"cannot reach Kafka: {exc}"))
+            message = scrub(str(exc), self.kafka)  # a client may quote a refused value
+            self._deliver(SourceFailure(self.name, f"cannot reach Kafka: {message}"))
             return
         self._client = client
         client.subscribe(self.topics, self.topic_pattern, self._on_assign, self._on_revoke)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from tunggal.config import KafkaConfig
 from tunggal.events.model import RawEvent
+from tunggal.sources.kafka_client_config import client_overrides
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,17 @@ def kafka_python_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
     }
     if kafka.sasl_mechanism:
         settings["sasl_mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username is not None:
         settings["sasl_plain_username"] = kafka.sasl_username
+    if kafka.sasl_password is not None:
         settings["sasl_plain_password"] = kafka.sasl_password
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         settings["ssl_check_hostname"] = kafka.ssl_check_hostname
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(kafka, key):
                 settings[key] = getattr(kafka, key)
+    # The operator's own settings, last: they may replace Tunggal's tuning above.
+    settings.update(client_overrides(kafka))
     return settings
 
 
@@ -228,7 +233,9 @@ def confluent_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
     }
     if kafka.sasl_mechanism:
         settings["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username is not None:
         settings["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password is not None:
         settings["sasl.password"] = kafka.sasl_password
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         settings["ssl.endpoint.identification.algorithm"] = (
@@ -241,6 +248,8 @@ def confluent_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         ):
             if getattr(kafka, ours):
                 settings[theirs] = getattr(kafka, ours)
+    # The operator's own settings, last: they may replace Tunggal's tuning above.
+    settings.update(client_overrides(kafka))
     return settings
 
 
