@@ -4,6 +4,9 @@ and which slots and publications stay on the source."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from tests.integration.test_connect import (  # noqa: F401 - the fixture
     sources,
 )
 from tests.integration.test_connect_apply_checks import on_worker
+from tunggal.connect.prune import MARKER
 from tunggal.devtools.kafkaconnect import ConnectStandalone
 
 pytestmark = pytest.mark.integration
@@ -46,6 +50,27 @@ def test_prune_deletes_the_removed_source_with_its_slot_and_publication_and_dele
             context=sources.connect_log,
         )
 
+    # Someone else's connector on the same worker (no tunggal.target): never pruned.
+    url = f"{kafka_connect.url}/connectors/{keep}/config"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        theirs = json.loads(response.read())
+    other = f"other_{uuid.uuid4().hex[:8]}"
+    del theirs[MARKER]
+    theirs |= {
+        "name": other,
+        "slot.name": f"tunggal_{other}",
+        "publication.name": f"tunggal_{other}_pub",
+        "topic.prefix": other,
+    }
+    sources.dsns[other] = sources.dsns[keep]  # for the fixture's cleanup of connector and slot
+    put = urllib.request.Request(
+        f"{kafka_connect.url}/connectors/{other}/config",
+        data=json.dumps(theirs).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(put, timeout=30).close()
+
     # The source leaves tunggal.yaml (its mapping with it).
     del sources.connectors[gone]
     (tmp_path / "mappings" / f"{gone}.yaml").unlink()
@@ -66,7 +91,8 @@ def test_prune_deletes_the_removed_source_with_its_slot_and_publication_and_dele
     )
     assert keep not in pruned.stdout.replace(f"{keep}: unchanged", "")  # the other one untouched
     worker = on_worker(kafka_connect)
-    assert gone not in worker and keep in worker
+    assert gone not in worker and {keep, other} <= worker
+    assert other not in pruned.stdout
     assert not slot_exists(sources, gone) and not publication_exists(sources, gone)
     assert slot_exists(sources, keep) and publication_exists(sources, keep)
 
