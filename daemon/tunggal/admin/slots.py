@@ -8,7 +8,8 @@ test), which `tunggal slots drop` removes after asking.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tunggal.config import TunggalConfig
@@ -18,8 +19,10 @@ from tunggal.metrics import SlotState
 from tunggal.sources.pgstats import (
     SourceDatabase,
     by_server,
+    drop_publication,
     drop_slot,
     read_server_slots,
+    slot_active,
     slot_owners,
 )
 
@@ -116,3 +119,55 @@ def drop_orphan(
             f"{str(exc).strip().splitlines()[0]}"
         ) from exc
     return slot
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a deleted Kafka Connect connector leaves on its PostgreSQL source."""
+
+    source: SourceDatabase
+    publication: str | None  # None: Debezium's default, which other connectors may share
+
+    @classmethod
+    def of(cls, name: str, properties: Mapping[str, str]) -> Leftovers | None:
+        """From the connector's configuration as Connect stored it (it holds the connection,
+        which a source removed from tunggal.yaml no longer has); None for a non-PostgreSQL one."""
+        db = SourceDatabase.from_properties(name, properties, ())
+        return None if db is None else cls(db, properties.get("publication.name"))
+
+
+def drop_leftovers(
+    leftovers: Leftovers, *, slot: bool, publication: bool, release_s: float = 30
+) -> list[str]:
+    """Drop the slot and/or the publication; one line per thing done, for the operator.
+
+    The connector was deleted, but its task lets go of the slot a few seconds later: wait up
+    to `release_s` for that, and refuse (DropRefused) a slot still held after it."""
+    db, done = leftovers.source, []
+    where = f"{db.server}/{db.dbname}"
+    try:
+        if slot:
+            deadline = time.monotonic() + release_s
+            while (active := slot_active(db)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if active is None:
+                done.append(f"no replication slot {db.slot} on {where}")
+            elif active:
+                raise DropRefused(
+                    f"slot {db.slot} on {where} is still in use {release_s:g} s after the "
+                    "connector was deleted; drop it later with `tunggal slots drop "
+                    f"{db.slot}`"
+                )
+            else:
+                drop_slot(db, db.slot, db.dbname)
+                done.append(f"dropped replication slot {db.slot} on {where}")
+        if publication and leftovers.publication:
+            dropped = drop_publication(db, leftovers.publication)
+            what = "dropped publication" if dropped else "no publication"
+            done.append(f"{what} {leftovers.publication} on {where}")
+    except DropRefused:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FatalError(f"cannot clean up after the connector on {where}: {first}") from exc
+    return done

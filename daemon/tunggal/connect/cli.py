@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from tunggal.cliutil import CONFIG_OPTION, _guard
+from tunggal.connect.prune import MARKER, deployment, to_prune
 from tunggal.connect.render import connect_config, connector_document, secret_values
 from tunggal.connect.rest import ConnectClient
 from tunggal.connectors import ConnectorSpec
@@ -49,9 +50,11 @@ def _render_all(config_path: Path, names: tuple[str, ...]) -> list[Rendered]:
     return _load(config_path, names)[1]
 
 
-def _load(config_path: Path, names: tuple[str, ...]) -> tuple[MappingSet, list[Rendered]]:
-    """The mappings, and the Connect configs of the named sources (every source when none
-    are named)."""
+def _load(
+    config_path: Path, names: tuple[str, ...]
+) -> tuple[MappingSet, list[Rendered], frozenset[str]]:
+    """The mappings, the Connect configs of the named sources (every source when none are
+    named), and the names of every source."""
     from tunggal.config import load_config
     from tunggal.runtime.app import load_all
 
@@ -70,17 +73,19 @@ def _load(config_path: Path, names: tuple[str, ...]) -> tuple[MappingSet, list[R
     if not specs:
         raise ConfigError([Problem(str(config_path), "sources", "no sources: nothing to render")])
     bootstrap = config.kafka.bootstrap_servers if config.kafka is not None else ()
+    ours = {MARKER: deployment(config.target.dsn)}  # what `apply --prune` knows ours by
     rendered = [
         Rendered(
             name,
             files[name],
-            connect_config(specs[name], mappings.source_tables(name), kafka_bootstrap=bootstrap),
+            connect_config(specs[name], mappings.source_tables(name), kafka_bootstrap=bootstrap)
+            | ours,
             specs[name],
             config.target.dsn,
         )
         for name in (names or tuple(specs))
     ]
-    return mappings, rendered
+    return mappings, rendered, frozenset(specs)
 
 
 @click.group("connectors")
@@ -102,12 +107,37 @@ def render_command(config_path: Path, names: tuple[str, ...]) -> None:
         click.echo(json.dumps(document, indent=2))
 
 
+DROP_SLOT_OPTION = click.option(
+    "--drop-slot", is_flag=True, help="Drop the deleted connectors' replication slots too."
+)
+DROP_PUBLICATION_OPTION = click.option(
+    "--drop-publication", is_flag=True, help="Drop the deleted connectors' publications too."
+)
+YES_OPTION = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
 @connectors_group.command("apply")
 @CONFIG_OPTION
 @CONNECT_URL_OPTION
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Then delete the connectors this config applied whose source is gone from it.",
+)
+@DROP_SLOT_OPTION
+@DROP_PUBLICATION_OPTION
+@YES_OPTION
 @NAMES_ARGUMENT
 @_guard
-def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -> None:
+def apply_command(
+    config_path: Path,
+    connect_url: str,
+    prune: bool,
+    drop_slot: bool,
+    drop_publication: bool,
+    yes: bool,
+    names: tuple[str, ...],
+) -> None:
     """Check the sources' catalogs and validate every connector on Connect, then create or
     update them.
 
@@ -115,10 +145,16 @@ def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -
     and every connector is valid; each problem is printed with its file and field. A source
     that does not answer from here gets one warning and is not checked.
     Applying the same files twice changes nothing and says `unchanged`.
+
+    With --prune, connectors applied from this config (they carry its `tunggal.target`)
+    whose source is no longer in it are deleted afterwards, after asking; other connectors
+    on the worker are never touched.
     """
     from tunggal.reconcile.catalog import check_sources
 
-    mappings, rendered = _load(config_path, names)
+    if (drop_slot or drop_publication) and not prune:
+        raise click.UsageError("--drop-slot and --drop-publication go with --prune")
+    mappings, rendered, configured = _load(config_path, names)
     # The source's catalog first, as `tunggal run` does for an embedded source: a mapped table
     # that is not there would be created on Connect, said `created`, and fail in its task
     # seconds later (`Unable to create filtered publication`). Read from this host; a source
@@ -144,6 +180,101 @@ def apply_command(config_path: Path, connect_url: str, names: tuple[str, ...]) -
         added = _tables(one.config) - _tables(current or {})
         if current is not None and added:
             _backfill(client, one, sorted(added))
+    if prune:
+        on_connect = client.configs()
+        ours = rendered[0].config[MARKER]
+        _delete(
+            client,
+            to_prune(on_connect, configured, ours),
+            on_connect,
+            drop_slot,
+            drop_publication,
+            yes,
+        )
+
+
+@connectors_group.command("delete")
+@CONNECT_URL_OPTION
+@DROP_SLOT_OPTION
+@DROP_PUBLICATION_OPTION
+@YES_OPTION
+@click.argument("name")
+@_guard
+def delete_command(
+    connect_url: str, drop_slot: bool, drop_publication: bool, yes: bool, name: str
+) -> None:
+    """Delete a connector from Connect, after asking; with the flags, its replication slot
+    and publication on the source too (else they stay: see `tunggal slots`)."""
+    client = ConnectClient(connect_url)
+    config = client.get_config(name)
+    if config is None:
+        click.secho(
+            f"error: Kafka Connect at {client.url} has no connector named {name!r} (leftover "
+            "slots: `tunggal slots`)",
+            fg="red",
+            err=True,
+        )
+        sys.exit(2)
+    _delete(client, [name], {name: config}, drop_slot, drop_publication, yes)
+
+
+def _delete(
+    client: ConnectClient,
+    names: list[str],
+    configs: Mapping[str, Mapping[str, str]],
+    drop_slot: bool,
+    drop_publication: bool,
+    yes: bool,
+) -> None:
+    """Delete the connectors, then drop what was asked of what they leave on their sources."""
+    from tunggal.admin.slots import DropRefused, Leftovers, drop_leftovers
+
+    if not names:
+        return
+    for name in names:
+        client.add_secrets(secret_values(configs[name]))
+    also = [w for w, asked in (("slots", drop_slot), ("publications", drop_publication)) if asked]
+    question = f"delete connector(s) {', '.join(names)} from {client.url}"
+    question += f" and drop their {' and '.join(also)}" if also else ""
+    if not yes and not click.confirm(question + "?", default=False):
+        click.echo("not deleted")
+        sys.exit(1)
+    for name in names:
+        leftovers = Leftovers.of(name, configs[name])
+        client.delete(name)
+        _wait_gone(client, name)
+        click.echo(f"{name}: deleted")
+        if leftovers is None:
+            if also:
+                click.echo(f"{name}: not a PostgreSQL connector: no slot or publication to drop")
+            continue
+        try:
+            done = drop_leftovers(leftovers, slot=drop_slot, publication=drop_publication)
+        except DropRefused as exc:
+            click.secho(f"error: {name}: {exc}", fg="red", err=True)
+            sys.exit(2)
+        for line in done:
+            click.echo(f"{name}: {line}")
+        if not drop_slot:
+            db = leftovers.source
+            click.echo(
+                f"{name}: replication slot {db.slot} on {db.server} kept (it holds WAL until "
+                f"dropped): see `tunggal slots`"
+            )
+
+
+def _wait_gone(client: ConnectClient, name: str, timeout_s: float = 30) -> None:
+    """Connect answers DELETE before the connector and its tasks have stopped."""
+    from tunggal.errors import KafkaConnectError
+
+    deadline = time.monotonic() + timeout_s
+    while client.get_config(name) is not None:
+        if time.monotonic() > deadline:
+            raise KafkaConnectError(
+                f"Kafka Connect at {client.url} still has connector {name!r} {timeout_s:g} s "
+                "after deleting it"
+            )
+        time.sleep(0.5)
 
 
 def _tables(config: Mapping[str, str]) -> set[str]:

@@ -91,6 +91,17 @@ class ConnectClient:
     def connectors(self) -> list[str]:
         return [str(n) for n in self._request("GET", "/connectors")]
 
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Every connector on the worker, name -> its stored configuration, in one request."""
+        answer = self._request("GET", "/connectors?expand=info")
+        return {
+            str(name): {str(k): str(v) for k, v in entry["info"]["config"].items()}
+            for name, entry in answer.items()
+        }
+
+    def delete(self, name: str) -> None:
+        self._request("DELETE", f"/connectors/{_seg(name)}", unknown=name)
+
     def status(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/connectors/{_seg(name)}/status", unknown=name))
 

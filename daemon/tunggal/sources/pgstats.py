@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tunggal.config import SlotsConfig
@@ -187,6 +188,25 @@ def drop_slot(db: SourceDatabase, slot: str, database: str) -> None:
             "WHERE slot_name = %s AND NOT active",
             (slot,),
         )
+
+
+def slot_active(db: SourceDatabase) -> bool | None:
+    """Whether a reader holds the source's slot; None when there is no such slot."""
+    with _connect(db) as conn:
+        row = conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (db.slot,)
+        ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def drop_publication(db: SourceDatabase, publication: str) -> bool:
+    """Drop the publication from the source database; False when there was none."""
+    with _connect(db) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
+        ).fetchone()
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+    return found is not None
 
 
 class SlotProbe:
