@@ -73,6 +73,12 @@ def test_reset_to_earliest_reads_again_and_leaves_the_target_as_it_was(
         for p in parts["partitions"]
     } == {(p, n, 0, n, 0) for p, n in ends.items()}
 
+    table = _offsets(config, source, "show", "--topic", topic.name)
+    assert table.returncode == 0 and topic.name in table.stdout, table.stderr
+    other = _offsets(config, source, "show", "--topic", "elsewhere")
+    assert other.returncode == 2, other.stderr
+    assert other.stderr.strip() == f"error: source {source} does not consume topic elsewhere"
+
     beyond = _offsets(config, source, "reset", "--to", str(max(ends.values()) + 1), "--yes")
     assert beyond.returncode == 2 and "is beyond the end of" in beyond.stderr, beyond.stderr
     rows_before = _final_rows(target)
