@@ -20,6 +20,7 @@ from tunggal.admin.cli import (
     mapping_group,
     status_command,
 )
+from tunggal.admin.kafka_cli import kafka_group
 from tunggal.admin.slots_cli import slots_group
 from tunggal.cliutil import CONFIG_OPTION, _guard
 from tunggal.connect.cli import connectors_group
@@ -350,6 +351,7 @@ main.add_command(forget_command)
 main.add_command(verify_command)
 main.add_command(connectors_group)
 main.add_command(slots_group)
+main.add_command(kafka_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -278,6 +278,7 @@ def _kafka_source(
     mappings: MappingSet,
     metrics: Metrics,
 ) -> Source:
+    from tunggal.sink.kafka_offsets import hold_group_lock
     from tunggal.sink.postgres import read_kafka_offsets
     from tunggal.sources.kafka import KafkaSource, default_topic_pattern
 
@@ -299,6 +300,7 @@ def _kafka_source(
         metrics=metrics,
         # Longer than a batch's age, shorter than the group's patience with a silent member.
         revoke_timeout_s=max(5.0, config.kafka.session_timeout_ms / 1000),
+        hold_group_lock=lambda group: hold_group_lock(dsn, group, connect_timeout_s=timeout),
     )
 
 

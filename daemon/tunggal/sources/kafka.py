@@ -24,6 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import tenacity
 
@@ -39,6 +40,15 @@ log = logging.getLogger(__name__)
 # (topic, partition) -> the next offset to read
 Offsets = dict[tuple[str, int], int]
 LoadOffsets = Callable[[str, Sequence[tuple[str, int]]], Offsets]
+
+
+class Held(Protocol):
+    def close(self) -> None: ...
+
+
+# Takes the group's "running" lock on the target (`tunggal kafka offsets reset` is refused
+# while it is held); closing what it returns lets it go.
+HoldGroupLock = Callable[[str], Held]
 # How long the broker's answer about a partition's end stands in for a stale cached one.
 END_ASKED_FOR_S = 5.0
 
@@ -70,6 +80,7 @@ class KafkaSource:
         load_offsets: LoadOffsets,
         metrics: Metrics,
         revoke_timeout_s: float = 30.0,
+        hold_group_lock: HoldGroupLock | None = None,
     ) -> None:
         if not topics and not topic_pattern:
             raise ValueError("a Kafka source needs topics or a topic pattern")
@@ -81,6 +92,7 @@ class KafkaSource:
         self.load_offsets = load_offsets
         self.metrics = metrics
         self.revoke_timeout_s = revoke_timeout_s
+        self.hold_group_lock = hold_group_lock
         self._deliver: Deliver | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -118,6 +130,33 @@ class KafkaSource:
 
     # -- the consumer thread -------------------------------------------------------------
     def _run(self) -> None:
+        held = self._hold_group_lock()
+        try:
+            self._consume()
+        finally:
+            if held is not None:
+                try:
+                    held.close()
+                except Exception as exc:
+                    log.debug("letting the group lock go: %s", exc)
+
+    def _hold_group_lock(self) -> Held | None:
+        """Before any partition is read: an offsets reset must not run under us."""
+        if self.hold_group_lock is None:
+            return None
+        try:
+            return self.hold_group_lock(self.group_id)
+        except Exception as exc:
+            # Not a reason to stop consuming: the lock only guards the reset command.
+            log.warning(
+                "source %s: cannot take the group's lock on the target (%s); "
+                "`tunggal kafka offsets reset` will not see this instance running",
+                self.name,
+                exc,
+            )
+            return None
+
+    def _consume(self) -> None:
         assert self._deliver is not None
         try:
             client = open_client(self.kafka, self.group_id)

@@ -395,3 +395,65 @@ class ConfluentClient:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+# -- partition bounds, for `tunggal kafka offsets` ------------------------------------------------
+
+Bounds = dict[TopicPartition, tuple[int, int]]
+
+
+def partition_bounds(kafka: KafkaConfig, group_id: str, wanted: Callable[[str], bool]) -> Bounds:
+    """Each partition's beginning and end, asked of the broker now, for the topics `wanted`
+    accepts. The consumer made for this never subscribes, so it never joins the group."""
+    if kafka.client == "confluent-kafka":
+        return _confluent_bounds(kafka, group_id, wanted)
+    return _kafka_python_bounds(kafka, group_id, wanted)
+
+
+def _kafka_python_bounds(
+    kafka: KafkaConfig, group_id: str, wanted: Callable[[str], bool]
+) -> Bounds:
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTP
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(**kafka_python_settings(kafka, group_id))
+        try:
+            parts = [
+                KTP(topic, p)
+                for topic in sorted(t for t in consumer.topics() if wanted(t))
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not parts:
+                return {}
+            low = consumer.beginning_offsets(parts)
+            high = consumer.end_offsets(parts)
+        finally:
+            consumer.close(autocommit=False)
+    except KafkaError as exc:
+        raise ClientError(str(exc)) from exc
+    return {(tp.topic, tp.partition): (int(low[tp]), int(high[tp])) for tp in parts}
+
+
+def _confluent_bounds(kafka: KafkaConfig, group_id: str, wanted: Callable[[str], bool]) -> Bounds:
+    from confluent_kafka import Consumer, KafkaException
+    from confluent_kafka import TopicPartition as CTP
+
+    timeout = _END_OFFSET_TIMEOUT_MS / 1000
+    try:
+        consumer = Consumer(confluent_settings(kafka, group_id))
+        try:
+            topics = consumer.list_topics(timeout=timeout).topics
+            bounds: Bounds = {}
+            for name in sorted(t for t in topics if wanted(t)):
+                for p in sorted(topics[name].partitions):
+                    low, high = consumer.get_watermark_offsets(
+                        CTP(name, p), timeout=timeout, cached=False
+                    )
+                    bounds[(name, p)] = (int(low), int(high))
+        finally:
+            consumer.close()
+    except KafkaException as exc:
+        raise ClientError(str(exc)) from exc
+    return bounds
