@@ -220,7 +220,7 @@ class KafkaPythonClient:
             answered = max(heartbeat.last_receive, heartbeat.last_reset)
         except Exception:  # private API: never let a change in it stop consumption
             return 0.0
-        return max(0.0, time.time() - answered)
+        return max(0.0, time.time() - float(answered))
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
