@@ -231,6 +231,8 @@ class Metrics:
         )
         # (source) -> {(topic, partition): records behind the high watermark}
         self._kafka_lag: dict[str, dict[tuple[str, int], int]] = {}
+        # (source) -> {(topic, partition): (next offset to read, cached end)}, for /status
+        self._kafka_positions: dict[str, dict[tuple[str, int], tuple[int | None, int | None]]] = {}
         r.register(_KafkaLagCollector(self))
 
     def set_verify_runs(self, runs: Iterable[VerifyRun]) -> None:
@@ -243,6 +245,31 @@ class Metrics:
             keep = set(partitions)
             lags = self._kafka_lag.get(source, {})
             self._kafka_lag[source] = {k: v for k, v in lags.items() if k in keep}
+            known = self._kafka_positions.get(source, {})
+            self._kafka_positions[source] = {tp: known.get(tp, (None, None)) for tp in keep}
+
+    def kafka_positions(
+        self, source: str, positions: dict[tuple[str, int], tuple[int | None, int | None]]
+    ) -> None:
+        """The assigned partitions: the next offset this instance reads, and the partition's
+        end as the client last saw it in a fetch response (cached, may lag a little)."""
+        with self.lock:
+            self._kafka_positions[source] = dict(positions)
+
+    def _partitions_view(self, source: str) -> list[dict[str, object]] | None:
+        positions = self._kafka_positions.get(source)
+        if positions is None:
+            return None
+        return [
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "end": end,
+                "lag": None if offset is None or end is None else max(0, end - offset),
+            }
+            for (topic, partition), (offset, end) in sorted(positions.items())
+        ]
 
     def kafka_lag(self, source: str, lags: dict[tuple[str, int], int]) -> None:
         """Records between what this instance has read and the high watermark the consumer
@@ -568,6 +595,8 @@ class Metrics:
                         "snapshot": self._snapshot_status(s.name),
                         "incremental_snapshot": self._incremental_view(s.name),
                         "slot_wal_retained_bytes": self.probes.slot_retained_bytes.get(s.name),
+                        # Kafka sources: assigned partitions with offset, cached end and lag.
+                        "partitions": self._partitions_view(s.name),
                     }
                 )
             heap = self.probes.jvm_heap_used

@@ -581,6 +581,95 @@ def test_broker_lost_with_its_topics_recovers_without_restart(
         broker.stop()
 
 
+@CLIENTS
+def test_frozen_broker_shows_down_within_the_session_timeout(
+    new_db: Any, tmp_path: Path, daemon_factory: Any, client: str
+) -> None:
+    """A hung broker (SIGSTOP: its connections stay open, nothing is refused) is reported
+    within the session timeout: `tunggal_source_up` 0 and one WARNING; after SIGCONT it is
+    up again and nothing is lost. `/status` and `tunggal status` list the assigned
+    partitions with their offsets and lag."""
+    session_s = 6.0
+    broker = TansuBroker().start()  # its own: freezing it must not stall other tests
+    assert broker.proc is not None
+    try:
+        source, target = _name(), new_db("kafka_frozen")
+        _setup_narrow(tmp_path, target, source)
+        config = _config(tmp_path, target, broker, source, group=f"g{source}", client=client)
+        config.write_text(
+            config.read_text().replace(
+                "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
+            )
+        )
+        _schema_apply(config)
+        port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+        work = mixed_workload(3000, source=source, seed=4)
+        topic = Topic(broker, f"{source}.{TABLE}", partitions=2)
+        topic.send_lines(work.lines[:2000])
+        daemon: Daemon = daemon_factory(config).start().wait_ready()
+        wait_until(
+            lambda: _events_applied(target, source) == _change_events(work.lines[:2000]),
+            60,
+            context=daemon.output,
+        )
+        assert _source_up(port, source) == 1
+
+        def partitions() -> list[dict[str, Any]]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                found = orjson.loads(r.read())
+            [mine] = [s for s in found["sources"] if s["name"] == source]
+            return list(mine["partitions"] or [])
+
+        caught_up = [
+            {"topic": topic.name, "partition": p, "offset": n, "end": n, "lag": 0}
+            for p, n in sorted(topic.per_partition.items())
+        ]
+        wait_until(lambda: partitions() == caught_up, 30, context=lambda: str(partitions()))
+        shown = run_cli("status", "--config", str(config))
+        assert shown.returncode == 0, shown.stderr
+        for p, n in sorted(topic.per_partition.items()):
+            assert re.search(
+                rf"^{source}\s+{re.escape(topic.name)}\s+{p}\s+{n}\s+{n}\s+0$", shown.stdout, re.M
+            ), shown.stdout
+
+        broker.proc.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        wait_until(
+            lambda: _source_up(port, source) == 0,
+            session_s + 6,
+            message="source down while the broker is frozen",
+            context=lambda: daemon.output()[-3000:],
+        )
+        assert time.monotonic() - frozen_at < session_s + 6
+        warned = [
+            line
+            for line in daemon.output().splitlines()
+            if "WARNING" in line and f"source {source}: Kafka" in line and "still retrying" in line
+        ]
+        assert warned, daemon.output()[-3000:]
+
+        broker.proc.send_signal(signal.SIGCONT)
+        wait_until(
+            lambda: _source_up(port, source) == 1, 60, context=lambda: daemon.output()[-3000:]
+        )
+        assert "Kafka reachable again" in daemon.output()
+        topic.send_lines(work.lines[2000:])
+        expected = [work.final[k] for k in sorted(work.final)]
+        wait_until(
+            lambda: _final_rows(target) == expected,
+            60,
+            message="all changes after the freeze",
+            context=lambda: daemon.output()[-3000:],
+        )
+        topic.close()
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.output()[-3000:]
+    finally:
+        if broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
+        broker.stop()
+
+
 def _source_up(port: int, source: str) -> float:
     import urllib.request
 

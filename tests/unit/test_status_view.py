@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from tunggal.admin.output import plain
-from tunggal.admin.status import notes, seconds, sources_grid, tables_grid, url_for
+from tunggal.admin.status import (
+    notes,
+    partitions_grids,
+    seconds,
+    sources_grid,
+    tables_grid,
+    url_for,
+)
 
 
 def test_missing_keys_show_as_dash_and_unknown_ones_are_ignored() -> None:
@@ -123,3 +130,23 @@ def test_the_target_line_says_down_since_when_and_why_and_a_paused_source_its_re
     assert sources_grid(status).styles[0][2] == "bold red"
     up = notes({"target": {"up": True, "down_since": None, "error": None}}, "u")
     assert up[0] == ("target: up", "green")
+
+
+def test_kafka_partitions_are_listed_and_a_source_without_them_adds_no_table() -> None:
+    assert partitions_grids({"sources": [{"name": "sipkd", "partitions": None}]}) == []
+    status = {
+        "sources": [
+            {
+                "name": "kf",
+                "partitions": [
+                    {"topic": "kf.public.opd", "partition": 0, "offset": 7, "end": 9, "lag": 2},
+                    {"topic": "kf.public.opd", "partition": 1, "offset": None, "end": None},
+                ],
+            }
+        ]
+    }
+    [grid] = partitions_grids(status)
+    assert grid.rows == [
+        ["kf", "kf.public.opd", "0", "7", "9", "2"],
+        ["kf", "kf.public.opd", "1", "-", "-", "-"],
+    ]

@@ -65,7 +65,10 @@ def status_command(url: str | None, config_path: Path | None, as_json: bool) -> 
         click.echo(json.dumps(found, indent=2))
         return
     output.show(
-        status.sources_grid(found), status.tables_grid(found), notes=status.notes(found, url)
+        status.sources_grid(found),
+        *status.partitions_grids(found),
+        status.tables_grid(found),
+        notes=status.notes(found, url),
     )
 
 

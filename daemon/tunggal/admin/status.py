@@ -144,6 +144,40 @@ def sources_grid(status: Mapping[str, Any]) -> Grid:
     return grid
 
 
+def partitions_grids(status: Mapping[str, Any]) -> list[Grid]:
+    """Kafka sources: each assigned partition with the next offset read and its lag behind
+    the partition's end as the consumer last saw it (cached: it can trail the broker's by a
+    fetch). No grid when no source has partitions to show."""
+    grid = Grid(["source", "topic", "partition", "offset", "end (cached)", "lag"], title="Kafka")
+    sources = status.get("sources")
+    for source in sources if isinstance(sources, list) else []:
+        if not isinstance(source, Mapping) or not isinstance(source.get("partitions"), list):
+            continue
+        for p in source["partitions"]:
+            if not isinstance(p, Mapping):
+                continue
+            lag = p.get("lag")
+            grid.add(
+                [
+                    _text(source.get("name")),
+                    _text(p.get("topic")),
+                    _text(p.get("partition")),
+                    _text(p.get("offset")),
+                    _text(p.get("end")),
+                    _text(lag),
+                ],
+                [
+                    "bold",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "yellow" if isinstance(lag, int) and lag else None,
+                ],
+            )
+    return [grid] if grid.rows else []
+
+
 def tables_grid(status: Mapping[str, Any]) -> Grid:
     tables = status.get("tables")
     tables = tables if isinstance(tables, Mapping) else {}

@@ -106,6 +106,9 @@ class KafkaSource:
         # (topic, partition) -> (when, end): the broker's answer, while the cached end lags
         self._ends_asked: dict[tuple[str, int], tuple[float, int]] = {}
         self._reported_down = False
+        # Since when a group join is under way (subscribed, or partitions revoked) without
+        # an assignment yet: None once one came, even an empty one.
+        self._joining_since: float | None = None
 
     # -- Source protocol ---------------------------------------------------------------
     def start(self, deliver: Deliver) -> None:
@@ -165,6 +168,7 @@ class KafkaSource:
             self._deliver(SourceFailure(self.name, f"cannot reach Kafka: {message}"))
             return
         self._client = client
+        self._joining_since = time.monotonic()
         client.subscribe(self.topics, self.topic_pattern, self._on_assign, self._on_revoke)
         log.info(
             "source %s: consuming %s in group %s (%s)",
@@ -254,34 +258,51 @@ class KafkaSource:
         self._consumed[tp] = 0
 
     def _watch_connection(self) -> None:
-        """Both clients retry a lost broker forever without raising: turn one that stays
-        unreachable longer than the session timeout into `up 0` and a log line."""
+        """Both clients retry a lost broker forever without raising, and a frozen (hung)
+        broker keeps its connections open, so nothing fails at all: turn a broker that is
+        unreachable, silent, or a group join that does not complete, for longer than the
+        session timeout, into `up 0` and one WARNING; and back, with one INFO line."""
         assert self._client is not None
-        connected = self._client.connected()
         now = time.monotonic()
-        if connected:
+        limit = self.kafka.session_timeout_ms / 1000
+        if self._client.connected():
             self._unreachable_since = None
+        elif self._unreachable_since is None:
+            self._unreachable_since = now
+        problem: str | None = None
+        servers = ", ".join(self.kafka.bootstrap_servers)
+        silent = self._client.silent_for()
+        if (
+            self._unreachable_since is not None
+            and max(now - self._unreachable_since, silent) > limit
+        ):
+            problem = f"Kafka unreachable ({servers})"
+        elif silent > limit:
+            problem = f"Kafka broker or group coordinator silent for {silent:.0f}s ({servers})"
+        elif self._joining_since is not None and now - self._joining_since > limit:
+            problem = (
+                f"Kafka group join not completed in {now - self._joining_since:.0f}s "
+                f"(rebalance in progress?) ({servers})"
+            )
+        if problem is None:
             if self._reported_down:
                 self._reported_down = False
                 log.info("source %s: Kafka reachable again", self.name)
                 self.metrics.set_state(self.name, "streaming")
             return
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-        elif not self._reported_down and (
-            now - self._unreachable_since > self.kafka.session_timeout_ms / 1000
-        ):
+        if not self._reported_down:
             self._reported_down = True
-            message = f"Kafka unreachable ({', '.join(self.kafka.bootstrap_servers)})"
-            log.error("source %s: %s; still retrying", self.name, message)
-            self.metrics.set_state(self.name, "failed", message)
+            log.warning("source %s: %s; still retrying", self.name, problem)
+            self.metrics.set_state(self.name, "failed", problem)
 
     def _record_lag(self) -> None:
         assert self._client is not None
         lags: dict[tuple[str, int], int] = {}
+        positions: dict[tuple[str, int], tuple[int | None, int | None]] = {}
         for tp in self._client.assignment():
             high = self._client.highwater(tp)
             done = self._consumed.get(tp)
+            positions[tp] = (done, high)
             if high is None or done is None:
                 continue
             if done > high:
@@ -292,7 +313,9 @@ class KafkaSource:
                     self._restart_partition(tp, done, high)
                     done = 0
             lags[tp] = max(0, high - done)
+            positions[tp] = (done, high)
         self.metrics.kafka_lag(self.name, lags)
+        self.metrics.kafka_positions(self.name, positions)
 
     def _end_asked(self, tp: tuple[str, int]) -> int | None:
         """The partition's end as the broker says it now. The client's cached end can be the
@@ -332,6 +355,7 @@ class KafkaSource:
                 self.revoke_timeout_s,
             )
         self._commit_to_kafka()
+        self._joining_since = time.monotonic()
         for tp in revoked:
             self._consumed.pop(tp, None)
             self._ends_asked.pop(tp, None)
@@ -339,6 +363,7 @@ class KafkaSource:
     def _on_assign(self, assigned: list[tuple[str, int]]) -> None:
         """Seek every partition to the offset stored in the target with the rows."""
         assert self._client is not None
+        self._joining_since = None
         self.metrics.kafka_rebalances.labels(self.name).inc()
 
         def before_sleep(state: tenacity.RetryCallState) -> None:

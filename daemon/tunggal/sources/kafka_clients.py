@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 # How long asking the broker for a partition's end may take.
 _END_OFFSET_TIMEOUT_MS = 5000
+# confluent-kafka: ask the broker for metadata when nothing came for this long, waiting so long.
+_PROBE_EVERY_S = 2.0
+_PROBE_TIMEOUT_S = 1.0
 OnPartitions = Callable[[list[TopicPartition]], None]
 
 
@@ -64,6 +67,11 @@ class ConsumerClient(Protocol):
 
     def connected(self) -> bool:
         """False while the group coordinator / brokers cannot be reached."""
+
+    def silent_for(self) -> float:
+        """Seconds since the broker last answered (the group coordinator's heartbeat, or a
+        probe). A frozen broker keeps its connections open, so `connected()` stays True: this
+        is what tells a hung broker from an idle topic."""
 
     def close(self) -> None: ...
 
@@ -204,6 +212,16 @@ class KafkaPythonClient:
         except Exception:  # private API: never let a change in it stop consumption
             return True
 
+    def silent_for(self) -> float:
+        # The heartbeat thread records each answer of the group coordinator (and resets the
+        # clock when a coordinator is found or a join completes); wall-clock times, theirs.
+        try:
+            heartbeat = self._consumer._coordinator.heartbeat
+            answered = max(heartbeat.last_receive, heartbeat.last_reset)
+        except Exception:  # private API: never let a change in it stop consumption
+            return 0.0
+        return max(0.0, time.time() - float(answered))
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 
@@ -259,6 +277,7 @@ class ConfluentClient:
 
         self._down = False
         self._probed_at = 0.0
+        self._answered_at = time.monotonic()
         settings = confluent_settings(kafka, group_id)
         settings["error_cb"] = self._on_error
         settings["logger"] = logging.getLogger("tunggal.librdkafka")
@@ -334,6 +353,7 @@ class ConfluentClient:
             )
         if out:
             self._down = False
+            self._answered_at = time.monotonic()
         return out
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -392,6 +412,18 @@ class ConfluentClient:
             except Exception:
                 pass
         return not self._down
+
+    def silent_for(self) -> float:
+        # librdkafka shows no heartbeat answers, and a request to a frozen broker only times
+        # out after socket.timeout.ms (60 s): ask for metadata, briefly, when nothing came.
+        now = time.monotonic()
+        if now - self._answered_at > _PROBE_EVERY_S:
+            try:
+                self._consumer.list_topics(timeout=_PROBE_TIMEOUT_S)
+                self._answered_at = time.monotonic()
+            except Exception as exc:
+                log.debug("metadata probe: %s", exc)
+        return max(0.0, time.monotonic() - self._answered_at)
 
     def close(self) -> None:
         self._consumer.close()
