@@ -425,7 +425,7 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
         # it holds (its CPU climbs towards a full core as ~400,000 messages arrive at 5,000/s,
         # and Connect's own produce lag with it), so one stage's topics would slow the next.
         for n in (1, 2):
-            work = mixed_workload(args.events, source=f"kbench{n}", seed=11)
+            work = mixed_workload(args.events, source=f"kbench{n}r0", seed=11)
             quiesce(cluster)
             broker = TansuBroker().start()
             try:
