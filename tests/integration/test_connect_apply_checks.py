@@ -17,9 +17,9 @@ from tests.integration.test_connect import (  # noqa: F401 - the fixture
     read_ids,
     sources,
 )
+from tests.integration.test_kafka_connect_e2e import kafka_config
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.kafkaconnect import ConnectStandalone
-from tunggal.devtools.pgcluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -97,14 +97,8 @@ def test_a_topic_prefix_override_is_consumed_and_rows_reach_the_target(
 
     target = new_db("prefixed_tgt")
     sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-    config = tmp_path / "kafka.yaml"
-    config.write_text(
-        f"target: {{dsn: '{target}'}}\nmappings: [mappings/*.yaml]\n"
-        f"state_dir: {tmp_path / 'state'}\nwatch_mappings: false\n"
-        f"metrics: {{port: {free_port()}}}\nbatch: {{max_age_ms: 200}}\n"
-        f"kafka:\n  bootstrap_servers: ['{kafka_broker.bootstrap}']\n  group_id: prefixed\n"
-        "  session_timeout_ms: 6000\n  heartbeat_interval_ms: 1000\n"
-        f"sources:\n  - {{name: {name}, engine: kafka, connector: {connector}}}\n"
+    config = kafka_config(
+        tmp_path / "kafka.yaml", target, kafka_broker, "prefixed", name, connector
     )
     assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
     daemon: Daemon = daemon_factory(config).start().wait_ready()

@@ -23,6 +23,29 @@ from tunggal.devtools.pgcluster import free_port
 pytestmark = pytest.mark.integration
 
 
+def kafka_config(
+    path: Path,
+    target: str,
+    broker: TansuBroker,
+    group: str,
+    source: str,
+    connector: Path | str,
+    *,
+    kafka_extra: str = "  session_timeout_ms: 6000\n  heartbeat_interval_ms: 1000\n",
+) -> Path:
+    """A tunggal.yaml at `path` reading `source` from the broker as group `group` into
+    `target`; `kafka_extra` holds further indented `kafka:` lines."""
+    path.write_text(
+        f"target: {{dsn: '{target}'}}\nmappings: [mappings/*.yaml]\n"
+        f"state_dir: {path.parent / 'state'}\nwatch_mappings: false\n"
+        f"metrics: {{port: {free_port()}}}\nbatch: {{max_age_ms: 200}}\n"
+        f"kafka:\n  bootstrap_servers: ['{broker.bootstrap}']\n  group_id: {group}\n"
+        + kafka_extra
+        + f"sources:\n  - {{name: {source}, engine: kafka, connector: {connector}}}\n"
+    )
+    return path
+
+
 def test_connectors_apply_then_changes_arrive_through_kafka(
     sources: Sources,  # noqa: F811
     kafka_broker: TansuBroker,
@@ -39,14 +62,8 @@ def test_connectors_apply_then_changes_arrive_through_kafka(
 
     target = new_db("e2e_tgt")
     sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
-    config = tmp_path / "kafka.yaml"
-    config.write_text(
-        f"target: {{dsn: '{target}'}}\nmappings: [mappings/*.yaml]\n"
-        f"state_dir: {tmp_path / 'state'}\nwatch_mappings: false\n"
-        f"metrics: {{port: {free_port()}}}\nbatch: {{max_age_ms: 200}}\n"
-        f"kafka:\n  bootstrap_servers: ['{kafka_broker.bootstrap}']\n  group_id: e2e\n"
-        "  session_timeout_ms: 6000\n  heartbeat_interval_ms: 1000\n"
-        f"sources:\n  - {{name: {name}, engine: kafka, connector: {sources.connectors[name]}}}\n"
+    config = kafka_config(
+        tmp_path / "kafka.yaml", target, kafka_broker, "e2e", name, sources.connectors[name]
     )
     assert run_cli("schema", "--apply", "--config", str(config)).returncode == 0
     daemon: Daemon = daemon_factory(config).start().wait_ready()
@@ -128,18 +145,17 @@ def test_truncate_first_after_the_snapshot_empties_the_target(
     sql(target, "CREATE TABLE kv (id int PRIMARY KEY, v text)")
     configs = []
     for i in range(instances):  # one metrics port each
-        config = tmp_path / f"kafka-{i}.yaml"
-        config.write_text(
-            f"target: {{dsn: '{target}'}}\nmappings: [mappings/*.yaml]\n"
-            f"state_dir: {tmp_path / 'state'}\nwatch_mappings: false\n"
-            f"metrics: {{port: {free_port()}}}\nbatch: {{max_age_ms: 200}}\n"
-            f"kafka:\n  bootstrap_servers: ['{kafka_broker.bootstrap}']\n  group_id: trunc\n"
+        config = kafka_config(
+            tmp_path / f"kafka-{i}.yaml",
+            target,
+            kafka_broker,
+            "trunc",
+            name,
+            sources.connectors[name],
             # kafka-python hands out a fetch partition by partition, in order; librdkafka on
             # tansu in the order the records were written, which would hide the bug here.
-            "  client: kafka-python\n"
-            "  session_timeout_ms: 2000\n  heartbeat_interval_ms: 500\n"
-            f"sources:\n  - {{name: {name}, engine: kafka, "
-            f"connector: {sources.connectors[name]}}}\n"
+            kafka_extra="  client: kafka-python\n"
+            "  session_timeout_ms: 2000\n  heartbeat_interval_ms: 500\n",
         )
         configs.append(config)
     assert run_cli("schema", "--apply", "--config", str(configs[0])).returncode == 0
