@@ -717,24 +717,44 @@ def test_stale_cached_end_is_not_taken_for_a_recreated_topic(kafka_broker: Tansu
     from tunggal.sources.kafka import KafkaSource
     from tunggal.sources.kafka_clients import ConfluentClient
 
-    topic = Topic(kafka_broker, f"{_name()}.{TABLE}", partitions=1)
-    tp = (topic.name, 0)
-    for _ in range(5):
-        topic.seal(1)
-    kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap], group_id="stale")
-    client = ConfluentClient(kafka, "stale")
-    consumer = client._consumer
-    try:
+    def primed() -> tuple[Topic, ConfluentClient] | None:
+        """A consumer whose cached end (5) lags the stored offset (10), or None when the
+        client's background fetch refreshed it before it could be looked at."""
+        topic = Topic(kafka_broker, f"{_name()}.{TABLE}", partitions=1)
+        tp = (topic.name, 0)
+        for _ in range(5):
+            topic.seal(1)
+        client = ConfluentClient(kafka, "stale")
+        consumer = client._consumer
         consumer.assign([CTP(*tp, 0)])
         wait_until(lambda: len(client.poll(10, 0.5)) == 0 and client.highwater(tp) == 5, 30)
         consumer.unassign()
         for _ in range(5):  # read by another instance meanwhile; stored offset 10
             topic.seal(1)
+        consumer.assign([CTP(*tp, 10)])
+        # Assigning starts a fetch in the background: paused at once, the end mostly stays
+        # the old one; any end below 10 is what makes the partition look re-created.
+        consumer.pause([CTP(*tp, 10)])
+        high = client.highwater(tp)
+        if high is not None and high < 10:
+            return topic, client
+        client.close()
+        topic.close()
+        return None
+
+    kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap], group_id="stale")
+    ready = None
+    for _ in range(5):
+        ready = primed()
+        if ready is not None:
+            break
+    assert ready is not None, "the client refreshed its cached end before it was looked at, 5 times"
+    topic, client = ready
+    tp = (topic.name, 0)
+    try:
         source = KafkaSource("stale", kafka, topics=[tp[0]], load_offsets=dict, metrics=Metrics())
         source._client = client
         source._consumed[tp] = 10
-        consumer.assign([CTP(*tp, 10)])
-        assert client.highwater(tp) == 5  # the cache is stale: the test can tell
         source._record_lag()
         assert source._consumed[tp] == 10, "taken for a re-created topic"
         assert client.end_offset(tp) == 10
