@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tests.unit.test_decode_fuzz import ENVELOPES, FUZZ, HINTS, JSON, MODES, mutate, paths
 from tunggal.devtools.synth import NARROW, WIDE, Shape, mixed_workload
 from tunggal.errors import DecodeError
-from tunggal.events import UNAVAILABLE_PLACEHOLDER, ChangeEvent, ConnectorModes, RawEvent
+from tunggal.events import UNAVAILABLE_PLACEHOLDER, ChangeEvent, ConnectorModes, Op, RawEvent
 from tunggal.events.decode import _decode_fast, decode, decode_reference
 
 DEFAULT_MODES = ConnectorModes()
@@ -67,7 +67,7 @@ def same(raw: RawEvent, modes: ConnectorModes = DEFAULT_MODES, hints: Hints | No
 
 def test_strict_tells_apart_what_equality_does_not() -> None:
     def event(value: Any) -> ChangeEvent:
-        return ChangeEvent("s", "public.t", "c", None, None, {"v": value}, 1, 1)  # type: ignore[arg-type]
+        return ChangeEvent("s", "public.t", Op.CREATE, None, None, {"v": value}, 1, 1)
 
     assert event(1) == event(True) and strict(event(1)) != strict(event(True))
     assert event(Decimal("1.0")) == event(Decimal("1.00"))

@@ -71,8 +71,8 @@ def coerce(value: Any, pg_type: str, modes: ConnectorModes = _DEFAULT_MODES) -> 
         return convert(value)
     except Invalid as exc:
         raise DecodeError(f"{pg_type}: {exc}") from None
-    except (ValueError, TypeError, ArithmeticError) as exc:
-        raise DecodeError(f"{pg_type}: {type(exc).__name__}: {exc}") from None
+    except (ValueError, TypeError, ArithmeticError) as failed:  # a name of its own: mypyc
+        raise DecodeError(f"{pg_type}: {type(failed).__name__}: {failed}") from None
 
 
 _INT_TYPES: Final = frozenset(

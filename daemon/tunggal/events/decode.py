@@ -83,8 +83,8 @@ def decode_reference(
         return None
     try:
         return _decode(raw, source, modes, hints, exact=False)
-    except _HintsFailed as exc:
-        raise exc.original from None
+    except _HintsFailed as failed:  # not `exc`: mypyc types a name once per function
+        raise failed.original from None
     except MemoryError:
         raise
     except Exception:
@@ -95,21 +95,22 @@ def decode_reference(
     # raises is what we report.
     try:
         return _decode(raw, source, modes, hints, exact=True)
-    except _HintsFailed as exc:
-        raise exc.original from None
+    except _HintsFailed as failed:  # not `exc`: mypyc types a name once per function
+        raise failed.original from None
     except DecodeError as exc:
         if exc.source is None:
             exc.source = source
         raise
     except MemoryError:
         raise
-    except Exception as exc:
+    except Exception as unforeseen:
         # A path we did not foresee. Still one event's problem, not the daemon's; the message
         # says "unexpected" so that the fuzz tests can tell it from the failures we designed.
         raise DecodeError(
-            f"unexpected {type(exc).__name__} while decoding {raw.destination!r}: {exc}",
+            f"unexpected {type(unforeseen).__name__} while decoding {raw.destination!r}: "
+            f"{unforeseen}",
             source=source,
-        ) from exc
+        ) from unforeseen
 
 
 class _HintsFailed(Exception):
@@ -185,8 +186,8 @@ def _decode(
 
     try:
         table_hints = hints(table) if hints is not None else None
-    except Exception as exc:
-        raise _HintsFailed(exc) from exc
+    except Exception as failed:  # a name of its own: mypyc types a name once per function
+        raise _HintsFailed(failed) from failed
     where = (source, table)
     decode_row: Callable[[dict[str, Any]], dict[str, Any]]
     if not with_schema:
@@ -516,8 +517,8 @@ def _schemaless_rows(
                 out[name] = value if convert is None else convert(value)
         except Invalid as exc:
             raise exc.at(name) from None
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise Invalid(f"{type(exc).__name__}: {exc}").at(name) from None
+        except (ValueError, TypeError, ArithmeticError) as failed:  # own name: mypyc
+            raise Invalid(f"{type(failed).__name__}: {failed}").at(name) from None
         return out
 
     return decode_row
@@ -968,9 +969,9 @@ def _loads(text: Any, where: str, exact: bool) -> Any:
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
+        except UnicodeDecodeError as bad_utf8:  # each its own name: mypyc
             raise DecodeError(
-                f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                f"{where}: not valid UTF-8 ({bad_utf8.reason} at byte {bad_utf8.start})"
             ) from None
     try:
         return json.loads(text)
@@ -978,8 +979,8 @@ def _loads(text: Any, where: str, exact: bool) -> Any:
         raise DecodeError(
             f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError(f"{where}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as unreadable:
+        raise DecodeError(f"{where}: not valid JSON ({unreadable})") from None
 
 
 def _describe(value: Any) -> str:

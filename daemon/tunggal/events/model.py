@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, ClassVar, Final
+
+# Re-exported: a subclass of str cannot be a compiled (mypyc) class, so it lives apart.
+from tunggal.events.bits import BitString as BitString
 
 
 class Op(StrEnum):
@@ -21,7 +24,7 @@ class _Unavailable:
     The sink never writes it: the target keeps the value it has.
     """
 
-    _instance: _Unavailable | None = None
+    _instance: ClassVar[_Unavailable | None] = None
 
     def __new__(cls) -> _Unavailable:
         if cls._instance is None:
@@ -36,17 +39,6 @@ class _Unavailable:
 
 
 UNAVAILABLE: Final = _Unavailable()
-
-
-class BitString(str):
-    """A bit(n)/BIT(n) value as its bit string ('0010000001', n characters), decoded for a column
-    whose target type was not known to be bytea. The sink writes it into a bytea column as the
-    number's bytes (`values.bits_bytes`), never as the ASCII digits."""
-
-    __slots__ = ()
-
-    def to_bytes(self) -> bytes:
-        return int(self or "0", 2).to_bytes((len(self) + 7) // 8 or 1, "big")
 
 
 # Debezium's heartbeat topics are `__debezium-heartbeat.<topic prefix>`.
@@ -65,8 +57,10 @@ class RawEvent:
     """One message as the source delivered it: Kafka-style key/value JSON text."""
 
     destination: str  # topic name, e.g. "e_planning.public.kegiatan"
-    key: str | bytes | None
-    value: str | bytes | None  # None is a tombstone
+    # JSON text as str, bytes or bytearray, or a document already parsed: `decode` reads each.
+    # Any, not a union: compiled (mypyc), a field checks its declared type on every write.
+    key: Any
+    value: Any  # None is a tombstone
     partition: int = 0
     offset: int | None = None  # Kafka offset, or line number for replay files
 

@@ -327,8 +327,8 @@ def _column_fn(spec: ColumnSpec, where: _Where, family: Family | None) -> Callab
     def compute(row: Row) -> Any:
         try:
             value = source(row)
-        except KeyError as exc:
-            raise where.missing_column(str(exc.args[0]), row) from None
+        except KeyError as missing:  # each handler its own name: mypyc types one per function
+            raise where.missing_column(str(missing.args[0]), row) from None
         if value is UNAVAILABLE:
             return value  # an unchanged TOAST value in, an unchanged target value out
         for step in steps:
@@ -336,10 +336,10 @@ def _column_fn(spec: ColumnSpec, where: _Where, family: Family | None) -> Callab
                 value = step(value)
             except ValueFailure as exc:
                 raise where.error(str(exc), value) from None
-            except (ArithmeticError, ValueError, TypeError) as exc:
+            except (ArithmeticError, ValueError, TypeError) as failed:
                 # A value at the edge of its type (a date in year 1 shifted to another time
                 # zone, a huge number) is this row's problem, not the daemon's.
-                raise where.error(f"{type(exc).__name__}: {exc}", value) from None
+                raise where.error(f"{type(failed).__name__}: {failed}", value) from None
         return value
 
     return compute
