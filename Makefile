@@ -6,7 +6,7 @@ VENV := .venv
 TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test lint venv native bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -17,7 +17,12 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-demo: venv
+# The per-event modules compiled with mypyc where a C compiler is found, pure Python otherwise:
+# one line says which (tunggal.devtools.compile). Quick when nothing changed.
+native: venv
+	@$(BIN)/python -m tunggal.devtools.compile
+
+demo: native
 	$(BIN)/tunggal demo
 
 lint: venv
@@ -25,11 +30,12 @@ lint: venv
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint native
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 clean:
+	-$(BIN)/python -m tunggal.devtools.compile --pure
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-bench: venv
+bench: native
 	$(BIN)/python bench/run.py

@@ -79,7 +79,24 @@ def install_signal_handlers(stop: threading.Event, reload: threading.Event | Non
     signal.signal(signal.SIGHUP, hangup)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from tunggal import __version__, native
+
+    click.echo(f"tunggal {__version__} ({native.build()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Say the version, and whether the per-event path runs compiled or as pure Python.",
+)
 @click.option(
     "--log-level",
     default="INFO",
@@ -122,7 +139,7 @@ def replay(config_path: Path, source: str, events: Path) -> None:
 
 
 def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> None:
-    from tunggal import logs
+    from tunggal import __version__, logs, native
     from tunggal.config import env_bool, load_config
     from tunggal.metrics import Metrics
     from tunggal.runtime.app import build_runner
@@ -148,6 +165,7 @@ def _run(config_path: Path, *, replay: tuple[str, Path] | None, once: bool) -> N
         logging.getLevelName(logging.getLogger().level),
         ctx.obj.get("log_format") or config.logging.format,
     )
+    log.info("tunggal %s, per-event path %s", __version__, native.build())
     stop = threading.Event()
     install_signal_handlers(stop)
     metrics = Metrics()
