@@ -302,6 +302,28 @@ def run_stage(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
         return pool.apply(_in_child, (stage, case))
 
 
+# Tunggal's own stages, the ones `--pure` measures again on the pure-Python build.
+TUNGGAL_STAGES = (stage_decode_map, stage_replay_pg, stage_replay_merged)
+PURE_MARK = " [pure]"
+
+
+@contextmanager
+def build(pure: bool) -> Iterator[None]:
+    """Processes started in the block (spawned stages, `tunggal run`) run the pure-Python build
+    of the per-event path if `pure`, else the one installed (see tunggal.native)."""
+    from tunggal.native import PURE_ENV
+
+    before = os.environ.get(PURE_ENV)
+    os.environ[PURE_ENV] = "1" if pure else ""
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[PURE_ENV]
+        else:
+            os.environ[PURE_ENV] = before
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -391,19 +413,34 @@ def _machine() -> dict[str, Any]:
 
 
 def print_table(results: dict[str, list[StageResult]]) -> None:
+    from tunggal.native import build as which_build
+
+    print(f"tunggal's per-event path: {which_build()} (rows marked{PURE_MARK}: pure Python)")
     print(
-        f"{'table':<8}{'stage':<34}{'rate':>18}{'vs COPY':>9}{'seconds':>9}{'CPU s':>8}"
+        f"{'table':<8}{'stage':<42}{'rate':>18}{'vs COPY':>9}{'seconds':>9}{'CPU s':>8}"
         f"{'peak RSS':>10}"
     )
-    narrow = next((r for r in results.get("narrow", []) if r.stage.startswith("replay")), None)
+
+    def narrow_replay(pure: bool) -> StageResult | None:
+        return next(
+            (
+                r
+                for r in results.get("narrow", [])
+                if r.stage.startswith("replay") and r.stage.endswith(PURE_MARK) == pure
+            ),
+            None,
+        )
+
+    narrow = narrow_replay(False)
     for shape_name, stages in results.items():
         copy = next((r for r in stages if r.stage.startswith("raw COPY")), None)
         for r in stages:
             ratio = f"{r.rate / copy.rate:.1%}" if copy else "-"
-            if shape_name == "merged" and narrow is not None:
-                ratio = f"{r.rate / narrow.rate:.0%}*"
+            single = narrow_replay(r.stage.endswith(PURE_MARK))
+            if shape_name == "merged" and single is not None:
+                ratio = f"{r.rate / single.rate:.0%}*"
             print(
-                f"{shape_name:<8}{r.stage:<34}{r.rate:>11,.0f} {r.unit + '/s':<6}{ratio:>9}"
+                f"{shape_name:<8}{r.stage:<42}{r.rate:>11,.0f} {r.unit + '/s':<6}{ratio:>9}"
                 f"{r.seconds:>9.2f}{r.cpu_s:>8.2f}{r.peak_rss_mb:>7.0f} MB"
             )
     if "merged" in results and narrow is not None:
@@ -424,16 +461,20 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
         # Each stage gets a broker of its own: tansu's memory storage grows slower with the data
         # it holds (its CPU climbs towards a full core as ~400,000 messages arrive at 5,000/s,
         # and Connect's own produce lag with it), so one stage's topics would slow the next.
-        for n in (1, 2):
-            work = mixed_workload(args.events, source=f"kbench{n}r0", seed=11)
-            quiesce(cluster)
-            broker = TansuBroker().start()
-            try:
-                out[f"kafka_{n}"] = bench_kafka(
-                    cluster, broker, work.lines, len(work.final), n, root / "kafka"
+        for pure in (False, True) if args.pure else (False,):
+            for n in (1, 2):
+                work = mixed_workload(
+                    args.events, source=f"kbench{n}{'p' if pure else 'r'}0", seed=11
                 )
-            finally:
-                broker.stop()
+                quiesce(cluster)
+                broker = TansuBroker().start()
+                try:
+                    with build(pure):
+                        out[f"kafka_{n}{'_pure' if pure else ''}"] = bench_kafka(
+                            cluster, broker, work.lines, len(work.final), n, root / "kafka"
+                        )
+                finally:
+                    broker.stop()
         quiesce(cluster)
         broker = TansuBroker().start()
         try:
@@ -488,6 +529,15 @@ def print_pipelines(p: dict[str, Any], rate: int) -> None:
             f"{two['peak_rss_mb_per_instance']:>8.0f} MB   "
             f"({two['events_per_s'] / one['events_per_s']:.2f}x one)"
         )
+        if "kafka_1_pure" in p:
+            for n in (1, 2):
+                pure, compiled = p[f"kafka_{n}_pure"], p[f"kafka_{n}"]
+                what = f"Kafka -> PostgreSQL, {n} instance{'s' if n > 1 else ''}{PURE_MARK}"
+                print(
+                    f"{what:<52}{pure['events_per_s']:>15,.0f} ev/s"
+                    f"{pure['peak_rss_mb_per_instance']:>8.0f} MB   "
+                    f"(compiled: {compiled['events_per_s'] / pure['events_per_s']:.2f}x)"
+                )
         _print_lag(f"Kafka lag at {rate}/s, Connect included", p["kafka_lag"])
     if "embedded_noop" in p:
         noop, daemon = p["embedded_noop"], p["embedded_daemon"]
@@ -537,6 +587,12 @@ def main() -> int:
         default=20,
         help="seconds offered right after start, before the lag stages measure (reported apart)",
     )
+    parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="also measure Tunggal's stages (decode+map, replay, Kafka 1 and 2 instances) on the "
+        "pure-Python build, same events, same run: rows marked [pure] beside the compiled ones",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -547,23 +603,38 @@ def main() -> int:
         dsn = cluster.create_database("bench")
         with psycopg.connect(dsn) as conn:
             server = conn.info.server_version
+        # The pure build gets a database of its own, with the same events (same seed): a second
+        # replay into the first build's rows would be skipped by the sink's guard.
+        pure_dsn = cluster.create_database("bench_pure") if args.pure else None
         for shape_name in args.tables.split(","):
             case = prepare(shape_name, args.events, dsn, root, args.batch)
             stages = MERGED_STAGES if shape_name == "merged" else STAGES
-            results[shape_name] = [
-                run_stage(stage, case)
+            chosen = [
+                stage
                 for stage in stages
                 if shape_name == "merged"
                 or stage.__name__.removeprefix("stage_") in args.stages.split(",")
             ]
+            with build(pure=False):
+                results[shape_name] = [run_stage(stage, case) for stage in chosen]
+            if pure_dsn is not None:
+                pure_case = prepare(shape_name, args.events, pure_dsn, root / "pure", args.batch)
+                with build(pure=True):
+                    for stage in chosen:
+                        if stage in TUNGGAL_STAGES:
+                            result = run_stage(stage, pure_case)
+                            result.stage += PURE_MARK
+                            results[shape_name].append(result)
         pipelines = run_pipelines(cluster, root, args)
     finally:
         cluster.destroy()
 
     print_table(results)
     print_pipelines(pipelines, args.rate)
+    from tunggal.native import build as which_build
+
     report: dict[str, Any] = {
-        "machine": {**_machine(), "postgresql": server},
+        "machine": {**_machine(), "postgresql": server, "tunggal": which_build()},
         "events": args.events,
         "batch_size": args.batch,
         "tables": {
