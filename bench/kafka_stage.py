@@ -87,7 +87,8 @@ def _config(work: Path, dsn: str, broker: TansuBroker, source: str, mapping: Pat
     return config
 
 
-_ASSIGNED = re.compile(r"assigned (.+) \(from target offsets")
+# The partitions an instance holds, on each of its assigned / revoked lines.
+_ASSIGNED = re.compile(r"; holding (.+)$", re.M)
 
 
 def group_settled(logs: list[Path]) -> Callable[[], bool]:

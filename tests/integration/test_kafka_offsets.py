@@ -115,3 +115,47 @@ def test_partition_bounds_are_asked_of_the_broker(kafka_broker: TansuBroker, cli
     kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap], client=client)
     bounds = partition_bounds(kafka, f"{name}.probe", lambda t: t == topic.name)
     assert bounds == {(topic.name, 0): (0, 2), (topic.name, 1): (0, 2)}
+
+
+def test_a_target_from_before_topic_ids_runs_on_and_schema_apply_adds_the_column(
+    new_db: Any,
+) -> None:
+    """tunggal_kafka_offsets as it was created before topic ids: offsets are written and read
+    as before (no id), and `schema --apply` adds the nullable column, after which ids are kept."""
+    from tests.conftest import sql
+    from tunggal.sink.postgres import PostgresSink, read_kafka_offsets
+    from tunggal.sink.schema import OWN_TABLES_DDL, apply_schema, plan_schema
+
+    target = new_db("kafka_old_offsets")
+    for ddl in OWN_TABLES_DDL:
+        if "tunggal_kafka_offsets" not in ddl:
+            sql(target, ddl)
+    sql(
+        target,
+        "CREATE TABLE IF NOT EXISTS public.tunggal_kafka_offsets (consumer_group text NOT NULL, "
+        "topic text NOT NULL, partition integer NOT NULL, next_offset bigint NOT NULL, "
+        "updated_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (consumer_group, topic, partition))",
+    )
+    sink = PostgresSink(target, {})
+    try:
+        sink.introspect()
+        assert "topic_id" not in sink.tables["public.tunggal_kafka_offsets"].columns
+        sink.write([], {}, [], {("g", "t", 0): 5}, (), {("g", "t"): "AAAAAAAAAAAAAAAAAAAAAQ"})
+        assert read_kafka_offsets(target, "g", [("t", 0)]) == {("t", 0): (5, None)}
+
+        apply_schema(sink.engine, plan_schema({}, sink.introspect()))
+        nullable = sql(
+            target,
+            "SELECT is_nullable FROM information_schema.columns WHERE table_name = "
+            "'tunggal_kafka_offsets' AND column_name = 'topic_id'",
+        )
+        assert nullable == [("YES",)]
+        assert read_kafka_offsets(target, "g", [("t", 0)]) == {("t", 0): (5, None)}
+        sink.introspect()
+        sink.write([], {}, [], {("g", "t", 0): 7}, (), {("g", "t"): "AAAAAAAAAAAAAAAAAAAAAQ"})
+        assert read_kafka_offsets(target, "g", [("t", 0)]) == {
+            ("t", 0): (7, "AAAAAAAAAAAAAAAAAAAAAQ")
+        }
+    finally:
+        sink.close()

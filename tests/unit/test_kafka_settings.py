@@ -209,8 +209,7 @@ def test_client_config_is_applied_last_in_the_clients_spelling(
         ("confluent-kafka", "client.id: other", "set kafka.client_id instead"),
         ("confluent-kafka", "sasl.password: x", "set kafka.sasl_password instead"),
         ("confluent-kafka", "error_cb: x", "takes a Python object"),
-        ("confluent-kafka", "partition.assignment.strategy: cooperative-sticky", "eagerly"),
-        ("confluent-kafka", "group.protocol: consumer", "eagerly"),
+        ("confluent-kafka", "group.protocol: consumer", "classic group protocol"),
         ("kafka-python", "enable_auto_commit: true", "offsets are Tunggal's"),
         ("kafka-python", "enable.auto.commit: true", "offsets are Tunggal's"),
         ("kafka-python", "max_poll_records: 10", "set kafka.max_poll_records instead"),
@@ -396,3 +395,20 @@ def test_a_topic_prefix_override_is_what_connect_is_sent_and_what_the_consumer_r
     assert pattern.match(config["notification.sink.topic.name"])
     assert not pattern.match("e_planning.public.opd")
     assert not pattern.match("__debezium-heartbeat.e_planning")
+
+
+def test_confluent_assignment_is_cooperative_unless_set_eager(tmp_path: Path) -> None:
+    kafka = KafkaConfig(bootstrap_servers=["b:9092"], group_id="g")
+    assert confluent_settings(kafka, "g")["partition.assignment.strategy"] == "cooperative-sticky"
+    path = _client_config(tmp_path, "confluent-kafka", "partition.assignment.strategy: range")
+    assert _problems(path) == []
+    eager = load_config(path).kafka
+    assert eager is not None
+    assert confluent_settings(eager, "g")["partition.assignment.strategy"] == "range"
+    # Eager and cooperative in one setting: librdkafka refuses it, naming the key.
+    mixed = _client_config(
+        tmp_path, "confluent-kafka", "partition.assignment.strategy: range,cooperative-sticky"
+    )
+    (problem,) = _problems(mixed)
+    assert "kafka.client_config.partition.assignment.strategy" in problem
+    assert "same protocol type" in problem

@@ -31,6 +31,8 @@ class Processed:
     heartbeats: dict[str, int] = field(default_factory=dict)
     # Kafka: (consumer group, topic, partition) -> next offset, committed with the batch
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    # Kafka: (consumer group, topic) -> the topic's id, stored with those offsets
+    topic_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
     # (source, table, op, outcome) -> count, for the events metric
     counts: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     # Incremental snapshots: Debezium's notices, and rows read per (source, source table)
@@ -59,6 +61,7 @@ class Processed:
             self.heartbeats[source] = max(beat, self.heartbeats.get(source, 0))
         for key, offset in other.offsets.items():
             self.offsets[key] = max(offset, self.offsets.get(key, 0))
+        self.topic_ids.update(other.topic_ids)
         for counted, n in other.counts.items():
             self.count(counted, n)
         self.notices.extend(other.notices)

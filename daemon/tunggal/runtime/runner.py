@@ -304,6 +304,7 @@ class Runner:
             self.metrics.set_state(chunk.source, now)
         for key, offset in chunk.offsets.items():
             self._pending.offsets[key] = max(offset, self._pending.offsets.get(key, 0))
+        self._pending.topic_ids.update(chunk.topic_ids)
         self._chunks.append(chunk)
         self._pending_events += len(chunk.events)
         if self._oldest is None:
@@ -453,7 +454,12 @@ class Runner:
                 self.sink.introspect()
                 self._reread_target = False
             return self.sink.write(
-                steps, pending.progress, pending.dead_letters, pending.offsets, requests
+                steps,
+                pending.progress,
+                pending.dead_letters,
+                pending.offsets,
+                requests,
+                pending.topic_ids,
             )
 
         try:

@@ -79,6 +79,20 @@ def write_offsets(dsn: str, group: str, offsets: Mapping[tuple[str, int], int]) 
             if not (got and got[0]):
                 raise GroupRunning(group)
             with conn.cursor() as cur:
+                # The offsets given are of the topic as it is now, whose id the command does
+                # not ask: NULL, which the daemon's next commit fills (a stale id would make it
+                # take the topic for re-created and read it all again).
+                has_id = cur.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' "
+                    "AND table_name = 'tunggal_kafka_offsets' AND column_name = 'topic_id'"
+                ).fetchone()
+                if has_id:
+                    cur.execute(
+                        "UPDATE public.tunggal_kafka_offsets SET topic_id = NULL "
+                        "WHERE consumer_group = %s AND (topic, partition) IN "
+                        "(SELECT * FROM unnest(%s::text[], %s::int[]))",
+                        (group, [t for t, _ in offsets], [p for _, p in offsets]),
+                    )
                 cur.executemany(
                     "INSERT INTO public.tunggal_kafka_offsets (consumer_group, topic, "
                     "partition, next_offset, updated_at) VALUES (%s, %s, %s, %s, now()) "

@@ -111,6 +111,15 @@ class RequestUpdate:
     rows: int | None = None
 
 
+@dataclass(frozen=True)
+class KafkaOffsets:
+    """What a batch read from Kafka: (group, topic, partition) -> next offset, and the id of
+    each (group, topic) it was read from (None when the client gives none)."""
+
+    offsets: Mapping[tuple[str, str, int], int]
+    topic_ids: Mapping[tuple[str, str], str | None]
+
+
 @dataclass
 class BatchResult:
     upserted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -283,6 +292,7 @@ class PostgresSink:
         self.targets = dict(targets)
         self.mapping_hash = mapping_hash
         self.tables: dict[str, TableInfo] = {}
+        self._said_no_topic_ids = False
         self._conn: psycopg.Connection[Any] | None = None
         self._dbapi: Any = None
         self._statements: dict[tuple[Any, ...], bytes] = {}
@@ -662,24 +672,25 @@ class PostgresSink:
         dead_letters: Sequence[DeadLetter],
         offsets: Mapping[tuple[str, str, int], int] | None = None,
         requests: Sequence[RequestUpdate] = (),
+        topic_ids: Mapping[tuple[str, str], str | None] | None = None,
     ) -> BatchResult:
-        """Apply one batch atomically, with the Kafka offsets it came from (if any) and the
-        progress of incremental snapshots it saw. Rows the database rejects are isolated and
-        dead-lettered."""
-        offsets = offsets or {}
+        """Apply one batch atomically, with the Kafka offsets it came from (if any, with the
+        ids of their topics) and the progress of incremental snapshots it saw. Rows the
+        database rejects are isolated and dead-lettered."""
+        kafka = KafkaOffsets(offsets or {}, topic_ids or {})
         try:
-            return self._write(steps, progress, dead_letters, offsets, requests, isolate=False)
+            return self._write(steps, progress, dead_letters, kafka, requests, isolate=False)
         except PoisonEventError:
             # One row's data broke the batch; apply row by row so the good rows land.
             log.warning("a row in the batch was rejected; retrying row by row to isolate it")
-            return self._write(steps, progress, dead_letters, offsets, requests, isolate=True)
+            return self._write(steps, progress, dead_letters, kafka, requests, isolate=True)
 
     def _write(
         self,
         steps: Sequence[Step],
         progress: Mapping[str, SourceProgress],
         dead_letters: Sequence[DeadLetter],
-        offsets: Mapping[tuple[str, str, int], int],
+        offsets: KafkaOffsets,
         requests: Sequence[RequestUpdate],
         *,
         isolate: bool,
@@ -1338,42 +1349,69 @@ class PostgresSink:
                     ("done" if u.kind == "COMPLETED" else "aborted", u.id),
                 )
 
-    def _kafka_offsets(
-        self, cur: psycopg.Cursor[Any], offsets: Mapping[tuple[str, str, int], int]
-    ) -> None:
-        if not offsets:
+    def _kafka_offsets(self, cur: psycopg.Cursor[Any], kafka: KafkaOffsets) -> None:
+        if not kafka.offsets:
+            return
+        own = self.tables.get("public.tunggal_kafka_offsets")
+        if own is not None and "topic_id" not in own.columns:
+            # A target set up before topic ids: offsets as before, ids once the operator runs
+            # `tunggal schema --apply` (a re-created topic is then still found by its end).
+            if not self._said_no_topic_ids:
+                self._said_no_topic_ids = True
+                log.warning(
+                    "public.tunggal_kafka_offsets has no topic_id column: a re-created topic "
+                    "is found only when it is shorter than the stored offset; run `tunggal "
+                    "schema --apply` to add it"
+                )
+            cur.executemany(
+                "INSERT INTO public.tunggal_kafka_offsets AS o (consumer_group, topic, "
+                "partition, next_offset, updated_at) VALUES (%s, %s, %s, %s, now()) "
+                "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+                "next_offset = EXCLUDED.next_offset, updated_at = now()",
+                [(g, t, p, o) for (g, t, p), o in sorted(kafka.offsets.items())],
+            )
             return
         # Overwrite, not GREATEST: a topic deleted and re-created starts again at 0, and a
         # position that can only grow would skip its first messages. Moving back is the safe
-        # direction: re-applied rows are no-ops under the position guard.
+        # direction: re-applied rows are no-ops under the position guard. The topic id is
+        # overwritten too (with NULL when the client gives none): it names the topic these
+        # offsets were read from.
         cur.executemany(
             "INSERT INTO public.tunggal_kafka_offsets AS o (consumer_group, topic, partition, "
-            "next_offset, updated_at) VALUES (%s, %s, %s, %s, now()) "
+            "next_offset, updated_at, topic_id) VALUES (%s, %s, %s, %s, now(), %s) "
             "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-            "next_offset = EXCLUDED.next_offset, updated_at = now()",
-            [(g, t, p, o) for (g, t, p), o in sorted(offsets.items())],
+            "next_offset = EXCLUDED.next_offset, updated_at = now(), "
+            "topic_id = EXCLUDED.topic_id",
+            [
+                (g, t, p, o, kafka.topic_ids.get((g, t)))
+                for (g, t, p), o in sorted(kafka.offsets.items())
+            ],
         )
 
 
 def read_kafka_offsets(
     dsn: str, group: str, partitions: Sequence[tuple[str, int]], *, connect_timeout_s: float = 10
-) -> dict[tuple[str, int], int]:
-    """The next offset to read for each partition, as committed with the rows (own connection:
-    called from a consumer thread while the runner holds the sink's)."""
+) -> dict[tuple[str, int], tuple[int, str | None]]:
+    """The next offset to read for each partition, as committed with the rows, and the id of
+    the topic it was read from (None if not known) (own connection: called from a consumer
+    thread while the runner holds the sink's)."""
     if not partitions:
         return {}
     conninfo = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
     try:
         with psycopg.connect(conninfo, connect_timeout=int(connect_timeout_s)) as conn:
+            # to_jsonb(o): the id is NULL on a target without the column yet (see
+            # _kafka_offsets), rather than an error.
             rows = conn.execute(
-                "SELECT topic, partition, next_offset FROM public.tunggal_kafka_offsets "
+                "SELECT topic, partition, next_offset, to_jsonb(o) ->> 'topic_id' "
+                "FROM public.tunggal_kafka_offsets o "
                 "WHERE consumer_group = %s AND (topic, partition) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::int[]))",
                 (group, [t for t, _ in partitions], [p for _, p in partitions]),
             ).fetchall()
     except psycopg.Error as exc:
         raise classify(exc) from exc
-    return {(t, int(p)): int(o) for t, p, o in rows}
+    return {(t, int(p)): (int(o), i) for t, p, o, i in rows}
 
 
 def read_snapshot_epoch(dsn: str, source: str, *, connect_timeout_s: float = 10) -> int | None:

@@ -47,7 +47,12 @@ OWN_TABLES_DDL = [
         partition integer NOT NULL,
         next_offset bigint NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now(),
+        topic_id text,
         PRIMARY KEY (consumer_group, topic, partition))""",
+    # Added after the first release: the id (KIP-516) of the topic next_offset is an offset
+    # of, so that a topic deleted and re-created under the same name is told apart exactly.
+    # NULL when the client or broker gives none, or after `tunggal kafka offsets reset`.
+    "ALTER TABLE public.tunggal_kafka_offsets ADD COLUMN IF NOT EXISTS topic_id text",
     """CREATE TABLE IF NOT EXISTS public.tunggal_dead_letters (
         id bigserial PRIMARY KEY,
         source text NOT NULL,

@@ -32,6 +32,8 @@ class Chunk:
     error: BaseException | None = None
     # Kafka: (consumer group, topic, partition) -> next offset, stored with the rows
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    # Kafka: (consumer group, topic) -> the topic's id those offsets belong to, if known
+    topic_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
     on_settled: Callable[[Chunk], None] | None = None
 
     def settle(self, error: BaseException | None = None) -> None:

@@ -8,7 +8,11 @@ also committed to Kafka, so that standard lag tools see the group's progress.
 
 Rebalances: when partitions are revoked, the listener asks the runner to write the batch in
 hand at once and waits until every chunk already handed to the runner is settled, so the next
-owner of a partition starts exactly where this instance's last committed batch ended. Waiting
+owner of a partition starts exactly where this instance's last committed batch ended. With
+cooperative-sticky assignment (confluent-kafka's default here) only the partitions changing
+owner are revoked and assigned, and the others are read on throughout; the whole batch in hand
+is still written at a revocation (the simplest safe choice: it may hold the revoked partitions'
+records anywhere in it). Waiting
 for the batch's maximum age instead could outlast the group's patience. If waiting times
 out, a late commit is still harmless: row writes are guarded by source position, so events
 applied twice change nothing.
@@ -23,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import tenacity
@@ -39,7 +43,11 @@ log = logging.getLogger(__name__)
 
 # (topic, partition) -> the next offset to read
 Offsets = dict[tuple[str, int], int]
-LoadOffsets = Callable[[str, Sequence[tuple[str, int]]], Offsets]
+# (topic, partition) -> the next offset to read and the id of the topic it is an offset of
+# (None when not known), as stored in the target with the rows
+LoadOffsets = Callable[
+    [str, Sequence[tuple[str, int]]], Mapping[tuple[str, int], tuple[int, str | None]]
+]
 
 
 class Held(Protocol):
@@ -101,6 +109,10 @@ class KafkaSource:
         # offsets committed to the target, not yet to Kafka
         self._to_commit: Offsets = {}
         self._consumed: Offsets = {}
+        # The partitions this instance holds: rebalances add and take away (incrementally).
+        self._held: set[tuple[str, int]] = set()
+        # topic -> its id when its partitions were assigned (None: the client gives none)
+        self._topic_ids: dict[str, str | None] = {}
         self._client: ConsumerClient | None = None
         self._unreachable_since: float | None = None
         # (topic, partition) -> (when, end): the broker's answer, while the cached end lags
@@ -168,6 +180,7 @@ class KafkaSource:
             self._deliver(SourceFailure(self.name, f"cannot reach Kafka: {message}"))
             return
         self._client = client
+        self._held.clear()
         self._joining_since = time.monotonic()
         client.subscribe(self.topics, self.topic_pattern, self._on_assign, self._on_revoke)
         log.info(
@@ -209,6 +222,7 @@ class KafkaSource:
             offsets={(self.group_id, t, p): o for (t, p), o in offsets.items()},
             on_settled=self._settled,
             caught_up=caught_up,
+            topic_ids={(self.group_id, t): self._topic_ids.get(t) for t, _ in offsets},
         )
         with self._lock:
             self._outstanding.append(chunk)
@@ -359,9 +373,19 @@ class KafkaSource:
         for tp in revoked:
             self._consumed.pop(tp, None)
             self._ends_asked.pop(tp, None)
+        if not revoked:
+            return  # kafka-python's first join: nothing held yet
+        self._held.difference_update(revoked)
+        self.metrics.kafka_assigned(self.name, sorted(self._held))
+        log.info(
+            "source %s: revoked %s; holding %s",
+            self.name,
+            _names(revoked),
+            _names(sorted(self._held)),
+        )
 
     def _on_assign(self, assigned: list[tuple[str, int]]) -> None:
-        """Seek every partition to the offset stored in the target with the rows."""
+        """Seek every partition added to the offset stored in the target with the rows."""
         assert self._client is not None
         self._joining_since = None
         self.metrics.kafka_rebalances.labels(self.name).inc()
@@ -387,15 +411,42 @@ class KafkaSource:
             before_sleep=before_sleep,
             reraise=True,
         )(self.load_offsets, self.group_id, assigned)
+        # Asked of the broker now, not cached: a topic deleted and re-created under the same
+        # name has a new id, whatever its size.
+        current = self._client.topic_ids(sorted({t for t, _ in assigned}))
+        recreated: dict[str, list[int]] = {}
         for tp in assigned:
-            offset = stored.get(tp)
-            if offset is not None:
-                self._client.seek(tp, offset)
-                self._consumed[tp] = offset
-        self.metrics.kafka_assigned(self.name, list(assigned))
+            self._topic_ids[tp[0]] = current.get(tp[0])
+            if tp not in stored:
+                continue
+            offset, stored_id = stored[tp]
+            if stored_id is not None and tp[0] in current and current[tp[0]] != stored_id:
+                recreated.setdefault(tp[0], []).append(tp[1])
+                self._client.seek_to_beginning(tp)
+                self._consumed[tp] = 0
+                continue
+            self._client.seek(tp, offset)
+            self._consumed[tp] = offset
+        for topic, partitions in sorted(recreated.items()):
+            log.warning(
+                "source %s: topic %s was re-created (its id is %s, the stored offsets are of "
+                "%s); reading partitions %s from the beginning",
+                self.name,
+                topic,
+                current[topic],
+                stored[(topic, partitions[0])][1],
+                ", ".join(map(str, sorted(partitions))),
+            )
+        self._held.update(assigned)
+        self.metrics.kafka_assigned(self.name, sorted(self._held))
         log.info(
-            "source %s: assigned %s (from target offsets: %s)",
+            "source %s: assigned %s (from target offsets: %s); holding %s",
             self.name,
-            ", ".join(f"{t}[{p}]" for t, p in assigned) or "nothing",
-            ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(stored.items())) or "none",
+            _names(assigned),
+            ", ".join(f"{t}[{p}]@{o}" for (t, p), (o, _) in sorted(stored.items())) or "none",
+            _names(sorted(self._held)),
         )
+
+
+def _names(partitions: Iterable[tuple[str, int]]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in partitions) or "nothing"

@@ -6,8 +6,9 @@ Three things happen to them, in this order:
 1. Refused, with the reason, when Tunggal must own the key: one with a `kafka.*` setting of its
    own (one place per value; Tunggal reads several of them itself), the offset settings (the
    offsets that count are written to the target with the rows), a setting that takes a Python
-   object (a YAML file cannot give one), and cooperative rebalancing (the rebalance callbacks
-   assign eagerly).
+   object (a YAML file cannot give one), and librdkafka's KIP-848 group protocol (Tunggal runs
+   the classic protocol, with cooperative-sticky assignment by default: incremental rebalances
+   without it).
 2. Spelt for the client: librdkafka takes its dotted names as they are; kafka-python takes its
    constructor arguments, or the dotted Kafka name of one (`max.poll.interval.ms` is
    `max_poll_interval_ms`), and a value from `${VAR}` (always text) becomes the type of the
@@ -87,9 +88,9 @@ _OWNED_KAFKA_PYTHON = {
     "auto_commit_interval_ms": _OFFSETS,
 }
 _OBJECT = "takes a Python object, which a YAML file cannot give"
-_EAGER = (
-    "Tunggal's rebalance callbacks assign partitions eagerly (they flush the batch in hand "
-    "first): use range or roundrobin, and the classic group protocol"
+_CLASSIC = (
+    "Tunggal uses the classic group protocol; its default assignment, cooperative-sticky, "
+    "already rebalances incrementally (instances keep the partitions they are not giving away)"
 )
 # kafka-python arguments whose default is None but whose value must be an object.
 _KAFKA_PYTHON_OBJECTS = (
@@ -109,10 +110,8 @@ def refusal(client: str, key: str, value: object) -> str | None:
             return _OWNED_CONFLUENT[key]
         if key.endswith("_cb") or key in ("logger", "on_commit"):
             return _OBJECT
-        if key == "partition.assignment.strategy" and "cooperative" in str(value).lower():
-            return _EAGER
         if key == "group.protocol" and str(value).lower() != "classic":
-            return _EAGER
+            return _CLASSIC
         return None
     if key in _OURS_KAFKA_PYTHON:
         return f"set kafka.{_OURS_KAFKA_PYTHON[key]} instead"

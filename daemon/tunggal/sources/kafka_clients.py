@@ -7,6 +7,12 @@
 
 Both are driven from one thread only (neither consumer is thread-safe); rebalance callbacks
 run inside `poll()` on that thread.
+
+Rebalances: confluent-kafka uses cooperative-sticky assignment by default (KIP-429, over the
+classic group protocol): a join moves only the partitions that change owner, and the others are
+read on throughout, so `on_revoke` and `on_assign` receive what is taken away and what is
+added. kafka-python has no cooperative protocol: every rebalance revokes everything and assigns
+everything again (eager), which the same callbacks handle as a special case.
 """
 
 from __future__ import annotations
@@ -29,6 +35,20 @@ _END_OFFSET_TIMEOUT_MS = 5000
 _PROBE_EVERY_S = 2.0
 _PROBE_TIMEOUT_S = 1.0
 OnPartitions = Callable[[list[TopicPartition]], None]
+# The all-zero topic id (base64), which a broker without topic ids answers.
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+class _ConsumerOnly(logging.Filter):
+    """The admin client (for topic ids) is given the consumer's settings, connection and
+    security alike; librdkafka says of each consumer-only one that it ignores it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is a consumer property and will be ignored" not in record.getMessage()
+
+
+_admin_log = logging.getLogger("tunggal.librdkafka.admin")
+_admin_log.addFilter(_ConsumerOnly())
 
 
 class ClientError(Exception):
@@ -42,7 +62,9 @@ class ConsumerClient(Protocol):
         pattern: str | None,
         on_assign: OnPartitions,
         on_revoke: OnPartitions,
-    ) -> None: ...
+    ) -> None:
+        """`on_assign` gets the partitions added, `on_revoke` those taken away (everything,
+        then everything again, in an eager rebalance)."""
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawEvent]: ...
 
@@ -64,6 +86,10 @@ class ConsumerClient(Protocol):
     def end_offset(self, tp: TopicPartition) -> int | None:
         """The partition's end asked of the broker now (ListOffsets); None if it does not
         answer. For decisions, such as concluding that a topic was re-created."""
+
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        """Each topic's id (KIP-516) as the broker says it now; a topic whose id the client or
+        broker cannot give is left out. Re-creating a topic gives it a new id."""
 
     def connected(self) -> bool:
         """False while the group coordinator / brokers cannot be reached."""
@@ -206,6 +232,10 @@ class KafkaPythonClient:
         high = ends.get(KTP(*tp))
         return None if high is None else int(high)
 
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        # kafka-python asks for metadata up to version 8; topic ids came with version 10.
+        return {}
+
     def connected(self) -> bool:
         try:
             return bool(self._consumer._coordinator.connected())
@@ -239,6 +269,10 @@ def confluent_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "auto.offset.reset": kafka.auto_offset_reset,
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": min(kafka.heartbeat_interval_ms, kafka.session_timeout_ms // 3),
+        # An instance joining or leaving moves only the partitions that change owner; the
+        # others' instances go on reading and committing meanwhile (range, the librdkafka
+        # default, stops the whole group for every join). client_config may set an eager one.
+        "partition.assignment.strategy": "cooperative-sticky",
         "fetch.max.bytes": kafka.fetch_max_bytes,
         "max.partition.fetch.bytes": min(kafka.fetch_max_bytes, 8 * 1024 * 1024),
         "topic.metadata.refresh.interval.ms": 30_000,
@@ -281,12 +315,18 @@ class ConfluentClient:
         settings = confluent_settings(kafka, group_id)
         settings["error_cb"] = self._on_error
         settings["logger"] = logging.getLogger("tunggal.librdkafka")
+        # Cooperative (incremental) or eager rebalances: librdkafka refuses a mix of the two.
+        strategy = str(settings.get("partition.assignment.strategy", ""))
+        self.incremental = "cooperative" in strategy.lower()
         try:
             self._consumer = Consumer(settings)
         except KafkaException as exc:
             raise ClientError(str(exc)) from exc
         # Offsets chosen inside on_assign, applied when the partitions are assigned.
         self._seeks: dict[TopicPartition, int] | None = None
+        # For topic ids (the consumer's metadata does not carry them): made when first asked.
+        self._settings = settings
+        self._admin: Any = None
 
     def _on_error(self, error: Any) -> None:
         from confluent_kafka import KafkaError
@@ -305,6 +345,8 @@ class ConfluentClient:
         from confluent_kafka import OFFSET_INVALID
 
         def assigned(consumer: Any, partitions: list[Any]) -> None:
+            # Cooperative: only the partitions added (librdkafka calls this with none too, at
+            # the end of every rebalance); eager: the whole new assignment.
             self._seeks = {}
             try:
                 on_assign([(p.topic, p.partition) for p in partitions])
@@ -313,11 +355,19 @@ class ConfluentClient:
             finally:
                 self._seeks = None
             # OFFSET_INVALID: the group's committed offset, else auto.offset.reset.
-            consumer.assign(partitions)
+            if self.incremental:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
 
         def revoked(consumer: Any, partitions: list[Any]) -> None:
+            # Also called for partitions lost (the session expired): the flush it triggers
+            # may then race the next owner, which the target's position guard makes harmless.
             on_revoke([(p.topic, p.partition) for p in partitions])
-            consumer.unassign()
+            if self.incremental:
+                consumer.incremental_unassign(partitions)
+            else:
+                consumer.unassign()
 
         # librdkafka reads a subscription that starts with ^ as a regular expression.
         names = [pattern if pattern.startswith("^") else f"^{pattern}"] if pattern else topics
@@ -368,6 +418,9 @@ class ConfluentClient:
         from confluent_kafka import OFFSET_BEGINNING
         from confluent_kafka import TopicPartition as CTP
 
+        if self._seeks is not None:  # inside on_assign
+            self._seeks[tp] = OFFSET_BEGINNING
+            return
         self._consumer.seek(CTP(tp[0], tp[1], OFFSET_BEGINNING))
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -401,6 +454,32 @@ class ConfluentClient:
             log.debug("end offset of %s[%d]: %s", tp[0], tp[1], exc)
             return None
         return int(high) if high is not None and high >= 0 else None
+
+    def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        from confluent_kafka import KafkaException, TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        if not topics:
+            return {}
+        if self._admin is None:
+            settings = {k: v for k, v in self._settings.items() if k != "error_cb"}
+            settings["logger"] = _admin_log
+            self._admin = AdminClient(settings)
+        ids: dict[str, str] = {}
+        timeout = _END_OFFSET_TIMEOUT_MS / 1000
+        futures = self._admin.describe_topics(
+            TopicCollection(sorted(set(topics))), request_timeout=timeout
+        )
+        for name, future in futures.items():
+            try:
+                topic_id = future.result(timeout=timeout).topic_id
+            except (KafkaException, TimeoutError) as exc:  # gone, or the broker is slow
+                log.debug("topic id of %s: %s", name, exc)
+                continue
+            # A broker without topic ids answers the all-zero id.
+            if topic_id is not None and str(topic_id) not in ("", _NO_TOPIC_ID):
+                ids[name] = str(topic_id)
+        return ids
 
     def connected(self) -> bool:
         if self._down and time.monotonic() - self._probed_at > 2.0:
