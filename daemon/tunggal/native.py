@@ -26,18 +26,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-# The per-event path: decoding, value coercion, mapping, collapse and the sink's row building.
-# Each is `mypy --strict` clean and free of what mypyc cannot compile (str subclasses live in
-# events/bits.py for that reason).
+# The per-event path: decoding, value coercion, mapping (with its transforms), the pipeline's
+# bookkeeping, collapse, and the sink's row building and merge. Each is `mypy --strict` clean
+# and free of what mypyc cannot compile (str subclasses live in events/bits.py for that reason).
+# The sink modules gave replay 4-8% more over the first eight (bench/run.py --pure).
 COMPILED: Final = (
     "tunggal.events.model",
     "tunggal.events.values",
     "tunggal.events.coerce",
     "tunggal.events.decode",
     "tunggal.mapping.ops",
+    "tunggal.mapping.transforms",
     "tunggal.mapping.engine",
-    "tunggal.sink.collapse",
     "tunggal.runtime.pipeline",
+    "tunggal.sink.collapse",
+    "tunggal.sink.merge",
+    "tunggal.sink.postgres",
 )
 # The shared library the compiled modules live in, inside the package (no top-level module).
 GROUP: Final = "tunggal._native"
