@@ -463,15 +463,14 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
         # and Connect's own produce lag with it), so one stage's topics would slow the next.
         for pure in (False, True) if args.pure else (False,):
             for n in (1, 2):
-                work = mixed_workload(
-                    args.events, source=f"kbench{n}{'p' if pure else 'r'}0", seed=11
-                )
+                run = 1 if pure else 0  # a database and source of its own (kafka_stage)
+                work = mixed_workload(args.events, source=f"kbench{n}r{run}", seed=11)
                 quiesce(cluster)
                 broker = TansuBroker().start()
                 try:
                     with build(pure):
                         out[f"kafka_{n}{'_pure' if pure else ''}"] = bench_kafka(
-                            cluster, broker, work.lines, len(work.final), n, root / "kafka"
+                            cluster, broker, work.lines, len(work.final), n, root / "kafka", run
                         )
                 finally:
                     broker.stop()
@@ -625,11 +624,11 @@ def main() -> int:
                             result = run_stage(stage, pure_case)
                             result.stage += PURE_MARK
                             results[shape_name].append(result)
+        print_table(results)  # before the pipelines, which take long and may fail
         pipelines = run_pipelines(cluster, root, args)
     finally:
         cluster.destroy()
 
-    print_table(results)
     print_pipelines(pipelines, args.rate)
     from tunggal.native import build as which_build
 
