@@ -686,11 +686,14 @@ class _LeaderThatNeverSyncs:
 
     CLIENT_ID = "stuck-leader"
 
-    def __init__(self, broker: TansuBroker, group: str, topic: str, partitions: int) -> None:
+    def __init__(
+        self, broker: TansuBroker, group: str, topic: str, partitions: int, protocol: str
+    ) -> None:
         from kafka.client_async import KafkaClient
         from kafka.protocol.types import Array, Bytes, Int16, Int32, Schema, String
 
         self.group, self.topic, self.partitions = group, topic, partitions
+        self.protocol = protocol  # the assignor's name: all members must offer it
         # The consumer protocol's subscription (v1, as cooperative-sticky members send it) and
         # assignment: librdkafka's assignor reads both.
         self._subscription = Schema(
@@ -744,7 +747,7 @@ class _LeaderThatNeverSyncs:
         from kafka.protocol.group import JoinGroupRequest
 
         metadata = self._subscription.encode([1, [self.topic], None, []])
-        protocols = [("cooperative-sticky", metadata)]
+        protocols = [(self.protocol, metadata)]
         return self._call(
             JoinGroupRequest[4](self.group, 6000, 60000, member_id, "consumer", protocols)
         )
@@ -806,8 +809,9 @@ class _LeaderThatNeverSyncs:
             self.error = exc
 
 
+@CLIENTS
 def test_join_that_never_completes_shows_down_within_the_session_timeout(
-    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any, client: str
 ) -> None:
     """A group join that never completes (the group's leader never sends its SyncGroup, so the
     broker keeps answering "rebalance in progress"): the broker and the coordinator answer
@@ -817,7 +821,7 @@ def test_join_that_never_completes_shows_down_within_the_session_timeout(
     source, target = _name(), new_db("kafka_join")
     _setup_narrow(tmp_path, target, source)
     group = f"g{source}"
-    config = _config(tmp_path, target, kafka_broker, source, group=group)
+    config = _config(tmp_path, target, kafka_broker, source, group=group, client=client)
     config.write_text(
         config.read_text().replace(
             "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
@@ -829,7 +833,10 @@ def test_join_that_never_completes_shows_down_within_the_session_timeout(
     topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=2)
     topic.send_lines(work.lines[:2000])
     # The source's own group: `<group_id>.<source>`.
-    leader = _LeaderThatNeverSyncs(kafka_broker, f"{group}.{source}", topic.name, 2).start()
+    protocol = "cooperative-sticky" if client == "confluent-kafka" else "range"
+    leader = _LeaderThatNeverSyncs(
+        kafka_broker, f"{group}.{source}", topic.name, 2, protocol
+    ).start()
     try:
         daemon: Daemon = daemon_factory(config).start().wait_ready()
         wait_until(

@@ -255,7 +255,12 @@ class KafkaPythonClient:
         # The heartbeat thread records each answer of the group coordinator (and resets the
         # clock when a coordinator is found or a join completes); wall-clock times, theirs.
         try:
-            heartbeat = self._consumer._coordinator.heartbeat
+            coordinator = self._consumer._coordinator
+            if coordinator.rebalance_in_progress():
+                # No heartbeats are sent while joining: a join that does not complete is
+                # timed by the source from on_revoke, which begins every (eager) join.
+                return 0.0
+            heartbeat = coordinator.heartbeat
             answered = max(heartbeat.last_receive, heartbeat.last_reset)
         except Exception:  # private API: never let a change in it stop consumption
             return 0.0
