@@ -675,6 +675,216 @@ def test_frozen_broker_shows_down_within_the_session_timeout(
         broker.stop()
 
 
+class _LeaderThatNeverSyncs:
+    """A bare group member speaking Kafka's group protocol (kafka-python's wire classes). It
+    joins first, so the broker makes it the group's leader, and hands every partition to the
+    other member. After `withhold()` it lets a newcomer ask in, which starts a rebalance, and
+    from then on sends no SyncGroup while it heartbeats on: the other members' join never
+    completes, as in a broker stuck in "rebalance in progress". `complete()` ends that: it
+    joins once more and syncs. (Leaving instead does not do: tansu then waits on the newcomer,
+    which never joined.)"""
+
+    CLIENT_ID = "stuck-leader"
+
+    def __init__(
+        self, broker: TansuBroker, group: str, topic: str, partitions: int, protocol: str
+    ) -> None:
+        from kafka.client_async import KafkaClient
+        from kafka.protocol.types import Array, Bytes, Int16, Int32, Schema, String
+
+        self.group, self.topic, self.partitions = group, topic, partitions
+        self.protocol = protocol  # the assignor's name: all members must offer it
+        # The consumer protocol's subscription (v1, as cooperative-sticky members send it) and
+        # assignment: librdkafka's assignor reads both.
+        self._subscription = Schema(
+            ("version", Int16),
+            ("topics", Array(String("utf-8"))),
+            ("user_data", Bytes),
+            ("owned_partitions", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))),
+        )
+        self._assignment = Schema(
+            ("version", Int16),
+            ("assignment", Array(("topic", String("utf-8")), ("partitions", Array(Int32)))),
+            ("user_data", Bytes),
+        )
+        self.client = KafkaClient(bootstrap_servers=[broker.bootstrap], client_id=self.CLIENT_ID)
+        self.node = self.client.least_loaded_node()
+        self.member_id, self.generation = "", -1
+        self.joins = 0
+        self.error: BaseException | None = None
+        self._withhold, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> _LeaderThatNeverSyncs:
+        self._thread.start()
+        wait_until(lambda: self.joins > 0 or self.error is not None, 30, message="leader joined")
+        assert self.error is None, self.error
+        return self
+
+    def withhold(self) -> None:
+        self._withhold.set()
+
+    def complete(self) -> None:
+        self._withhold.clear()
+
+    def leave(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert self.error is None, self.error
+
+    def _call(self, request: Any) -> Any:
+        while not self.client.ready(self.node):
+            self.client.poll(timeout_ms=100)
+        future = self.client.send(self.node, request)
+        deadline = time.monotonic() + 30
+        while not future.is_done and time.monotonic() < deadline:
+            self.client.poll(timeout_ms=100)
+        if not future.is_done or future.failed():
+            raise RuntimeError(f"{type(request).__name__}: {future.exception or 'no answer'}")
+        return future.value
+
+    def _join(self, member_id: str) -> Any:
+        from kafka.protocol.group import JoinGroupRequest
+
+        metadata = self._subscription.encode([1, [self.topic], None, []])
+        protocols = [(self.protocol, metadata)]
+        return self._call(
+            JoinGroupRequest[4](self.group, 6000, 60000, member_id, "consumer", protocols)
+        )
+
+    def _join_as_member(self) -> list[str]:
+        while True:
+            answer = self._join(self.member_id)
+            self.member_id = answer.member_id
+            if answer.error_code != 79:  # MEMBER_ID_REQUIRED: ask again with the id given
+                break
+        assert answer.error_code == 0, answer
+        assert answer.leader_id == self.member_id, "the stuck leader must join first"
+        self.generation = answer.generation_id
+        self.joins += 1
+        return [m[0] for m in answer.members]
+
+    def _sync(self, members: list[str]) -> bool:
+        """False: a newer generation began meanwhile."""
+        from kafka.protocol.group import SyncGroupRequest
+
+        everything = [(self.topic, list(range(self.partitions)))]
+        assignments = [
+            (
+                m,
+                self._assignment.encode(
+                    [0, [] if m.startswith(self.CLIENT_ID) else everything, None]
+                ),
+            )
+            for m in members
+        ]
+        answer = self._call(
+            SyncGroupRequest[2](self.group, self.generation, self.member_id, assignments)
+        )
+        assert answer.error_code in (0, 27), answer
+        return bool(answer.error_code == 0)
+
+    def _run(self) -> None:
+        from kafka.protocol.group import HeartbeatRequest, LeaveGroupRequest
+
+        try:
+            self._sync(self._join_as_member())
+            newcomer_asked = owe_sync = False
+            while not self._stop.wait(0.3):
+                if self._withhold.is_set() and not newcomer_asked:
+                    self._join("")  # answered MEMBER_ID_REQUIRED; enough to start a rebalance
+                    newcomer_asked = True
+                if owe_sync and not self._withhold.is_set():
+                    # The generation withheld is gone by now: join the current one, and sync.
+                    owe_sync = not self._sync(self._join_as_member())
+                    continue
+                beat = self._call(HeartbeatRequest[1](self.group, self.generation, self.member_id))
+                if beat.error_code == 27:  # REBALANCE_IN_PROGRESS: join the new generation
+                    members = self._join_as_member()
+                    owe_sync = self._withhold.is_set() or not self._sync(members)
+                else:
+                    assert beat.error_code == 0, beat
+            self._call(LeaveGroupRequest[1](self.group, self.member_id))
+        except BaseException as exc:
+            self.error = exc
+
+
+@CLIENTS
+def test_join_that_never_completes_shows_down_within_the_session_timeout(
+    kafka_broker: TansuBroker, new_db: Any, tmp_path: Path, daemon_factory: Any, client: str
+) -> None:
+    """A group join that never completes (the group's leader never sends its SyncGroup, so the
+    broker keeps answering "rebalance in progress"): the broker and the coordinator answer
+    everything else, so nothing looks silent. `tunggal_source_up` is 0 and one WARNING says so
+    within the session timeout; when the join completes, up 1 again and the rows flow."""
+    session_s = 6.0
+    source, target = _name(), new_db("kafka_join")
+    _setup_narrow(tmp_path, target, source)
+    group = f"g{source}"
+    config = _config(tmp_path, target, kafka_broker, source, group=group, client=client)
+    config.write_text(
+        config.read_text().replace(
+            "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
+        )
+    )
+    _schema_apply(config)
+    port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+    work = mixed_workload(3000, source=source, seed=7)
+    topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=2)
+    topic.send_lines(work.lines[:2000])
+    # The source's own group: `<group_id>.<source>`.
+    protocol = "cooperative-sticky" if client == "confluent-kafka" else "range"
+    leader = _LeaderThatNeverSyncs(
+        kafka_broker, f"{group}.{source}", topic.name, 2, protocol
+    ).start()
+    try:
+        daemon: Daemon = daemon_factory(config).start().wait_ready()
+        wait_until(
+            lambda: _events_applied(target, source) == _change_events(work.lines[:2000]),
+            60,
+            context=daemon.output,
+        )
+        assert _source_up(port, source) == 1
+
+        leader.withhold()
+        stuck_at = time.monotonic()
+        wait_until(
+            lambda: _source_up(port, source) == 0,
+            session_s + 6,
+            message="source down while the join does not complete",
+            context=lambda: daemon.output()[-3000:],
+        )
+        assert time.monotonic() - stuck_at < session_s + 6
+        warned = [
+            line
+            for line in daemon.output().splitlines()
+            if "WARNING" in line and f"source {source}: Kafka group join not completed" in line
+        ]
+        assert len(warned) == 1, daemon.output()[-3000:]
+        # Nothing else was wrong: the broker and the coordinator answered throughout.
+        assert "silent" not in daemon.output() and "unreachable" not in daemon.output()
+        wait_until(lambda: leader.joins >= 3, 10, message="the leader in the stuck generation")
+
+        leader.complete()
+        wait_until(
+            lambda: _source_up(port, source) == 1, 30, context=lambda: daemon.output()[-3000:]
+        )
+        assert "Kafka reachable again" in daemon.output()
+        topic.send_lines(work.lines[2000:])
+        expected = [work.final[k] for k in sorted(work.final)]
+        wait_until(
+            lambda: _final_rows(target) == expected,
+            60,
+            message="all changes after the join completed",
+            context=lambda: daemon.output()[-3000:],
+        )
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.output()[-3000:]
+    finally:
+        topic.close()
+        leader.leave()
+
+
 def _source_up(port: int, source: str) -> float:
     import urllib.request
 

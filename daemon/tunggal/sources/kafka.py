@@ -286,6 +286,9 @@ class KafkaSource:
         problem: str | None = None
         servers = ", ".join(self.kafka.bootstrap_servers)
         silent = self._client.silent_for()
+        joining = self._client.joining_for()
+        if self._joining_since is not None:
+            joining = max(joining, now - self._joining_since)
         if (
             self._unreachable_since is not None
             and max(now - self._unreachable_since, silent) > limit
@@ -293,9 +296,9 @@ class KafkaSource:
             problem = f"Kafka unreachable ({servers})"
         elif silent > limit:
             problem = f"Kafka broker or group coordinator silent for {silent:.0f}s ({servers})"
-        elif self._joining_since is not None and now - self._joining_since > limit:
+        elif joining > limit:
             problem = (
-                f"Kafka group join not completed in {now - self._joining_since:.0f}s "
+                f"Kafka group join not completed in {joining:.0f}s "
                 f"(rebalance in progress?) ({servers})"
             )
         if problem is None:

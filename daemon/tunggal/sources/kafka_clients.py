@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from tunggal.config import KafkaConfig
 from tunggal.events.model import RawEvent
 from tunggal.sources.kafka_client_config import client_overrides
@@ -34,6 +36,8 @@ _END_OFFSET_TIMEOUT_MS = 5000
 # confluent-kafka: ask the broker for metadata when nothing came for this long, waiting so long.
 _PROBE_EVERY_S = 2.0
 _PROBE_TIMEOUT_S = 1.0
+# confluent-kafka: how often librdkafka reports its state (the group join's among it).
+_STATS_EVERY_MS = 1000
 OnPartitions = Callable[[list[TopicPartition]], None]
 # The all-zero topic id (base64), which a broker without topic ids answers.
 _NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
@@ -98,6 +102,11 @@ class ConsumerClient(Protocol):
         """Seconds since the broker last answered (the group coordinator's heartbeat, or a
         probe). A frozen broker keeps its connections open, so `connected()` stays True: this
         is what tells a hung broker from an idle topic."""
+
+    def joining_for(self) -> float:
+        """Seconds the consumer has been in a group join that has not completed (0: none, or
+        the client cannot tell). The coordinator answers everything meanwhile, so neither
+        `connected()` nor `silent_for()` sees a join that never ends."""
 
     def close(self) -> None: ...
 
@@ -246,11 +255,20 @@ class KafkaPythonClient:
         # The heartbeat thread records each answer of the group coordinator (and resets the
         # clock when a coordinator is found or a join completes); wall-clock times, theirs.
         try:
-            heartbeat = self._consumer._coordinator.heartbeat
+            coordinator = self._consumer._coordinator
+            if coordinator.rebalance_in_progress():
+                # No heartbeats are sent while joining: a join that does not complete is
+                # timed by the source from on_revoke, which begins every (eager) join.
+                return 0.0
+            heartbeat = coordinator.heartbeat
             answered = max(heartbeat.last_receive, heartbeat.last_reset)
         except Exception:  # private API: never let a change in it stop consumption
             return 0.0
         return max(0.0, time.time() - float(answered))
+
+    def joining_for(self) -> float:
+        # Eager rebalances only: every join starts with on_revoke, which the source times.
+        return 0.0
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
@@ -312,8 +330,14 @@ class ConfluentClient:
         self._down = False
         self._probed_at = 0.0
         self._answered_at = time.monotonic()
+        # Since when librdkafka's group join has not been steady, as its statistics say.
+        self._joining_since: float | None = None
         settings = confluent_settings(kafka, group_id)
         settings["error_cb"] = self._on_error
+        # A cooperative join calls no callback until its SyncGroup is answered, and librdkafka
+        # shows its join state nowhere else. client_config may change the interval.
+        settings.setdefault("statistics.interval.ms", _STATS_EVERY_MS)
+        settings["stats_cb"] = self._on_stats
         settings["logger"] = logging.getLogger("tunggal.librdkafka")
         # Cooperative (incremental) or eager rebalances: librdkafka refuses a mix of the two.
         strategy = str(settings.get("partition.assignment.strategy", ""))
@@ -335,6 +359,18 @@ class ConfluentClient:
             self._down = True
         log.debug("librdkafka: %s", error)
 
+    def _on_stats(self, stats: str) -> None:
+        """Called inside poll(), on the consumer's thread."""
+        try:
+            state = orjson.loads(stats).get("cgrp", {}).get("join_state")
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            log.debug("librdkafka statistics: %s", exc)
+            return
+        if state is None or state == "steady":
+            self._joining_since = None
+        elif self._joining_since is None:
+            self._joining_since = time.monotonic()
+
     def subscribe(
         self,
         topics: Sequence[str],
@@ -347,6 +383,7 @@ class ConfluentClient:
         def assigned(consumer: Any, partitions: list[Any]) -> None:
             # Cooperative: only the partitions added (librdkafka calls this with none too, at
             # the end of every rebalance); eager: the whole new assignment.
+            self._joining_since = None  # a join the statistics have not reported steady yet
             self._seeks = {}
             try:
                 on_assign([(p.topic, p.partition) for p in partitions])
@@ -503,6 +540,11 @@ class ConfluentClient:
             except Exception as exc:
                 log.debug("metadata probe: %s", exc)
         return max(0.0, time.monotonic() - self._answered_at)
+
+    def joining_for(self) -> float:
+        if self._joining_since is None:
+            return 0.0
+        return time.monotonic() - self._joining_since
 
     def close(self) -> None:
         self._consumer.close()
