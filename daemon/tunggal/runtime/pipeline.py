@@ -18,6 +18,9 @@ from tunggal.mapping.ops import RowOp
 from tunggal.sink.postgres import DeadLetter, SourceProgress
 
 log = logging.getLogger(__name__)
+# One object, not one per chunk: the decoder's caches take the same modes by identity, and
+# compare a new object field by field on every event.
+_DEFAULT_MODES: Final = ConnectorModes()
 
 
 @dataclass
@@ -182,7 +185,7 @@ class Pipeline:
         """Decode and map `raws`; `log_poison=False` leaves the poison lines to the caller
         (the runner says them only for the dead letters it keeps: `report_poison`)."""
         out = into if into is not None else Processed()
-        modes = self.modes.get(source, ConnectorModes())
+        modes = self.modes.get(source, _DEFAULT_MODES)
         hints = self._hint_lookup(source)
         epochs = modes.connector == "postgresql"
         epoch_unknown = False  # looked up once per chunk at most while there is none
