@@ -25,7 +25,6 @@ from pathlib import Path
 from tunggal import native
 
 _PACKAGE_DIR = Path(native.__file__).parent
-_ROOT = _PACKAGE_DIR.parent  # where the package `tunggal` is found: build_ext --inplace works here
 
 # mypy's settings for the build, whatever the installation: the repository's pyproject is not
 # there in an installed copy, and the build needs only the types, not the strict checks.
@@ -33,6 +32,7 @@ _MYPY_CONFIG = """\
 [mypy]
 plugins = pydantic.mypy
 ignore_missing_imports = True
+disable_error_code = import-untyped
 """
 
 
@@ -67,30 +67,42 @@ def remove() -> None:
 
 def _build(work: Path, log: Path) -> int:
     """The build, in a child process (`--build-in`): mypyc and the C compiler are noisy, and
-    their output goes to the log, not the terminal."""
+    their output goes to the log, not the terminal. It compiles a copy of the package's sources
+    in `work`: from an installed package's own directory (site-packages) mypy would take every
+    module beside it for one of ours. The extension modules are then put beside the sources."""
+    shutil.copytree(
+        _PACKAGE_DIR,
+        work / "src" / "tunggal",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", native.MANIFEST.name),
+    )
     with log.open("w") as out:
-        return subprocess.run(
+        code = subprocess.run(
             [sys.executable, "-m", "tunggal.devtools.compile", "--build-in", str(work)],
-            cwd=_ROOT,
+            cwd=work / "src",
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
         ).returncode
+    if code == 0:
+        built = work / "src" / "tunggal"
+        for file in built.rglob("*.so"):
+            shutil.copy2(file, _PACKAGE_DIR / file.relative_to(built))
+    return code
 
 
 def _build_here(work: Path) -> None:
+    """In the child, from `work/src`: compile the copy in place (build_ext --inplace)."""
     from mypyc.build import mypycify
 
     setup = importlib.import_module("setuptools").setup  # untyped
     config = work / "mypy.ini"
     config.write_text(_MYPY_CONFIG)
-    paths = [str(native.source_of(m).relative_to(_ROOT)) for m in native.COMPILED]
+    paths = [str(Path(*module.split(".")).with_suffix(".py")) for module in native.COMPILED]
     extensions = mypycify(
         ["--config-file", str(config), "--cache-dir", str(work / "cache"), *paths],
         group_name=native.GROUP,
         target_dir=str(work / "c"),
     )
-    # --inplace from the package's parent directory: the modules land beside their sources
     setup(
         name="tunggal-native",
         ext_modules=extensions,
@@ -148,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-in", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.build_in is not None:
-        os.chdir(_ROOT)
         _build_here(args.build_in)
         return 0
     if args.pure:
