@@ -27,7 +27,13 @@ from kafka.structs import OffsetAndMetadata
 from tests.conftest import EVENTS, Daemon, run_cli, sql, wait_until
 from tunggal.devtools.kafkabroker import TansuBroker
 from tunggal.devtools.pgcluster import free_port
-from tunggal.devtools.synth import NARROW_COLUMNS, NARROW_DDL, mixed_workload, narrow_mapping
+from tunggal.devtools.synth import (
+    NARROW_COLUMNS,
+    NARROW_DDL,
+    Workload,
+    mixed_workload,
+    narrow_mapping,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +188,72 @@ def _change_events(lines: list[bytes]) -> int:
     return sum(1 for line in lines if orjson.loads(line)["value"] is not None)
 
 
+def _applied_exactly(
+    target: str,
+    topic: Topic,
+    work: Workload,
+    group_source: tuple[str, str],
+    daemons: list[Daemon],
+    what: str,
+    timeout: float = 60,
+) -> None:
+    """Every change of `work` applied once: the target's rows are the workload's final ones,
+    the stored offsets are the partitions' ends, and the events counted are the changes sent."""
+    group, source = group_source
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        timeout,
+        message=what,
+        context=lambda: "\n----\n".join(d.output()[-3000:] for d in daemons),
+    )
+    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
+    assert _events_applied(target, source) == _change_events(work.lines)
+
+
+def _down_within(seconds: float, port: int, source: str, daemon: Daemon, what: str) -> None:
+    """`tunggal_source_up` of `source` drops to 0 within `seconds` from now."""
+    started = time.monotonic()
+    wait_until(
+        lambda: _source_up(port, source) == 0,
+        seconds,
+        message=f"source down {what}",
+        context=lambda: daemon.output()[-3000:],
+    )
+    assert time.monotonic() - started < seconds
+
+
+def _warnings(daemon: Daemon, text: str) -> list[str]:
+    return [line for line in daemon.output().splitlines() if "WARNING" in line and text in line]
+
+
+def _up_again_and_applying(
+    seconds: float,
+    port: int,
+    daemon: Daemon,
+    topic: Topic,
+    work: Workload,
+    sent: int,
+    target: str,
+    what: str,
+) -> None:
+    """The source is up again within `seconds`, says so, and applies the rest of `work` (the
+    lines from `sent` on, sent now)."""
+    source = topic.name.split(".", 1)[0]
+    wait_until(
+        lambda: _source_up(port, source) == 1, seconds, context=lambda: daemon.output()[-3000:]
+    )
+    assert "Kafka reachable again" in daemon.output()
+    topic.send_lines(work.lines[sent:])
+    expected = [work.final[k] for k in sorted(work.final)]
+    wait_until(
+        lambda: _final_rows(target) == expected,
+        60,
+        message=f"all changes {what}",
+        context=lambda: daemon.output()[-3000:],
+    )
+
+
 def _name() -> str:
     return f"kf{uuid.uuid4().hex[:8]}"
 
@@ -296,15 +368,9 @@ def test_restart_resumes_from_offsets_stored_in_the_target(
     topic.send_lines(work.lines[half:])
     topic.close()
     daemon = daemon_factory(config).start().wait_ready()
-    expected = [work.final[k] for k in sorted(work.final)]
-    wait_until(
-        lambda: _final_rows(target) == expected,
-        60,
-        message="second half applied after restart",
-        context=lambda: daemon.output()[-3000:],
+    _applied_exactly(
+        target, topic, work, (group, source), [daemon], "second half applied after restart"
     )
-    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
-    assert _events_applied(target, source) == _change_events(work.lines)
     log = daemon.output()
     assert "from target offsets: " + topic.name in log, log[-3000:]
     # After a target commit the offsets also go to Kafka, for standard lag tools.
@@ -410,15 +476,9 @@ def test_rebalance_flushes_the_batch_in_hand(
     )
     topic.send_lines(work.lines[6000:])
     topic.close()
-    expected = [work.final[k] for k in sorted(work.final)]
-    wait_until(
-        lambda: _final_rows(target) == expected,
-        60,
-        message="all rows after the rebalance",
-        context=lambda: first.output()[-2000:] + "\n----\n" + second.output()[-2000:],
+    _applied_exactly(
+        target, topic, work, (group, source), [first, second], "all rows after the rebalance"
     )
-    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
-    assert _events_applied(target, source) == _change_events(work.lines)
     for d in (first, second):
         code, _ = d.terminate()
         assert code == 0, d.output()[-2000:]
@@ -513,15 +573,15 @@ def test_target_outage_pauses_consumption_and_loses_nothing(
         topic.send_lines(work.lines[16_000:])
         topic.close()
 
-        expected = [work.final[k] for k in sorted(work.final)]
-        wait_until(
-            lambda: _final_rows(target) == expected,
-            90,
-            message="target equal after the outage",
-            context=lambda: daemon.output()[-3000:],
+        _applied_exactly(
+            target,
+            topic,
+            work,
+            (group, source),
+            [daemon],
+            "target equal after the outage",
+            timeout=90,
         )
-        wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
-        assert _events_applied(target, source) == _change_events(work.lines)
         assert sql(target, "SELECT count(*) FROM tunggal_dead_letters") == [(0,)]
         assert "target write failed" in daemon.output()
         code, _ = daemon.terminate()
@@ -638,34 +698,12 @@ def test_frozen_broker_shows_down_within_the_session_timeout(
             ), shown.stdout
 
         broker.proc.send_signal(signal.SIGSTOP)
-        frozen_at = time.monotonic()
-        wait_until(
-            lambda: _source_up(port, source) == 0,
-            session_s + 6,
-            message="source down while the broker is frozen",
-            context=lambda: daemon.output()[-3000:],
-        )
-        assert time.monotonic() - frozen_at < session_s + 6
-        warned = [
-            line
-            for line in daemon.output().splitlines()
-            if "WARNING" in line and f"source {source}: Kafka" in line and "still retrying" in line
-        ]
-        assert warned, daemon.output()[-3000:]
+        _down_within(session_s + 6, port, source, daemon, "while the broker is frozen")
+        warned = _warnings(daemon, f"source {source}: Kafka")
+        assert any("still retrying" in line for line in warned), daemon.output()[-3000:]
 
         broker.proc.send_signal(signal.SIGCONT)
-        wait_until(
-            lambda: _source_up(port, source) == 1, 60, context=lambda: daemon.output()[-3000:]
-        )
-        assert "Kafka reachable again" in daemon.output()
-        topic.send_lines(work.lines[2000:])
-        expected = [work.final[k] for k in sorted(work.final)]
-        wait_until(
-            lambda: _final_rows(target) == expected,
-            60,
-            message="all changes after the freeze",
-            context=lambda: daemon.output()[-3000:],
-        )
+        _up_again_and_applying(60, port, daemon, topic, work, 2000, target, "after the freeze")
         topic.close()
         code, _ = daemon.terminate()
         assert code == 0, daemon.output()[-3000:]
@@ -847,36 +885,16 @@ def test_join_that_never_completes_shows_down_within_the_session_timeout(
         assert _source_up(port, source) == 1
 
         leader.withhold()
-        stuck_at = time.monotonic()
-        wait_until(
-            lambda: _source_up(port, source) == 0,
-            session_s + 6,
-            message="source down while the join does not complete",
-            context=lambda: daemon.output()[-3000:],
-        )
-        assert time.monotonic() - stuck_at < session_s + 6
-        warned = [
-            line
-            for line in daemon.output().splitlines()
-            if "WARNING" in line and f"source {source}: Kafka group join not completed" in line
-        ]
+        _down_within(session_s + 6, port, source, daemon, "while the join does not complete")
+        warned = _warnings(daemon, f"source {source}: Kafka group join not completed")
         assert len(warned) == 1, daemon.output()[-3000:]
         # Nothing else was wrong: the broker and the coordinator answered throughout.
         assert "silent" not in daemon.output() and "unreachable" not in daemon.output()
         wait_until(lambda: leader.joins >= 3, 10, message="the leader in the stuck generation")
 
         leader.complete()
-        wait_until(
-            lambda: _source_up(port, source) == 1, 30, context=lambda: daemon.output()[-3000:]
-        )
-        assert "Kafka reachable again" in daemon.output()
-        topic.send_lines(work.lines[2000:])
-        expected = [work.final[k] for k in sorted(work.final)]
-        wait_until(
-            lambda: _final_rows(target) == expected,
-            60,
-            message="all changes after the join completed",
-            context=lambda: daemon.output()[-3000:],
+        _up_again_and_applying(
+            30, port, daemon, topic, work, 2000, target, "after the join completed"
         )
         code, _ = daemon.terminate()
         assert code == 0, daemon.output()[-3000:]
@@ -1103,15 +1121,9 @@ def test_joining_instance_does_not_stop_the_other_instances_commits(
         f"({joined - join_started:.1f}s)"
     )
 
-    expected = [work.final[k] for k in sorted(work.final)]
-    wait_until(
-        lambda: _final_rows(target) == expected,
-        60,
-        message="all rows after the join",
-        context=lambda: first.output()[-2000:] + "\n----\n" + second.output()[-2000:],
+    _applied_exactly(
+        target, topic, work, (group, source), [first, second], "all rows after the join"
     )
-    wait_until(lambda: _stored_offsets(target, group, source) == dict(topic.per_partition), 30)
-    assert _events_applied(target, source) == _change_events(work.lines)
     for d in (first, second):
         code, _ = d.terminate()
         assert code == 0, d.output()[-2000:]

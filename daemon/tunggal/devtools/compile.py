@@ -137,11 +137,15 @@ def compile_in_place() -> tuple[bool, str]:
     # manifest disagree, and the build is set aside rather than trusted.
     digests = {module: native.digest(module) for module in native.COMPILED}
     work = Path(tempfile.mkdtemp(prefix="tunggal-compile-"))
-    log = Path(tempfile.gettempdir(), "tunggal-compile.log")
+    handle, name = tempfile.mkstemp(prefix="tunggal-compile-", suffix=".log")
+    os.close(handle)
+    log = Path(name)  # kept only when the build fails
     started = time.monotonic()
     code = _build(work, log)
     shutil.rmtree(work, ignore_errors=True)
-    if code != 0:
+    if code == 0:
+        log.unlink()
+    else:
         remove()
         return (
             False,
