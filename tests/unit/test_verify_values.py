@@ -184,3 +184,25 @@ def test_shortcuts_agree_with_the_definition(
     reader = column_reader(pg_type, modes, schemas, hint_type)
     got = value if reader is None else reader(value)
     assert (got, type(got)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize(
+    ("pg_type", "hint", "value"),
+    [
+        ("text", "numeric(18,2)", "0"),
+        ("character varying(20)", "numeric(18,2)", "12.50"),
+        ("text[]", "numeric(18,2)[]", ["0", "12.50"]),
+    ],
+)
+@pytest.mark.parametrize("decimal_handling", ["string", "double"])
+def test_text_into_a_numeric_target_is_read_as_the_decoder_reads_it(
+    pg_type: str, hint: str, value: Any, decimal_handling: str
+) -> None:
+    """A text column mapped into a numeric one: the decoder turns the string into the target's
+    type, so `verify` must too (hypothesis found the shortcut leaving '0' a string)."""
+    modes = ConnectorModes(decimal_handling=decimal_handling)  # type: ignore[arg-type]
+    expected = reference_reader(pg_type, modes, True, hint)(value)
+    assert expected != value  # the case: the decoder does change it
+    reader = column_reader(pg_type, modes, True, hint)
+    got = value if reader is None else reader(value)
+    assert (got, type(got)) == (expected, type(expected))

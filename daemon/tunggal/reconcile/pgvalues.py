@@ -352,13 +352,18 @@ def column_reader(
     base, modifiers, is_array = base_type(pg_type)
     if not schemas:
         return reference_reader(pg_type, modes, schemas, hint)
+    # A text column into a target column of another type (text into numeric, say) is read by
+    # the target type's converter, as the decoder does with a plain string.
+    text_as_is = base in TEXT_TYPES and (
+        hint is None or plain_string_converter(hint, modes) is None
+    )
     if is_array:
-        if base in INT_TYPES or base in TEXT_TYPES or base in ("boolean", "bool"):
+        if base in INT_TYPES or text_as_is or base in ("boolean", "bool"):
             return None
         return reference_reader(pg_type, modes, schemas, hint)
     precision = modifiers[0] if modifiers else None
     time_mode = modes.time_precision
-    if base in INT_TYPES or base in TEXT_TYPES or base in ("boolean", "bool"):
+    if base in INT_TYPES or text_as_is or base in ("boolean", "bool"):
         return None
     if base in FLOAT_TYPES:
         return None
