@@ -48,6 +48,8 @@ GROUP: Final = "tunggal._native"
 # What was compiled: each module's source digest, written by the build after it succeeded.
 MANIFEST: Final = Path(__file__).with_name("_native.json")
 PURE_ENV: Final = "TUNGGAL_PURE"
+# What a build leaves in the package, as file patterns: never copied with the sources.
+BUILT: Final = ("*.so", MANIFEST.name)
 
 _PACKAGE_DIR: Final = Path(__file__).parent
 

@@ -43,6 +43,7 @@ import psycopg
 import pytest
 
 from tests.conftest import REPO, sql, wait_until
+from tunggal import native
 from tunggal.devtools.pgcluster import PgCluster, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -310,7 +311,7 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
         shutil.copytree(
             REPO / name,
             checkout / name,
-            ignore=shutil.ignore_patterns("__pycache__", "*.so", "_native.json"),
+            ignore=shutil.ignore_patterns("__pycache__", *native.BUILT),
         )
     source = PgCluster(name="deploy-source").start()
     target = PgCluster(name="deploy-target").start()

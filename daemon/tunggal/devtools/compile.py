@@ -73,7 +73,7 @@ def _build(work: Path, log: Path) -> int:
     shutil.copytree(
         _PACKAGE_DIR,
         work / "src" / "tunggal",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so", native.MANIFEST.name),
+        ignore=shutil.ignore_patterns("__pycache__", *native.BUILT),
     )
     with log.open("w") as out:
         code = subprocess.run(
