@@ -5,6 +5,7 @@ unit tests, so that both stay correct."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import tunggal
+from tests.conftest import run_cli
 from tunggal import native
 from tunggal.devtools import compile as native_compile
 
@@ -20,13 +22,17 @@ PACKAGE = Path(tunggal.__file__).parent
 REPO = PACKAGE.parent.parent
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """This Python, as `python ARGS`, with `env` over the test's environment."""
     return subprocess.run(
         [sys.executable, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=600,
+        timeout=900,
         check=False,
     )
 
@@ -51,12 +57,12 @@ def test_the_suite_runs_the_compiled_build_where_a_compiler_is() -> None:
 
 
 def test_version_says_which_build_runs() -> None:
-    pure = _run("-m", "tunggal", "--version", env={native.PURE_ENV: "1"})
+    pure = run_cli("--version", env={native.PURE_ENV: "1"})
     assert pure.returncode == 0, pure.stderr
     assert (
         pure.stdout.strip() == f"tunggal {tunggal.__version__} (pure Python: TUNGGAL_PURE is set)"
     )
-    default = _run("-m", "tunggal", "--version", env={native.PURE_ENV: ""})
+    default = run_cli("--version", env={native.PURE_ENV: ""})
     assert default.stdout.strip() == f"tunggal {tunggal.__version__} ({native.build()})"
 
 
@@ -65,14 +71,8 @@ def test_the_pure_build_passes_the_unit_tests() -> None:
     the rest of tests/unit, on the pure modules."""
     env = {native.PURE_ENV: "1"}
     assert _build_of(env) == "pure Python: TUNGGAL_PURE is set"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "tests/unit"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=900,
-        check=False,
+    result = _run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "tests/unit", env=env, cwd=REPO
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout.splitlines()[-1]
@@ -96,7 +96,7 @@ def test_a_changed_source_sets_the_compiled_build_aside(tmp_path: Path) -> None:
 def _copy_package(to: Path, *, with_build: bool) -> Path:
     """A copy of the package that `tunggal` imports from (PYTHONPATH comes before the
     editable install), with or without the build in place."""
-    ignored = ["__pycache__"] if with_build else ["__pycache__", "*.so", "_native.json"]
+    ignored = ["__pycache__"] if with_build else ["__pycache__", *native.BUILT]
     shutil.copytree(PACKAGE, to / "tunggal", ignore=shutil.ignore_patterns(*ignored))
     return to / "tunggal"
 
@@ -139,3 +139,26 @@ def test_a_stale_compiled_build_never_runs(tmp_path: Path) -> None:
         env=env,
     )
     assert loaded.stdout.strip() == str(["py"] * len(native.COMPILED)), loaded.stderr
+
+
+def test_each_exception_type_has_its_own_name_in_the_compiled_modules() -> None:
+    """mypyc gives a name one type per function: `except A as exc` then `except B as exc`
+    compiles, and raises TypeError when B is caught (the suite found it in the decoder). A
+    nested function is checked with the one around it, as mypyc's error was."""
+    clashes = []
+    for module in native.COMPILED:
+        path = native.source_of(module)
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            caught: dict[str, set[str]] = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.ExceptHandler) and node.name:
+                    kind = ast.unparse(node.type) if node.type else "BaseException"
+                    caught.setdefault(node.name, set()).add(kind)
+            clashes += [
+                f"{path.name}:{function.lineno} {function.name}: {name} for {sorted(kinds)}"
+                for name, kinds in caught.items()
+                if len(kinds) > 1
+            ]
+    assert not clashes, clashes
