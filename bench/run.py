@@ -19,6 +19,9 @@ with the single-source one. Then, for the narrow table, the daemon as users run 
   - on request (`--pipelines verify`), `tunggal verify` of a table in sync (1,000,000 rows
     unless `--verify-rows`) beside count(*) + md5(string_agg) on both sides
     (bench/verify_stage.py).
+With `--pure`, Tunggal's own stages run again on the pure-Python build of the same sources; with
+`--baseline REV`, on the package of an earlier commit (an issue's "today"): same events, same run,
+each on a database of its own.
 Prints tables and writes JSON to bench/results/ so runs can be compared.
 
 A stage is a function `(Case) -> StageResult`, listed in STAGES. Each runs in a fresh spawned
@@ -95,6 +98,7 @@ class StageResult:
     cpu_s: float
     peak_rss_mb: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # the build's mark, "" for the installed one (see Variant)
 
     @property
     def rate(self) -> float:
@@ -296,32 +300,117 @@ def _in_child(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
     return result
 
 
-def run_stage(stage: Callable[[Case], StageResult], case: Case) -> StageResult:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_in_child, (stage, case))
+@dataclass(frozen=True)
+class Variant:
+    """A build of Tunggal that the stages run on: the installed one (compiled where it could
+    be), its pure-Python form (`--pure`), or the package of an earlier commit (`--baseline`)."""
+
+    key: str  # "", "pure", "baseline": the suffix of the pipelines' keys in the JSON
+    mark: str  # after the stage's name in the tables: "", " [pure]", " [ae2e29d]"
+    env: tuple[tuple[str, str], ...] = ()
+    # Where the earlier commit's package was put: its stages run in a fresh interpreter with
+    # it first on PYTHONPATH (multiprocessing's spawn would hand the child this sys.path).
+    pythonpath: str | None = None
 
 
-# Tunggal's own stages, the ones `--pure` measures again on the pure-Python build.
+INSTALLED = Variant("", "", (("TUNGGAL_PURE", ""),))
+PURE = Variant("pure", " [pure]", (("TUNGGAL_PURE", "1"),))
+
+
+def baseline(rev: str, root: Path) -> Variant:
+    """The package as it was at `rev` (git), extracted under `root`: pure Python, since an
+    earlier commit's sources were never compiled here."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    where = root / "baseline"
+    where.mkdir(parents=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", rev, "daemon"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        short = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", rev],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        raise SystemExit(f"bench: --baseline {rev}: {detail.strip() or exc}") from None
+    daemon = str(where / "daemon")
+    return Variant("baseline", f" [{short}]", (("TUNGGAL_PURE", ""),), pythonpath=daemon)
+
+
+def run_stage(
+    stage: Callable[[Case], StageResult], case: Case, variant: Variant = INSTALLED
+) -> StageResult:
+    if variant.pythonpath is not None:
+        return _run_stage_elsewhere(stage, case, variant)
+    with build(variant):
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1) as pool:
+            result = pool.apply(_in_child, (stage, case))
+    result.stage += variant.mark
+    result.variant = variant.mark
+    return result
+
+
+CHILD_FLAG = "--stage-child"
+
+
+def _run_stage_elsewhere(
+    stage: Callable[[Case], StageResult], case: Case, variant: Variant
+) -> StageResult:
+    """The stage in a fresh interpreter that finds `variant`'s package first."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="tunggal-stage-") as tmp:
+        job, answer = Path(tmp) / "job.pickle", Path(tmp) / "result.pickle"
+        job.write_bytes(pickle.dumps((stage.__name__, case)))
+        with build(variant):
+            subprocess.run(
+                [sys.executable, __file__, CHILD_FLAG, str(job), str(answer)], check=True
+            )
+        result: StageResult = pickle.loads(answer.read_bytes())
+    result.stage += variant.mark
+    result.variant = variant.mark
+    return result
+
+
+def _stage_child(job: Path, answer: Path) -> None:
+    name, case = pickle.loads(job.read_bytes())
+    answer.write_bytes(pickle.dumps(_in_child(globals()[name], case)))
+
+
+# Tunggal's own stages, the ones `--pure` and `--baseline` measure again on those builds.
 TUNGGAL_STAGES = (stage_decode_map, stage_replay_pg, stage_replay_merged)
-PURE_MARK = " [pure]"
 
 
 @contextmanager
-def build(pure: bool) -> Iterator[None]:
-    """Processes started in the block (spawned stages, `tunggal run`) run the pure-Python build
-    of the per-event path if `pure`, else the one installed (see tunggal.native)."""
-    from tunggal.native import PURE_ENV
-
-    before = os.environ.get(PURE_ENV)
-    os.environ[PURE_ENV] = "1" if pure else ""
+def build(variant: Variant) -> Iterator[None]:
+    """Processes started in the block (stages, `tunggal run`) run `variant`'s build of the
+    per-event path (see tunggal.native for the compiled and pure ones)."""
+    changes = dict(variant.env)
+    if variant.pythonpath is not None:
+        changes["PYTHONPATH"] = os.pathsep.join(
+            p for p in (variant.pythonpath, os.environ.get("PYTHONPATH", "")) if p
+        )
+    before = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ[PURE_ENV]
-        else:
-            os.environ[PURE_ENV] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -412,31 +501,36 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def print_table(results: dict[str, list[StageResult]]) -> None:
+def print_table(results: dict[str, list[StageResult]], variants: list[Variant]) -> None:
     from tunggal.native import build as which_build
 
-    print(f"tunggal's per-event path: {which_build()} (rows marked{PURE_MARK}: pure Python)")
+    print(f"tunggal's per-event path: {which_build()}")
+    for variant in variants:
+        if variant is PURE:
+            print(f"  rows marked{variant.mark}: the same sources, pure Python")
+        elif variant.pythonpath is not None:
+            print(f"  rows marked{variant.mark}: the package at that commit, pure Python")
     print(
         f"{'table':<8}{'stage':<42}{'rate':>18}{'vs COPY':>9}{'seconds':>9}{'CPU s':>8}"
         f"{'peak RSS':>10}"
     )
 
-    def narrow_replay(pure: bool) -> StageResult | None:
+    def narrow_replay(variant: str) -> StageResult | None:
         return next(
             (
                 r
                 for r in results.get("narrow", [])
-                if r.stage.startswith("replay") and r.stage.endswith(PURE_MARK) == pure
+                if r.stage.startswith("replay") and r.variant == variant
             ),
             None,
         )
 
-    narrow = narrow_replay(False)
+    narrow = narrow_replay("")
     for shape_name, stages in results.items():
         copy = next((r for r in stages if r.stage.startswith("raw COPY")), None)
         for r in stages:
             ratio = f"{r.rate / copy.rate:.1%}" if copy else "-"
-            single = narrow_replay(r.stage.endswith(PURE_MARK))
+            single = narrow_replay(r.variant)
             if shape_name == "merged" and single is not None:
                 ratio = f"{r.rate / single.rate:.0%}*"
             print(
@@ -447,7 +541,9 @@ def print_table(results: dict[str, list[StageResult]]) -> None:
         print("* merged: of the narrow table's single-source `replay` rate, same events in all")
 
 
-def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_pipelines(
+    cluster: PgCluster, root: Path, args: argparse.Namespace, variants: list[Variant]
+) -> dict[str, Any]:
     """The daemon as users run it (`tunggal run` subprocesses), narrow table, on this cluster."""
     chosen = {p for p in args.pipelines.split(",") if p}
     out: dict[str, Any] = {}
@@ -461,15 +557,14 @@ def run_pipelines(cluster: PgCluster, root: Path, args: argparse.Namespace) -> d
         # Each stage gets a broker of its own: tansu's memory storage grows slower with the data
         # it holds (its CPU climbs towards a full core as ~400,000 messages arrive at 5,000/s,
         # and Connect's own produce lag with it), so one stage's topics would slow the next.
-        for pure in (False, True) if args.pure else (False,):
+        for run, variant in enumerate(variants):  # each a database and source of its own
             for n in (1, 2):
-                run = 1 if pure else 0  # a database and source of its own (kafka_stage)
                 work = mixed_workload(args.events, source=f"kbench{n}r{run}", seed=11)
                 quiesce(cluster)
                 broker = TansuBroker().start()
                 try:
-                    with build(pure):
-                        out[f"kafka_{n}{'_pure' if pure else ''}"] = bench_kafka(
+                    with build(variant):
+                        out[f"kafka_{n}{'_' if variant.key else ''}{variant.key}"] = bench_kafka(
                             cluster, broker, work.lines, len(work.final), n, root / "kafka", run
                         )
                 finally:
@@ -513,7 +608,7 @@ def _print_lag(what: str, lag: dict[str, Any]) -> None:
         print(f"{first:<52}{_lags(warm):>22}")
 
 
-def print_pipelines(p: dict[str, Any], rate: int) -> None:
+def print_pipelines(p: dict[str, Any], rate: int, variants: list[Variant]) -> None:
     if not p:
         return
     print(f"\n{'pipeline (narrow table)':<52}{'rate / lag':>22}{'peak RSS':>11}")
@@ -528,14 +623,14 @@ def print_pipelines(p: dict[str, Any], rate: int) -> None:
             f"{two['peak_rss_mb_per_instance']:>8.0f} MB   "
             f"({two['events_per_s'] / one['events_per_s']:.2f}x one)"
         )
-        if "kafka_1_pure" in p:
+        for variant in variants[1:]:
             for n in (1, 2):
-                pure, compiled = p[f"kafka_{n}_pure"], p[f"kafka_{n}"]
-                what = f"Kafka -> PostgreSQL, {n} instance{'s' if n > 1 else ''}{PURE_MARK}"
+                other, installed = p[f"kafka_{n}_{variant.key}"], p[f"kafka_{n}"]
+                what = f"Kafka -> PostgreSQL, {n} instance{'s' if n > 1 else ''}{variant.mark}"
                 print(
-                    f"{what:<52}{pure['events_per_s']:>15,.0f} ev/s"
-                    f"{pure['peak_rss_mb_per_instance']:>8.0f} MB   "
-                    f"(compiled: {compiled['events_per_s'] / pure['events_per_s']:.2f}x)"
+                    f"{what:<52}{other['events_per_s']:>15,.0f} ev/s"
+                    f"{other['peak_rss_mb_per_instance']:>8.0f} MB   "
+                    f"(installed: {installed['events_per_s'] / other['events_per_s']:.2f}x)"
                 )
         _print_lag(f"Kafka lag at {rate}/s, Connect included", p["kafka_lag"])
     if "embedded_noop" in p:
@@ -554,6 +649,9 @@ def print_pipelines(p: dict[str, Any], rate: int) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == CHILD_FLAG:
+        _stage_child(Path(sys.argv[2]), Path(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000, help="batch.max_size for replay")
@@ -592,6 +690,12 @@ def main() -> int:
         help="also measure Tunggal's stages (decode+map, replay, Kafka 1 and 2 instances) on the "
         "pure-Python build, same events, same run: rows marked [pure] beside the compiled ones",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure Tunggal's stages (as --pure does) on the package of an earlier commit "
+        "(git), e.g. the one an issue's figures were taken on: rows marked [REV]",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -604,9 +708,15 @@ def main() -> int:
             server = conn.info.server_version
         # The pure build gets a database of its own, with the same events (same seed): a second
         # replay into the first build's rows would be skipped by the sink's guard.
-        pure_dsn = cluster.create_database("bench_pure") if args.pure else None
+        variants = [INSTALLED]
+        if args.pure:
+            variants.append(PURE)
+        if args.baseline:
+            variants.append(baseline(args.baseline, root))
+        # Each other build gets a database of its own, with the same events (same seed): a
+        # second replay into the first build's rows would be skipped by the sink's guard.
+        dsns = [dsn] + [cluster.create_database(f"bench_{v.key}") for v in variants[1:]]
         for shape_name in args.tables.split(","):
-            case = prepare(shape_name, args.events, dsn, root, args.batch)
             stages = MERGED_STAGES if shape_name == "merged" else STAGES
             chosen = [
                 stage
@@ -614,22 +724,22 @@ def main() -> int:
                 if shape_name == "merged"
                 or stage.__name__.removeprefix("stage_") in args.stages.split(",")
             ]
-            with build(pure=False):
-                results[shape_name] = [run_stage(stage, case) for stage in chosen]
-            if pure_dsn is not None:
-                pure_case = prepare(shape_name, args.events, pure_dsn, root / "pure", args.batch)
-                with build(pure=True):
-                    for stage in chosen:
-                        if stage in TUNGGAL_STAGES:
-                            result = run_stage(stage, pure_case)
-                            result.stage += PURE_MARK
-                            results[shape_name].append(result)
-        print_table(results)  # before the pipelines, which take long and may fail
-        pipelines = run_pipelines(cluster, root, args)
+            results[shape_name] = []
+            for variant, where in zip(variants, dsns, strict=True):
+                case = prepare(
+                    shape_name, args.events, where, root / (variant.key or "installed"), args.batch
+                )
+                results[shape_name] += [
+                    run_stage(stage, case, variant)
+                    for stage in chosen
+                    if variant is INSTALLED or stage in TUNGGAL_STAGES
+                ]
+        print_table(results, variants)  # before the pipelines, which take long and may fail
+        pipelines = run_pipelines(cluster, root, args, variants)
     finally:
         cluster.destroy()
 
-    print_pipelines(pipelines, args.rate)
+    print_pipelines(pipelines, args.rate, variants)
     from tunggal.native import build as which_build
 
     report: dict[str, Any] = {
@@ -641,6 +751,7 @@ def main() -> int:
             for name, stages in results.items()
         },
         "pipelines": pipelines,
+        "variants": [asdict(v) for v in variants],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
