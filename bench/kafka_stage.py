@@ -87,8 +87,15 @@ def _config(work: Path, dsn: str, broker: TansuBroker, source: str, mapping: Pat
     return config
 
 
-# The partitions an instance holds, on each of its assigned / revoked lines.
-_ASSIGNED = re.compile(r"; holding (.+)$", re.M)
+# The partitions an instance holds, from each of its assigned / revoked lines: "...; holding
+# t[0], t[1]", or, from commits before cooperative-sticky (--baseline), "assigned t[0], t[1]
+# (from target offsets: ...)", which named the whole assignment.
+_HOLDING = re.compile(r"; holding (.+)$")
+_ASSIGNED = re.compile(r": assigned (.+?) \(from target offsets")
+
+
+def _held(line: str) -> re.Match[str] | None:
+    return _HOLDING.search(line) or _ASSIGNED.search(line)
 
 
 def group_settled(logs: list[Path]) -> Callable[[], bool]:
@@ -98,7 +105,8 @@ def group_settled(logs: list[Path]) -> Callable[[], bool]:
     def settled() -> bool:
         total = 0
         for log in logs:
-            found = _ASSIGNED.findall(log.read_text(errors="replace")) if log.exists() else []
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            found = [m.group(1) for m in map(_held, lines) if m is not None]
             if not found or found[-1] == "nothing":
                 return False
             total += len(found[-1].split(", "))
