@@ -83,7 +83,7 @@ class GatedSink:
                 for p in step.rows.values()
             ]
             self.batches.append(sorted(rows))
-            return BatchResult()
+            return BatchResult(reached_target=True)
         finally:
             self.writing.clear()
 

@@ -475,7 +475,7 @@ class Runner:
         for chunk in chunks:
             chunk.settle()
         self.metrics.write_recovered(sources)
-        if not self.metrics.target_is_up():
+        if result.reached_target and not self.metrics.target_is_up():
             self.metrics.target_ok()
             self._report_status()
         self._record(pending, result, elapsed, events)

@@ -24,6 +24,7 @@ import psycopg
 import sqlalchemy as sa
 from mypy_extensions import mypyc_attr
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from tunggal.errors import FatalError, PoisonEventError, TransientError
 from tunggal.events.model import UNAVAILABLE, BitString, RawEvent
@@ -128,6 +129,9 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # (table, column) -> rows this batch changed whose sources disagree on the column
     conflicts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # Whether the batch sent the target anything. One with nothing to write (a source's
+    # heartbeat alone) commits without a round trip, so it says nothing of the target's health.
+    reached_target: bool = False
 
     def add(self, table: str, done: Recomputed) -> None:
         self.upserted[table] += done.upserted
@@ -561,12 +565,17 @@ class PostgresSink:
         return found
 
     def count_dead_letters(self) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.exec_driver_sql(
-                    "SELECT count(*) FROM public.tunggal_dead_letters"
-                ).scalar_one()
-            )
+        """The dead letters the target holds; raises TunggalError (classified) when it cannot
+        be read, so the caller can tell an unreachable target (TransientError)."""
+        try:
+            with self.engine.connect() as conn:
+                return int(
+                    conn.exec_driver_sql(
+                        "SELECT count(*) FROM public.tunggal_dead_letters"
+                    ).scalar_one()
+                )
+        except sa.exc.DBAPIError as exc:
+            raise classify(exc.orig or exc) from exc
 
     def remove_unchanged(
         self, table: str, source: str, rows: Sequence[tuple[Sequence[str], int]], *, soft: bool
@@ -723,6 +732,7 @@ class PostgresSink:
                 self._progress(cur, progress)
                 self._kafka_offsets(cur, offsets)
                 self._requests(cur, requests)
+            result.reached_target = conn.info.transaction_status != TransactionStatus.IDLE
             conn.commit()
             self._ended(committed=True)
         except BaseException as exc:
