@@ -37,6 +37,7 @@ from tests.faults_helpers import (
     same_kv,
 )
 from tunggal.devtools.pgcluster import PgCluster
+from tunggal.runtime.runner import TARGET_CHECK_S
 
 pytestmark = pytest.mark.integration
 
@@ -531,3 +532,48 @@ def test_a_target_outage_shows_in_status_readyz_metrics_and_systemd(
         assert code == 0, s.logs()
     finally:
         notify.close()
+
+
+def test_a_target_down_while_nothing_is_written_shows_all_the_same(
+    kv_sync: KvSync, target_cluster: PgCluster
+) -> None:
+    """A quiet night: no change to write, and the target stops. It shows down within the check
+    made between batches (`tunggal_target_up` 0, /readyz 503, one WARNING however many checks
+    fail), not only at the next write; started again, it shows up without a write, and a change
+    made afterwards arrives. Before, an idle daemon said ready with its target down."""
+    s = kv_sync
+    sql(s.source, "INSERT INTO kv SELECT g, 'awal', 0 FROM generate_series(1, 50) g")
+    daemon = s.start_daemon()
+    _wait_equal(s, 90, "snapshot")
+    assert metric_sum(s.port, "tunggal_target_up") == 1
+    assert _get(s.port, "/readyz") == 200
+    within = TARGET_CHECK_S + 15
+    try:
+        target_cluster.stop()
+        wait_until(
+            lambda: metric_sum(s.port, "tunggal_target_up") == 0 and _get(s.port, "/readyz") == 503,
+            within,
+            interval=0.5,
+            message="the idle daemon's target shown down",
+            context=s.logs,
+        )
+        assert _get(s.port, "/healthz") == 200
+        time.sleep(TARGET_CHECK_S + 2)  # another check fails: still one WARNING
+    finally:
+        if not _accepting(target_cluster):
+            target_cluster.start()
+    wait_until(
+        lambda: metric_sum(s.port, "tunggal_target_up") == 1 and _get(s.port, "/readyz") == 200,
+        within,
+        interval=0.5,
+        message="the target shown up again without a write",
+        context=s.logs,
+    )
+    log = s.logs(chars=100_000)
+    assert log.count("target unreachable:") == 1, log
+    assert log.count("target reachable again") == 1, log
+    assert "target write failed" not in log, log  # nothing was written meanwhile
+    sql(s.source, "UPDATE kv SET v = 'baru' WHERE id <= 10")
+    _wait_equal(s, 60, "a change after the target came back")
+    code, _ = daemon.terminate()
+    assert code == 0, s.logs()

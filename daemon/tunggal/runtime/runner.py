@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # A refused mapping reload is tried again after this long, doubling up to the maximum.
 RELOAD_RETRY_S = 15.0
 RELOAD_RETRY_MAX_S = 120.0
+# How often, between batches, the target is read (its dead letters counted): how soon a target
+# gone down shows while nothing is written.
+TARGET_CHECK_S = 15.0
 
 
 class Runner:
@@ -81,6 +84,7 @@ class Runner:
         self._restart_at: dict[str, float] = {}
         self._restart_attempts: dict[str, int] = {}
         self._dead_count_at = 0.0
+        self._target_read_failed = False
         self._swept_at = clock()
         # A refused reload is tried again by itself: what made it fail (a table the mapping
         # needs, `tunggal schema --apply` not run yet) is often fixed outside the files.
@@ -242,12 +246,35 @@ class Runner:
             # hooks run on the collecting thread, and this one is attached to the JVM.
             self._swept_at = now
             log.debug("collector sweep: %d unreachable objects", gc.collect())
-        if now - self._dead_count_at >= 30:
+        if now - self._dead_count_at >= TARGET_CHECK_S:
             self._dead_count_at = now
-            try:
-                self.metrics.dead_letters_current.set(self.sink.count_dead_letters())
-            except Exception as exc:
-                log.debug("cannot count dead letters: %s", exc)
+            self._check_target()
+
+    def _check_target(self) -> None:
+        """Count the dead letters; that read is also what shows a target gone down while
+        nothing is written (a quiet night), as a failed write would: `tunggal_target_up` 0,
+        /readyz 503, one WARNING. Its success undoes only its own failure, and not while a
+        write is in flight: a failing write is retried until it succeeds, and shows till then."""
+        try:
+            count = self.sink.count_dead_letters()
+        except TransientError as down:
+            if self.metrics.target_is_up():
+                log.warning("target unreachable: %s; changes wait for it", down)
+                self.metrics.target_failed(str(down))
+                self._report_status()
+            self._target_read_failed = True
+            return
+        except Exception as exc:
+            log.debug("cannot count dead letters: %s", exc)
+            return
+        self.metrics.dead_letters_current.set(count)
+        writing = self._writing is not None and not self._writing.done()
+        if self._target_read_failed and not writing:  # else the write in flight says
+            self._target_read_failed = False
+            if not self.metrics.target_is_up():
+                log.info("target reachable again")
+                self.metrics.target_ok()
+                self._report_status()
 
     def reconfigure_source(self, name: str, prepare: Callable[[Source], None]) -> None:
         """Stop one source, let `prepare` change it, start it again; the others go on. Called
