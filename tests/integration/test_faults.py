@@ -534,6 +534,21 @@ def test_a_target_outage_shows_in_status_readyz_metrics_and_systemd(
         notify.close()
 
 
+def _target_shown(s: KvSync, *, up: bool, what: str) -> None:
+    """Within the check made between batches (and some slack): `tunggal_target_up` and
+    /readyz say the target is `up`, or down."""
+    wait_until(
+        lambda: (
+            metric_sum(s.port, "tunggal_target_up") == int(up)
+            and _get(s.port, "/readyz") == (200 if up else 503)
+        ),
+        TARGET_CHECK_S + 15,
+        interval=0.5,
+        message=what,
+        context=s.logs,
+    )
+
+
 def test_a_target_down_while_nothing_is_written_shows_all_the_same(
     kv_sync: KvSync, target_cluster: PgCluster
 ) -> None:
@@ -547,28 +562,15 @@ def test_a_target_down_while_nothing_is_written_shows_all_the_same(
     _wait_equal(s, 90, "snapshot")
     assert metric_sum(s.port, "tunggal_target_up") == 1
     assert _get(s.port, "/readyz") == 200
-    within = TARGET_CHECK_S + 15
     try:
         target_cluster.stop()
-        wait_until(
-            lambda: metric_sum(s.port, "tunggal_target_up") == 0 and _get(s.port, "/readyz") == 503,
-            within,
-            interval=0.5,
-            message="the idle daemon's target shown down",
-            context=s.logs,
-        )
+        _target_shown(s, up=False, what="the idle daemon's target shown down")
         assert _get(s.port, "/healthz") == 200
         time.sleep(TARGET_CHECK_S + 2)  # another check fails: still one WARNING
     finally:
         if not _accepting(target_cluster):
             target_cluster.start()
-    wait_until(
-        lambda: metric_sum(s.port, "tunggal_target_up") == 1 and _get(s.port, "/readyz") == 200,
-        within,
-        interval=0.5,
-        message="the target shown up again without a write",
-        context=s.logs,
-    )
+    _target_shown(s, up=True, what="the target shown up again without a write")
     log = s.logs(chars=100_000)
     assert log.count("target unreachable:") == 1, log
     assert log.count("target reachable again") == 1, log

@@ -1,4 +1,5 @@
 """Large upsert groups go through COPY into a staging table; small ones through unnest().
+(And what a written batch reports back to the runner.)
 
 The same batches written both ways must leave the same rows: the "newer" guard, TOAST-unavailable
 columns, tombstones and aware timestamps in a timestamp column behave alike.
@@ -20,7 +21,7 @@ from tunggal.mapping import load_mappings
 from tunggal.mapping.ops import Delete, RowOp, Upsert
 from tunggal.sink import postgres
 from tunggal.sink.collapse import collapse
-from tunggal.sink.postgres import PostgresSink
+from tunggal.sink.postgres import PostgresSink, SourceProgress
 from tunggal.sink.schema import apply_schema, plan_schema
 
 pytestmark = pytest.mark.integration
@@ -104,17 +105,25 @@ def test_staged_and_unnest_paths_leave_the_same_rows(
     assert N - 20 not in rows
 
 
-def test_staging_table_follows_a_column_type_change(
-    new_db: Callable[[str], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    dsn = new_db("retype")
-    sql(dsn, "CREATE TABLE r (id bigint PRIMARY KEY, v integer)")
+def _sink_of_r(dsn: str, tmp_path: Path, v_type: str) -> PostgresSink:
+    """A sink for one source's table r (id, v), created with v of `v_type`, ready to write."""
+    sql(dsn, f"CREATE TABLE r (id bigint PRIMARY KEY, v {v_type})")
     (tmp_path / "m.yaml").write_text(
         "source: s\ntables:\n  - from: public.r\n    to: public.r\n    key: [id]\n"
         "    columns: {id: id, v: v}\n"
     )
     mappings = load_mappings([tmp_path / "m.yaml"])
     sink = PostgresSink(dsn, mappings.targets())
+    apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
+    sink.introspect()
+    return sink
+
+
+def test_staging_table_follows_a_column_type_change(
+    new_db: Callable[[str], str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = new_db("retype")
+    sink = _sink_of_r(dsn, tmp_path, "integer")
 
     def batch(v: int, position: int) -> None:
         ops: list[tuple[RowOp, None]] = [
@@ -124,8 +133,6 @@ def test_staging_table_follows_a_column_type_change(
         sink.write(collapse(ops), {}, [])
 
     try:
-        apply_schema(sink.engine, plan_schema(mappings.targets(), sink.introspect()))
-        sink.introspect()
         batch(1, 1000)
         # `tunggal schema --apply` or an operator widens the column; the sink re-reads types
         sql(dsn, "ALTER TABLE r ALTER COLUMN v TYPE bigint")
@@ -136,3 +143,23 @@ def test_staging_table_follows_a_column_type_change(
     assert sql(dsn, "SELECT DISTINCT v FROM r") == [(2**40,)]
     # an integer staging column would reject 2**40 and send the batch down the row-by-row path
     assert "row by row" not in caplog.text
+
+
+def test_only_a_batch_that_sent_something_reached_the_target(
+    new_db: Callable[[str], str], tmp_path: Path
+) -> None:
+    """What the runner may take as the target being up again (`tunggal_target_up`): a batch
+    with nothing to write (a source's heartbeat alone) commits without a round trip, so it
+    must not count (test_faults has the daemon's side)."""
+    dsn = new_db("reach")
+    sink = _sink_of_r(dsn, tmp_path, "text")
+    try:
+        assert sink.write([], {}, []).reached_target is False
+        upsert = Upsert("public.r", (1,), {"id": 1, "v": "a"}, "s", 10, 10)
+        assert sink.write(collapse([(upsert, None)]), {}, []).reached_target is True
+        # the source's position alone is written too
+        assert sink.write([], {"s": SourceProgress(11, 11)}, []).reached_target is True
+        assert sink.write([], {}, []).reached_target is False
+    finally:
+        sink.close()
+    assert sql(dsn, "SELECT id, v FROM r") == [(1, "a")]
