@@ -62,8 +62,8 @@ class Processed:
         self.live |= other.live
         for source, beat in other.heartbeats.items():
             self.heartbeats[source] = max(beat, self.heartbeats.get(source, 0))
-        for key, offset in other.offsets.items():
-            self.offsets[key] = max(offset, self.offsets.get(key, 0))
+        # Later, not higher: a partition read again from the start (see Runner._take).
+        self.offsets.update(other.offsets)
         self.topic_ids.update(other.topic_ids)
         for counted, n in other.counts.items():
             self.count(counted, n)

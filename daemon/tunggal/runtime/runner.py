@@ -329,8 +329,10 @@ class Runner:
         now = "streaming" if chunk.source in self._streamed else "snapshot"
         if self.metrics.source(chunk.source).state != now:
             self.metrics.set_state(chunk.source, now)
-        for key, offset in chunk.offsets.items():
-            self._pending.offsets[key] = max(offset, self._pending.offsets.get(key, 0))
+        # The latest chunk's offset, not the highest: a partition's chunks arrive in the order
+        # it was read, and one read again from the start (its topic re-created) must not keep
+        # the old incarnation's higher offset, which would skip the new records below it.
+        self._pending.offsets.update(chunk.offsets)
         self._pending.topic_ids.update(chunk.topic_ids)
         self._chunks.append(chunk)
         self._pending_events += len(chunk.events)
