@@ -27,17 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from run import prepare
+from run import decode_map_inputs, prepare
 
-from tunggal.config import load_config
 from tunggal.devtools.pgcluster import PgCluster
 from tunggal.events.coerce import converter_for
 from tunggal.events.model import RawEvent
 from tunggal.events.modes import ConnectorModes
-from tunggal.runtime.app import load_all, open_sink
 from tunggal.runtime.gc_tuning import tune_for_throughput
-from tunggal.runtime.pipeline import Pipeline
-from tunggal.sources.replay import read_events
 
 Chunk = list[RawEvent]
 
@@ -60,15 +56,9 @@ def measure(shape: str, events: int, batch: int, runs: int) -> list[tuple[str, f
     try:
         root = Path(tempfile.mkdtemp(prefix="tunggal-floor-"))
         case = prepare(shape, events, cluster.create_database("floor"), root, batch)
-        config = load_config(case.work / "tunggal.yaml")
-        mappings, _ = load_all(config)
-        sink = open_sink(config, mappings, check=False)
-        types = {name: info.columns for name, info in sink.introspect().items()}
-        sink.close()
+        pipeline, types, raws = decode_map_inputs(case)
     finally:
         cluster.destroy()
-    with open(case.events_file, "rb") as stream:
-        raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
     raws = [r for r in raws if r.value is not None]
     modes = ConnectorModes()
     plan = tuple(
@@ -95,8 +85,6 @@ def measure(shape: str, events: int, batch: int, runs: int) -> list[tuple[str, f
             )
             out.append((event["op"], (image["id"],), row, block["lsn"], block["ts_us"]))
         return out
-
-    pipeline = Pipeline(mappings, {}, types)
 
     def decode_map(chunk: Chunk) -> Any:
         return pipeline.process("bench", chunk)

@@ -149,14 +149,13 @@ def _final_rows(case: Case) -> list[tuple[Any, ...]]:
 # -- stages ----------------------------------------------------------------------------------
 
 
-def stage_decode_map(case: Case) -> StageResult:
-    """The runner's CPU work before the sink, as `replay` does it: decoding with the target's
-    column types as hints (they turn numeric strings, day counts and µs into typed values),
-    mapping, and the pipeline's bookkeeping, in chunks of the batch size."""
+def decode_map_inputs(case: Case) -> tuple[Any, dict[str, Any], list[Any]]:
+    """What decode+map runs on, set up as `replay` does: the pipeline, with the target's column
+    types as hints (they turn numeric strings, day counts and µs into typed values), those
+    types per target table, and the case's events."""
     from tunggal.config import load_config
     from tunggal.events.model import RawEvent
     from tunggal.runtime.app import load_all, open_sink
-    from tunggal.runtime.gc_tuning import tune_for_throughput
     from tunggal.runtime.pipeline import Pipeline
     from tunggal.sources.replay import read_events
 
@@ -165,9 +164,18 @@ def stage_decode_map(case: Case) -> StageResult:
     sink = open_sink(config, mappings, check=False)
     types = {name: info.columns for name, info in sink.introspect().items()}
     sink.close()
-    pipeline = Pipeline(mappings, {}, types)
     with open(case.events_file, "rb") as stream:
         raws = [r for r in read_events(stream, "bench") if isinstance(r, RawEvent)]
+    return Pipeline(mappings, {}, types), types, raws
+
+
+def stage_decode_map(case: Case) -> StageResult:
+    """The runner's CPU work before the sink, as `replay` does it: decoding with the target's
+    column types as hints, mapping, and the pipeline's bookkeeping, in chunks of the batch
+    size."""
+    from tunggal.runtime.gc_tuning import tune_for_throughput
+
+    pipeline, _, raws = decode_map_inputs(case)
     tune_for_throughput()  # as `tunggal run` and `tunggal replay` do
     with measured() as clock:
         for start in range(0, len(raws), case.batch):
