@@ -55,6 +55,7 @@ def _config(
     batch_size: int = 2000,
     when_caught_up: bool = True,
     client: str = "confluent-kafka",
+    session_timeout_ms: int = 2000,  # tansu: a join takes half the session timeout
 ) -> Path:
     connector = tmp_path / f"connector-{source}.yaml"
     connector.write_text(
@@ -74,7 +75,7 @@ def _config(
         f"  bootstrap_servers: ['{broker.bootstrap}']",
         f"  group_id: {group}",
         f"  client: {client}",
-        "  session_timeout_ms: 2000",  # tansu: a join takes half the session timeout
+        f"  session_timeout_ms: {session_timeout_ms}",
         "  heartbeat_interval_ms: 500",
         "sources:",
         f"  - name: {source}",
@@ -98,11 +99,17 @@ def _with_metrics_port(config: Path) -> Path:
     return copy
 
 
+def _metrics_port(config: Path) -> int:
+    """The metrics port `_config` gave the instance running `config`."""
+    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
+    assert port is not None, config.read_text()
+    return int(port.group(1))
+
+
 def _received(config: Path, source: str) -> float:
     """tunggal_events_received_total of the instance running `config`."""
-    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
-    assert port is not None
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics").read().decode()
+    port = _metrics_port(config)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     found = re.search(rf'^tunggal_events_received_total{{source="{source}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
@@ -604,7 +611,7 @@ def test_broker_lost_with_its_topics_recovers_without_restart(
         group = f"g{source}"
         config = _config(tmp_path, target, broker, source, group=group, client=client)
         _schema_apply(config)
-        port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+        port = _metrics_port(config)
         work = mixed_workload(6000, source=source, seed=16)
         topic = Topic(broker, f"{source}.{TABLE}", partitions=2)
         topic.send_lines(work.lines[:4000])
@@ -660,14 +667,17 @@ def test_frozen_broker_shows_down_within_the_session_timeout(
     try:
         source, target = _name(), new_db("kafka_frozen")
         _setup_narrow(tmp_path, target, source)
-        config = _config(tmp_path, target, broker, source, group=f"g{source}", client=client)
-        config.write_text(
-            config.read_text().replace(
-                "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
-            )
+        config = _config(
+            tmp_path,
+            target,
+            broker,
+            source,
+            group=f"g{source}",
+            client=client,
+            session_timeout_ms=int(session_s * 1000),
         )
         _schema_apply(config)
-        port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+        port = _metrics_port(config)
         work = mixed_workload(3000, source=source, seed=4)
         topic = Topic(broker, f"{source}.{TABLE}", partitions=2)
         topic.send_lines(work.lines[:2000])
@@ -859,14 +869,17 @@ def test_join_that_never_completes_shows_down_within_the_session_timeout(
     source, target = _name(), new_db("kafka_join")
     _setup_narrow(tmp_path, target, source)
     group = f"g{source}"
-    config = _config(tmp_path, target, kafka_broker, source, group=group, client=client)
-    config.write_text(
-        config.read_text().replace(
-            "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
-        )
+    config = _config(
+        tmp_path,
+        target,
+        kafka_broker,
+        source,
+        group=group,
+        client=client,
+        session_timeout_ms=int(session_s * 1000),
     )
     _schema_apply(config)
-    port = int(re.search(r"metrics: \{port: (\d+)\}", config.read_text()).group(1))  # type: ignore[union-attr]
+    port = _metrics_port(config)
     work = mixed_workload(3000, source=source, seed=7)
     topic = Topic(kafka_broker, f"{source}.{TABLE}", partitions=2)
     topic.send_lines(work.lines[:2000])
@@ -921,17 +934,16 @@ def test_metrics_port_in_use_stops_run_with_one_line(
     _setup_narrow(tmp_path, target, source)
     config = _config(tmp_path, target, kafka_broker, source, group=f"g{source}")
     _schema_apply(config)
-    port = re.search(r"metrics: \{port: (\d+)\}", config.read_text())
-    assert port is not None
+    port = _metrics_port(config)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", int(port.group(1))))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
         result = run_cli("run", "--config", str(config), timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert port.group(1) in errors[0] and "metrics.port" in errors[0], errors[0]
+    assert str(port) in errors[0] and "metrics.port" in errors[0], errors[0]
 
 
 def test_stale_cached_end_is_not_taken_for_a_recreated_topic(kafka_broker: TansuBroker) -> None:
@@ -1032,11 +1044,13 @@ def test_joining_instance_does_not_stop_the_other_instances_commits(
     source, target = _name(), new_db("kafka_coop")
     _setup_narrow(tmp_path, target, source)
     group = f"g{source}"
-    config = _config(tmp_path, target, kafka_broker, source, group=group)
-    config.write_text(
-        config.read_text().replace(
-            "session_timeout_ms: 2000", f"session_timeout_ms: {int(session_s * 1000)}"
-        )
+    config = _config(
+        tmp_path,
+        target,
+        kafka_broker,
+        source,
+        group=group,
+        session_timeout_ms=int(session_s * 1000),
     )
     _schema_apply(config)
     work = mixed_workload(40_000, source=source, seed=17)
