@@ -8,8 +8,9 @@ from typing import Any
 
 # Upsert and Delete are not frozen: a frozen dataclass sets each field through
 # object.__setattr__, which tripled the cost of building one per mapped row. Treat them as
-# immutable all the same (collapse makes a changed copy with dataclasses.replace).
-@dataclass(slots=True)
+# immutable all the same (collapse makes a changed copy with dataclasses.replace). Their own
+# __init__ (init=False), as `events.model.RawEvent` says: native when compiled.
+@dataclass(slots=True, init=False)
 class Upsert:
     table: str  # qualified target table, "schema.table"
     key: tuple[Any, ...]  # values of the target key columns, in the declared key order
@@ -19,8 +20,24 @@ class Upsert:
     position: int
     commit_ts_us: int
 
+    def __init__(
+        self,
+        table: str,
+        key: tuple[Any, ...],
+        values: dict[str, Any],
+        source: str,
+        position: int,
+        commit_ts_us: int,
+    ) -> None:
+        self.table = table
+        self.key = key
+        self.values = values
+        self.source = source
+        self.position = position
+        self.commit_ts_us = commit_ts_us
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Delete:
     table: str
     key: tuple[Any, ...]
@@ -28,6 +45,22 @@ class Delete:
     position: int
     commit_ts_us: int
     soft: bool  # soft: set the table's soft-delete column instead of removing the row
+
+    def __init__(
+        self,
+        table: str,
+        key: tuple[Any, ...],
+        source: str,
+        position: int,
+        commit_ts_us: int,
+        soft: bool,
+    ) -> None:
+        self.table = table
+        self.key = key
+        self.source = source
+        self.position = position
+        self.commit_ts_us = commit_ts_us
+        self.soft = soft
 
 
 @dataclass(frozen=True, slots=True)
