@@ -15,7 +15,14 @@ import orjson
 from tunggal.errors import DecodeError
 from tunggal.events.coerce import converter_for
 from tunggal.events.connect import StructDecoder, compile_struct
-from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, RawEvent
+from tunggal.events.model import (
+    UNAVAILABLE,
+    ChangeEvent,
+    Op,
+    ProjectedEvent,
+    Projection,
+    RawEvent,
+)
 from tunggal.events.modes import BINLOG_CONNECTORS, ConnectorModes
 from tunggal.events.values import (
     FAST_FORMS,
@@ -323,12 +330,15 @@ def in_epoch(position: int, epoch: int) -> int:
     return position if position >> EPOCH_SHIFT else epoch << EPOCH_SHIFT | position
 
 
+_LSN_END: Final = 1 << EPOCH_SHIFT
+
+
 def _lsn_value(value: Any, name: str) -> int:
-    if value.__class__ is int and 0 <= value < 1 << EPOCH_SHIFT:
+    if value.__class__ is int and 0 <= value < _LSN_END:
         return int(value)
     if value.__class__ is str and value.isascii() and value.isdigit() and len(value) < 21:
         found = int(value)
-        if found < 1 << EPOCH_SHIFT:
+        if found < _LSN_END:
             return found
     raise Invalid(f"expected the change's LSN as a non-negative integer, got {show(value)}", name)
 
@@ -577,9 +587,50 @@ def _compile_envelope(schema: Any) -> StructDecoder | None:
 # outcome it has established another way (tests/unit/test_decode_fast.py compares the two).
 
 
-def _decode_fast(
-    raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None
-) -> ChangeEvent | None:
+class _Envelope:
+    """What both fast paths read from a schemaless or known-schema envelope (a plain class: see
+    `events.model.RawEvent`)."""
+
+    __slots__ = (
+        "after",
+        "before",
+        "block",
+        "commit_ts_us",
+        "marker",
+        "op",
+        "position",
+        "rows",
+        "table",
+        "value",
+    )
+
+    def __init__(
+        self,
+        value: dict[str, Any],
+        rows: StructDecoder | None,  # the schema's row decoder; None without a schema
+        op: Op,
+        block: dict[str, Any],
+        table: str,
+        position: int,
+        commit_ts_us: int,
+        marker: Any,  # source.snapshot
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        self.value = value
+        self.rows = rows
+        self.op = op
+        self.block = block
+        self.table = table
+        self.position = position
+        self.commit_ts_us = commit_ts_us
+        self.marker = marker
+        self.before = before
+        self.after = after
+
+
+def _fast_envelope(raw: RawEvent, connector: str) -> _Envelope | None:
+    """The envelope of `raw` if it is text (str or bytes) the fast paths can take, else None."""
     text: Any = raw.value
     kind = text.__class__
     if kind is not bytes and kind is not str:
@@ -600,15 +651,12 @@ def _decode_fast(
         block = value.get("source")
         if op is None or block.__class__ is not dict:
             return None
-        connector = modes.connector
         declared = block.get("connector")
         if declared is not None and declared != connector:
             return None
         table = _table(block, connector)
         position = _POSITIONS[connector](block)
         commit_ts_us = _commit_ts_us(block)
-        txid = _txid(block, connector, value.get("transaction"))
-        marker = block.get("snapshot")
         before = value.get("before")
         after = value.get("after")
         if (before is not None and before.__class__ is not dict) or (
@@ -617,6 +665,22 @@ def _decode_fast(
             return None
         if (after is None and op in _NEEDS_AFTER) or (after is not None and op is Op.DELETE):
             return None
+    except Exception:
+        return None
+    marker = block.get("snapshot")
+    return _Envelope(value, rows, op, block, table, position, commit_ts_us, marker, before, after)
+
+
+def _decode_fast(
+    raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None
+) -> ChangeEvent | None:
+    connector = modes.connector
+    envelope = _fast_envelope(raw, connector)
+    if envelope is None:
+        return None
+    try:
+        table = envelope.table
+        txid = _txid(envelope.block, connector, envelope.value.get("transaction"))
         key, key_rows = _fast_key(raw.key, raw.destination)
     except Exception:
         return None
@@ -625,6 +689,9 @@ def _decode_fast(
     # Outside the try: an exception from the caller's hints function is theirs, as in `decode`.
     table_hints = hints(table) if hints is not None else None
     where = (source, table)
+    rows = envelope.rows
+    before = envelope.before
+    after = envelope.after
     try:
         decode_row: _RowDecoder
         if rows is None:
@@ -643,6 +710,8 @@ def _decode_fast(
             return None  # a schemaless key beside a schema envelope: rare, the reference's
     except Exception:
         return None
+    op = envelope.op
+    marker = envelope.marker
     # Positional: measurably cheaper than keywords. A field added or
     # moved in ChangeEvent shows up as a mismatch in test_decode_fast.
     return ChangeEvent(
@@ -652,14 +721,174 @@ def _decode_fast(
         key_out,
         before_out,
         after_out,
-        position,
-        commit_ts_us,
+        envelope.position,
+        envelope.commit_ts_us,
         txid,
         _is_snapshot(op, marker),
         marker == "last",
         raw,
         marker == _INCREMENTAL,
     )
+
+
+# -- the projected fast path ---------------------------------------------------------------
+#
+# A mapping that only copies columns (no transforms, no filter) takes from a row exactly its
+# mapped columns, renamed. For such a table `decode_projected` converts those columns straight
+# into the target row's dict: no dict of the source row, no ChangeEvent, no second dict in the
+# mapping. It takes inserts, updates and snapshot rows of schemaless text whose mapped values
+# are plain scalars, and returns None for anything else (deletes, schema envelopes,
+# placeholders, a failed conversion, a missing column, the snapshot's last row, an incremental
+# snapshot's), so that `decode` and the mapping run as they always do. An event it accepts is
+# one `decode` accepts too, with the same values: it uses the same parser, helpers and
+# converters, and still decodes the key, since a key that does not decode makes the event
+# poison (tests/unit/test_pipeline_projected.py compares the two lanes).
+
+# A table's projection and its column types (what `Hints` gives for it), or None: no projection.
+Projections: TypeAlias = Callable[[str], tuple[Projection, Mapping[str, str] | None] | None]
+
+
+def decode_projected(
+    raw: RawEvent, source: str, modes: ConnectorModes, projections: Projections
+) -> ProjectedEvent | None:
+    """`raw` decoded into the target columns of its table's projection (`projections(table)`),
+    or None when the table has none or the event is not one this path takes (see above)."""
+    if raw.value is None:
+        return None
+    envelope = _fast_envelope(raw, modes.connector)
+    if envelope is None or envelope.rows is not None:
+        return None
+    op = envelope.op
+    marker = envelope.marker
+    after = envelope.after
+    if op is Op.DELETE or op is Op.TRUNCATE or marker == "last" or marker == _INCREMENTAL:
+        return None
+    table = envelope.table
+    # Outside the try: an exception from the caller's function is theirs, as in `decode`.
+    plan = projections(table)
+    if plan is None or after is None:
+        return None
+    projection, table_hints = plan
+    try:
+        key, key_rows = _fast_key(raw.key, raw.destination)
+    except Exception:
+        return None
+    if key is _MISS or key_rows is not None:
+        return None
+    where = (source, table)
+    try:
+        project, converted = _projected_rows(where, table_hints, modes, projection)
+        before = envelope.before
+        before_out = None if before is None else project(before)
+        after_out = project(after)
+        if key is not None and not _same_as_converted(key, after, converted):
+            _fast_rows(where, table_hints, modes)(key)  # only whether it decodes: see above
+    except Exception:
+        return None
+    return ProjectedEvent(
+        source,
+        table,
+        op,
+        after_out,
+        before_out,
+        envelope.position,
+        envelope.commit_ts_us,
+        _is_snapshot(op, marker),
+        raw,
+    )
+
+
+# The converters of a table, and the source columns the projection converts.
+_Converted: TypeAlias = tuple[dict[str, Converter], frozenset[str]]
+
+
+def _same_as_converted(key: dict[str, Any], after: dict[str, Any], converted: _Converted) -> bool:
+    """Whether each column of `key` that has a converter is one the projection converted in
+    `after`, with the same value there: then the key decodes too, as a column without a
+    converter always does. (Debezium's key is the row's primary key, so it usually holds.)"""
+    converters, projected = converted
+    for name, value in key.items():
+        if name in converters:
+            other = after.get(name, _MISS)
+            if name not in projected or other.__class__ is not value.__class__ or other != value:
+                return False
+    return True
+
+
+_PROJECTED: dict[
+    tuple[str, str],
+    tuple[ConnectorModes, Mapping[str, str] | None, Projection, _RowDecoder, _Converted],
+] = {}
+
+
+def _projected_rows(
+    where: tuple[str, str],
+    table_hints: Mapping[str, str] | None,
+    modes: ConnectorModes,
+    projection: Projection,
+) -> tuple[_RowDecoder, _Converted]:
+    """The projection compiled for `where`, with what it converts."""
+    cached = _PROJECTED.get(where)
+    if (
+        cached is not None
+        and cached[0] is modes
+        and cached[1] is table_hints
+        and cached[2] is projection
+    ):
+        return cached[3], cached[4]
+    converters = _converters_for(where, table_hints, modes) if table_hints else _NO_CONVERTERS
+    project = _compile_projection(converters, projection)
+    converted = (converters, frozenset(name for _, name in projection if name in converters))
+    if len(_PROJECTED) > 4096:
+        _PROJECTED.clear()
+    _PROJECTED[where] = (modes, table_hints, projection, project, converted)
+    return project, converted
+
+
+class _NotPlain(Exception):
+    """A value the projected path leaves to `decode`."""
+
+
+def _compile_projection(converters: dict[str, Converter], projection: Projection) -> _RowDecoder:
+    """row -> {target: decoded row[source], ...}. Raises for anything but plain scalars that
+    decode: KeyError for a missing column, _NotPlain, a converter's own error."""
+    # (target, source, convert, kind, fast): `fast` for a value of class `kind`, else `convert`;
+    # without a converter, the value as it is.
+    steps: list[tuple[str, str, Converter | None, type, Converter | None]] = []
+    for target, name in projection:
+        convert = converters.get(name)
+        if convert is None:
+            steps.append((target, name, None, _NoFastForm, None))
+        else:
+            kind, fast = FAST_FORMS.get(convert, (_NoFastForm, convert))
+            steps.append((target, name, convert, kind, fast))
+    plan = tuple(steps)
+
+    def project(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for target, name, convert, kind, fast in plan:
+            value = row[name]
+            if value is None:
+                out[target] = None
+                continue
+            cls = value.__class__
+            if cls is str:
+                if len(value) in PLACEHOLDER_LENGTHS and value in PLACEHOLDER_STRINGS:
+                    raise _NotPlain
+            elif cls is float:
+                if not _INT64_MIN < value < _UINT64_END:
+                    raise _NotPlain
+            elif cls is not int and cls is not bool:
+                raise _NotPlain
+            if convert is None:
+                out[target] = value
+            elif cls is kind and fast is not None:
+                out[target] = fast(value)
+            else:
+                out[target] = convert(value)
+        return out
+
+    return project
 
 
 def _fast_key(text: Any, destination: str) -> tuple[Any, StructDecoder | None]:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import cel
 
 from tunggal.errors import MappingError
-from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op
+from tunggal.events.model import UNAVAILABLE, ChangeEvent, Op, ProjectedEvent, Projection
 from tunggal.mapping.ops import Delete, RowOp, Truncate, Upsert
 from tunggal.mapping.pgtypes import Family, parse_type
 from tunggal.mapping.spec import (
@@ -372,6 +372,7 @@ class TableMapper:
         "_table",
         "_truncate",
         "_where",
+        "projection",
         "where_text",
     )
 
@@ -417,6 +418,10 @@ class TableMapper:
         self._key_where = where("key", "key")
         self._filter = None if table.filter is None else _Cel(table.filter)
         self._filter_where = where("filter", "filter")
+        # Only copies, no filter: the decoder may build the target row itself (`map_projected`).
+        self.projection: Projection | None = (
+            self._renames if not self._derived and self._filter is None else None
+        )
 
     # -- building blocks --
 
@@ -508,6 +513,30 @@ class TableMapper:
                 Truncate(self._table, event.source, event.position, event.commit_ts_us, self._soft)
             ]
         return []
+
+    def map_projected(self, event: ProjectedEvent) -> list[RowOp]:
+        """What `map` gives for the same event decoded whole, from its rows already in this
+        mapper's `projection` (tests/unit/test_pipeline_projected.py compares the two)."""
+        values = event.after
+        old = None
+        if event.op is Op.UPDATE and event.before is not None:
+            old = self._key_of_values(event.before)
+            if None in old or UNAVAILABLE in old:
+                old = None  # as `_update`: a partial before image is not this row's failure
+        key = self._key_of_values(values)
+        if None in key or UNAVAILABLE in key:
+            raise self._bad_key(key, "the new row")
+        if self._soft_column is not None:
+            values[self._soft_column] = None
+        upsert = Upsert(self._table, key, values, event.source, event.position, event.commit_ts_us)
+        if old is not None and old != key and self._delete != "ignore":
+            return [
+                Delete(
+                    self._table, old, event.source, event.position, event.commit_ts_us, self._soft
+                ),
+                upsert,
+            ]
+        return [upsert]
 
     @property
     def target(self) -> str:
@@ -637,6 +666,23 @@ class MappingSet:
             return []
         return self._map(event, mappers)
 
+    def projected_mapper(self, source: str, source_table: str) -> TableMapper | None:
+        """The one mapper of a table whose rows it only copies (see `TableMapper.projection`),
+        or None: no mapping reads the table, several do, or one transforms or filters."""
+        mappers = self._mappers.get((source, source_table))
+        if mappers is None or len(mappers) != 1 or mappers[0].projection is None:
+            return None
+        return mappers[0]
+
+    def map_projected(self, mapper: TableMapper, event: ProjectedEvent) -> list[RowOp]:
+        """`map_event` for an event `decode_projected` read with `mapper.projection`."""
+        try:
+            return mapper.map_projected(event)
+        except MappingError:
+            raise
+        except (ValueFailure, ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+            raise _unmappable(mapper, event.source, event.table, exc) from None
+
     def table_cleanup(
         self, source: str, source_table: str, position: int, commit_ts_us: int
     ) -> tuple[list[RowOp], list[str]]:
@@ -691,14 +737,7 @@ class MappingSet:
         except MappingError:
             raise
         except (ValueFailure, ArithmeticError, ValueError, TypeError, RecursionError) as exc:
-            # The last line of defence for hostile values (a signalling NaN in a key, nesting
-            # deeper than Python recurses): this event is poison, the daemon keeps running.
-            raise MappingError(
-                f"{mappers[0].where_text}: cannot map this row: {type(exc).__name__}: "
-                f"{str(exc)[:200]}",
-                source=event.source,
-                table=event.table,
-            ) from None
+            raise _unmappable(mappers[0], event.source, event.table, exc) from None
 
     def hints(
         self,
@@ -724,6 +763,16 @@ class MappingSet:
                 if hint is not None:
                     found.setdefault(hint[0], set()).add(hint[1])
         return {name: types.pop() for name, types in found.items() if len(types) == 1}
+
+
+def _unmappable(mapper: TableMapper, source: str, table: str, exc: Exception) -> MappingError:
+    # The last line of defence for hostile values (a signalling NaN in a key, nesting deeper
+    # than Python recurses): this event is poison, the daemon keeps running.
+    return MappingError(
+        f"{mapper.where_text}: cannot map this row: {type(exc).__name__}: {str(exc)[:200]}",
+        source=source,
+        table=table,
+    )
 
 
 _KEEPS_TYPE: Final = (str, DefaultIfNullStep)  # trim/upper/lower are named (str) steps

@@ -10,10 +10,23 @@ from typing import Final
 import orjson
 
 from tunggal.errors import PoisonEventError
-from tunggal.events.decode import EPOCH_SHIFT, Hints, decode, in_epoch
-from tunggal.events.model import HEARTBEAT_PREFIX, NOTIFICATION_PREFIX, ChangeEvent, RawEvent
+from tunggal.events.decode import (
+    EPOCH_SHIFT,
+    Hints,
+    Projections,
+    decode,
+    decode_projected,
+    in_epoch,
+)
+from tunggal.events.model import (
+    HEARTBEAT_PREFIX,
+    NOTIFICATION_PREFIX,
+    Projection,
+    RawEvent,
+)
 from tunggal.events.modes import ConnectorModes
 from tunggal.mapping import MappingSet
+from tunggal.mapping.engine import TableMapper
 from tunggal.mapping.ops import RowOp
 from tunggal.sink.postgres import DeadLetter, SourceProgress
 
@@ -130,11 +143,19 @@ class Pipeline:
         target_types: Mapping[str, Mapping[str, str]],
         epochs: EpochLookup | None = None,
         requests: RequestLookup | None = None,
+        *,
+        projected: bool = True,
     ) -> None:
         self.mappings = mappings
         self.modes = dict(modes)
         self.target_types = target_types
         self._hints: dict[tuple[str, str], Mapping[str, str] | None] = {}
+        # Tables whose one mapping only copies columns: decoded straight into target rows
+        # (`decode_projected`). `projected=False` keeps every event on the general path, which
+        # the tests compare it with.
+        self._projected = projected
+        # source -> source table -> its projected mapper and hints (None: not projected)
+        self._plans: dict[str, dict[str, tuple[TableMapper, Mapping[str, str] | None] | None]] = {}
         self._lookup_epoch = epochs
         self._epochs: dict[str, int] = {}
         self._lookup_request = requests
@@ -144,26 +165,29 @@ class Pipeline:
         self.mappings = mappings
         self.target_types = target_types
         self._hints.clear()
+        self._plans.clear()
 
-    def _place_in_epoch(self, event: ChangeEvent, unknown: bool) -> tuple[ChangeEvent, bool]:
-        """A PostgreSQL event, placed in its source's newest snapshot epoch if it has no epoch
-        of its own; a snapshot row makes its epoch the newest. `unknown` says the target was
-        asked during this chunk and had none (so it is asked once per chunk at most), and is
-        returned updated."""
-        epoch = event.position >> EPOCH_SHIFT
+    def _place_in_epoch(
+        self, source: str, position: int, snapshot: bool, unknown: bool
+    ) -> tuple[int, bool]:
+        """A PostgreSQL event's position, placed in its source's newest snapshot epoch if it
+        has no epoch of its own; a snapshot row makes its epoch the newest. `unknown` says the
+        target was asked during this chunk and had none (so it is asked once per chunk at
+        most), and is returned updated."""
+        epoch = position >> EPOCH_SHIFT
         if epoch:
-            if event.snapshot and epoch > self._epochs.get(event.source, 0):
-                self._epochs[event.source] = epoch
-            return event, unknown
-        known = self._epochs.get(event.source)
+            if snapshot and epoch > self._epochs.get(source, 0):
+                self._epochs[source] = epoch
+            return position, unknown
+        known = self._epochs.get(source)
         if known is None and not unknown and self._lookup_epoch is not None:
-            known = self._lookup_epoch(event.source)
+            known = self._lookup_epoch(source)
             if known is None:
-                return event, True
-            self._epochs[event.source] = known
+                return position, True
+            self._epochs[source] = known
         if known is None:
-            return event, unknown
-        return replace(event, position=in_epoch(event.position, known)), unknown
+            return position, unknown
+        return in_epoch(position, known), unknown
 
     def _hint_lookup(self, source: str) -> Hints:
         def lookup(table: str) -> Mapping[str, str] | None:
@@ -173,6 +197,27 @@ class Pipeline:
             return self._hints[key]
 
         return lookup
+
+    def _plans_of(
+        self, source: str, hints: Hints
+    ) -> tuple[dict[str, tuple[TableMapper, Mapping[str, str] | None] | None], Projections]:
+        """The source's projected tables as found so far, and the lookup `decode_projected`
+        takes, which fills them in."""
+        plans = self._plans.setdefault(source, {})
+
+        def lookup(table: str) -> tuple[Projection, Mapping[str, str] | None] | None:
+            if table in plans:
+                plan = plans[table]
+            else:
+                mapper = self.mappings.projected_mapper(source, table)
+                plan = plans[table] = None if mapper is None else (mapper, hints(table))
+            if plan is None:
+                return None
+            projection = plan[0].projection
+            assert projection is not None  # projected_mapper gives only such mappers
+            return projection, plan[1]
+
+        return plans, lookup
 
     def process(
         self,
@@ -189,6 +234,7 @@ class Pipeline:
         hints = self._hint_lookup(source)
         epochs = modes.connector == "postgresql"
         epoch_unknown = False  # looked up once per chunk at most while there is none
+        plans, projections = self._plans_of(source, hints)
         for raw in raws:
             if raw.destination.startswith(NOTIFICATION_PREFIX):
                 self._notice(source, raw, out)
@@ -199,58 +245,81 @@ class Pipeline:
                     out.heartbeats[source] = max(beat, out.heartbeats.get(source, 0))
                 # Not `live`: Debezium also sends a heartbeat when a snapshot completes.
                 continue
-            event = None
+            position: int | None = None  # the event's, once decoded (and placed)
             try:
-                event = decode(raw, source=source, modes=modes, hints=hints)
-                if event is None:  # tombstone: the delete before it did the work
-                    continue
-                if epochs:
-                    event, epoch_unknown = self._place_in_epoch(event, epoch_unknown)
-                ops = self.mappings.map_event(event)
+                projected = None
+                if self._projected:
+                    projected = decode_projected(raw, source, modes, projections)
+                if projected is not None:
+                    table, op, snapshot = projected.table, projected.op, projected.snapshot
+                    position, commit_ts_us = projected.position, projected.commit_ts_us
+                    incremental = False  # not taken by decode_projected
+                    if epochs:
+                        position, epoch_unknown = self._place_in_epoch(
+                            source, position, snapshot, epoch_unknown
+                        )
+                        projected.position = position
+                    plan = plans[table]
+                    assert plan is not None  # the projection came from it
+                    ops = self.mappings.map_projected(plan[0], projected)
+                else:
+                    event = decode(raw, source=source, modes=modes, hints=hints)
+                    if event is None:  # tombstone: the delete before it did the work
+                        continue
+                    table, op, snapshot = event.table, event.op, event.snapshot
+                    position, commit_ts_us = event.position, event.commit_ts_us
+                    incremental = event.incremental
+                    if epochs:
+                        position, epoch_unknown = self._place_in_epoch(
+                            source, position, snapshot, epoch_unknown
+                        )
+                        if position != event.position:
+                            event = replace(event, position=position)
+                    ops = self.mappings.map_event(event)
             except PoisonEventError as exc:
-                table = exc.table or raw.destination or "?"
+                where = exc.table or raw.destination or "?"
                 letter = DeadLetter(
                     source=source,
                     error_class=type(exc).__name__,
                     error=str(exc),
                     raw=raw,
                     source_table=exc.table,
-                    position=event.position if event is not None else None,
+                    position=position,
                 )
                 if log_poison:
                     report_poison(letter)
                 out.dead_letters.append(letter)
-                out.count((source, table, "?", "dead_letter"))
+                out.count((source, where, "?", "dead_letter"))
                 continue
-            if not event.snapshot:
+            if not snapshot:
                 out.live.add(source)
-            if event.incremental:
-                counted = (source, event.table)
+            if incremental:
+                counted = (source, table)
                 out.incremental_rows[counted] = out.incremental_rows.get(counted, 0) + 1
             progress = out.progress.get(source)
             if progress is None:
-                progress = out.progress[source] = SourceProgress(event.position, event.commit_ts_us)
-            progress.position = max(progress.position, event.position)
-            progress.commit_ts_us = max(progress.commit_ts_us, event.commit_ts_us)
+                progress = out.progress[source] = SourceProgress(position, commit_ts_us)
+            progress.position = max(progress.position, position)
+            progress.commit_ts_us = max(progress.commit_ts_us, commit_ts_us)
             progress.events += 1
             if epochs:
-                if event.snapshot:
+                if snapshot:
                     # committed with the rows, for a process that never sees them
                     progress.epoch = self._epochs.get(source, progress.epoch)
-                elif not event.position >> EPOCH_SHIFT:
+                elif not position >> EPOCH_SHIFT:
                     # No snapshot row seen yet, none in the target: the sink places it when it
                     # commits, under a lock (`sink.epochs`). On Kafka the snapshot's rows may
                     # be on other partitions, taken later or by another instance.
                     progress.unplaced = True
             # Op's str value, not `.value`: the enum property costs more than the rest here.
             if not ops:
-                out.count((source, event.table, str(event.op), "skipped"))
+                out.count((source, table, str(op), "skipped"))
                 continue
-            out.count((source, event.table, str(event.op), "applied"))
+            out.count((source, table, str(op), "applied"))
             if len(ops) == 1:
                 out.ops.append((ops[0], raw))
             else:
-                out.ops.extend((op, raw) for op in ops)
+                out.ops.extend((row_op, raw) for row_op in ops)
         return out
 
     def _notice(self, source: str, raw: RawEvent, out: Processed) -> None:
