@@ -674,10 +674,14 @@ def _fast_envelope(raw: RawEvent, connector: str) -> _Envelope | None:
 def _decode_fast(
     raw: RawEvent, source: str, modes: ConnectorModes, hints: Hints | None
 ) -> ChangeEvent | None:
+    envelope = _fast_envelope(raw, modes.connector)
+    return None if envelope is None else _from_envelope(raw, envelope, source, modes, hints)
+
+
+def _from_envelope(
+    raw: RawEvent, envelope: _Envelope, source: str, modes: ConnectorModes, hints: Hints | None
+) -> ChangeEvent | None:
     connector = modes.connector
-    envelope = _fast_envelope(raw, connector)
-    if envelope is None:
-        return None
     try:
         table = envelope.table
         txid = _txid(envelope.block, connector, envelope.value.get("transaction"))
@@ -737,26 +741,49 @@ def _decode_fast(
 # mapped columns, renamed. For such a table `decode_projected` converts those columns straight
 # into the target row's dict: no dict of the source row, no ChangeEvent, no second dict in the
 # mapping. It takes inserts, updates and snapshot rows of schemaless text whose mapped values
-# are plain scalars, and returns None for anything else (deletes, schema envelopes,
-# placeholders, a failed conversion, a missing column, the snapshot's last row, an incremental
-# snapshot's), so that `decode` and the mapping run as they always do. An event it accepts is
-# one `decode` accepts too, with the same values: it uses the same parser, helpers and
-# converters, and still decodes the key, since a key that does not decode makes the event
-# poison (tests/unit/test_pipeline_projected.py compares the two lanes).
+# are not placeholders. Anything else (deletes, schema envelopes, placeholders, a failed
+# conversion, a missing column, the snapshot's last row, an incremental snapshot's) it decodes
+# as `decode` does, into a ChangeEvent, from the same parse where `decode`'s fast path can.
+# An event it takes is one `decode` accepts too, with the same values: it uses the same parser,
+# helpers and converters, and makes sure the key decodes, since a key that does not makes the
+# event poison (tests/unit/test_pipeline_projected.py compares the two lanes).
 
 # A table's projection and its column types (what `Hints` gives for it), or None: no projection.
 Projections: TypeAlias = Callable[[str], tuple[Projection, Mapping[str, str] | None] | None]
 
 
 def decode_projected(
-    raw: RawEvent, source: str, modes: ConnectorModes, projections: Projections
-) -> ProjectedEvent | None:
-    """`raw` decoded into the target columns of its table's projection (`projections(table)`),
-    or None when the table has none or the event is not one this path takes (see above)."""
+    raw: RawEvent,
+    *,
+    source: str,
+    modes: ConnectorModes = _DEFAULT_MODES,
+    hints: Hints | None = None,
+    projections: Projections,
+) -> ProjectedEvent | ChangeEvent | None:
+    """`decode`, except that an event this path takes (see above) comes back decoded into the
+    target columns of its table's projection (`projections(table)`), as a ProjectedEvent.
+    Events it does not take are decoded by `decode` from the same parse where they can be."""
     if raw.value is None:
         return None
     envelope = _fast_envelope(raw, modes.connector)
-    if envelope is None or envelope.rows is not None:
+    if envelope is not None:
+        projected = _projected(raw, envelope, source, modes, projections)
+        if projected is not None:
+            return projected
+        event = _from_envelope(raw, envelope, source, modes, hints)
+        if event is not None:
+            return event
+    return decode_reference(raw, source=source, modes=modes, hints=hints)
+
+
+def _projected(
+    raw: RawEvent,
+    envelope: _Envelope,
+    source: str,
+    modes: ConnectorModes,
+    projections: Projections,
+) -> ProjectedEvent | None:
+    if envelope.rows is not None:
         return None
     op = envelope.op
     marker = envelope.marker
@@ -850,8 +877,9 @@ class _NotPlain(Exception):
 
 
 def _compile_projection(converters: dict[str, Converter], projection: Projection) -> _RowDecoder:
-    """row -> {target: decoded row[source], ...}. Raises for anything but plain scalars that
-    decode: KeyError for a missing column, _NotPlain, a converter's own error."""
+    """row -> {target: decoded row[source], ...}. Raises for anything but values that decode
+    as they are: KeyError for a missing column, _NotPlain (a placeholder, a float orjson may
+    have rounded), a converter's own error."""
     # (target, source, convert, kind, fast): `fast` for a value of class `kind`, else `convert`;
     # without a converter, the value as it is.
     steps: list[tuple[str, str, Converter | None, type, Converter | None]] = []
@@ -877,6 +905,9 @@ def _compile_projection(converters: dict[str, Converter], projection: Projection
                     raise _NotPlain
             elif cls is float:
                 if not _INT64_MIN < value < _UINT64_END:
+                    raise _NotPlain
+            elif cls is list or cls is dict:  # an array, a struct; the same object if kept
+                if is_unavailable(value):
                     raise _NotPlain
             elif cls is not int and cls is not bool:
                 raise _NotPlain

@@ -21,6 +21,7 @@ from tunggal.events.decode import (
 from tunggal.events.model import (
     HEARTBEAT_PREFIX,
     NOTIFICATION_PREFIX,
+    ProjectedEvent,
     Projection,
     RawEvent,
 )
@@ -247,25 +248,28 @@ class Pipeline:
                 continue
             position: int | None = None  # the event's, once decoded (and placed)
             try:
-                projected = None
                 if self._projected:
-                    projected = decode_projected(raw, source, modes, projections)
-                if projected is not None:
-                    table, op, snapshot = projected.table, projected.op, projected.snapshot
-                    position, commit_ts_us = projected.position, projected.commit_ts_us
+                    decoded = decode_projected(
+                        raw, source=source, modes=modes, hints=hints, projections=projections
+                    )
+                else:
+                    decoded = decode(raw, source=source, modes=modes, hints=hints)
+                if decoded is None:  # tombstone: the delete before it did the work
+                    continue
+                if isinstance(decoded, ProjectedEvent):
+                    table, op, snapshot = decoded.table, decoded.op, decoded.snapshot
+                    position, commit_ts_us = decoded.position, decoded.commit_ts_us
                     incremental = False  # not taken by decode_projected
                     if epochs:
                         position, epoch_unknown = self._place_in_epoch(
                             source, position, snapshot, epoch_unknown
                         )
-                        projected.position = position
+                        decoded.position = position
                     plan = plans[table]
                     assert plan is not None  # the projection came from it
-                    ops = self.mappings.map_projected(plan[0], projected)
+                    ops = self.mappings.map_projected(plan[0], decoded)
                 else:
-                    event = decode(raw, source=source, modes=modes, hints=hints)
-                    if event is None:  # tombstone: the delete before it did the work
-                        continue
+                    event = decoded
                     table, op, snapshot = event.table, event.op, event.snapshot
                     position, commit_ts_us = event.position, event.commit_ts_us
                     incremental = event.incremental
