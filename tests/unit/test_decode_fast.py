@@ -227,16 +227,17 @@ def test_mutated_synthetic_events(
     raw = raws[index]
     if raw.value is None:
         return
-    target = data.draw(st.sampled_from(["value", "key"]))
-    document = json.loads(getattr(raw, target))
+    same(mutated_event(data, raw, replacement, delete), DEFAULT_MODES, hints if hinted else None)
+
+
+def mutated_event(data: st.DataObject, raw: RawEvent, replacement: Any, delete: bool) -> RawEvent:
+    """`raw` with one drawn place of its key or value replaced by `replacement` (or deleted)."""
+    part = data.draw(st.sampled_from(["value", "key"]))
+    document = json.loads(getattr(raw, part))
     path = data.draw(st.sampled_from(paths(document)))
-    mutated = json.dumps(mutate(document, path, replacement, delete and bool(path)))
-    texts = {"key": raw.key, "value": raw.value, target: mutated}
-    same(
-        RawEvent(raw.destination, texts["key"], texts["value"]),
-        DEFAULT_MODES,
-        hints if hinted else None,
-    )
+    texts = {"key": raw.key, "value": raw.value}
+    texts[part] = json.dumps(mutate(document, path, replacement, delete and bool(path)))
+    return RawEvent(raw.destination, texts["key"], texts["value"])
 
 
 # Hints that give some columns of the captured public.t a converter that accepts a list or an

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.test_decode_fast import ODD, ddl_types
-from tests.unit.test_decode_fuzz import FUZZ, JSON, mutate, paths
+from tests.unit.test_decode_fast import ODD, ddl_types, mutated_event
+from tests.unit.test_decode_fuzz import FUZZ, JSON
 from tunggal.devtools.synth import NARROW, WIDE, mixed_workload, narrow_mapping
 from tunggal.errors import DecodeError
 from tunggal.events import ConnectorModes, RawEvent
@@ -301,13 +301,8 @@ def test_mutated_benchmark_events(
     raw = raws[index]
     if raw.value is None:
         return
-    part = data.draw(st.sampled_from(["value", "key"]))
-    document = json.loads(getattr(raw, part))
-    path = data.draw(st.sampled_from(paths(document)))
-    mutated = mutate(document, path, replacement, delete and bool(path))
-    texts = {"key": raw.key, "value": raw.value, part: json.dumps(mutated)}
     # After the event before it: an update's old key is then a row the lanes both wrote.
-    mutated_raw = RawEvent(raw.destination, texts["key"], texts["value"])
+    mutated_raw = mutated_event(data, raw, replacement, delete)
     same(mappings, types, [raws[index - 1], mutated_raw], SHAPES[name][1])
 
 
