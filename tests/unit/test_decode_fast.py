@@ -25,7 +25,8 @@ from tests.unit.test_decode_fuzz import ENVELOPES, FUZZ, HINTS, JSON, MODES, mut
 from tunggal.devtools.synth import NARROW, WIDE, Shape, mixed_workload
 from tunggal.errors import DecodeError
 from tunggal.events import UNAVAILABLE_PLACEHOLDER, ChangeEvent, ConnectorModes, Op, RawEvent
-from tunggal.events.decode import _decode_fast, decode, decode_reference
+from tunggal.events.decode import _decode_fast, _last_commit_lsn, decode, decode_reference
+from tunggal.events.values import Invalid
 
 DEFAULT_MODES = ConnectorModes()
 Hints = Callable[[str], Mapping[str, str] | None]
@@ -445,3 +446,52 @@ def test_rows_of_one_width_with_other_columns() -> None:
             RawEvent(created.destination, created.key, json.dumps(value)), DEFAULT_MODES, hints
         )
         value["after"] = after
+
+
+# -- PostgreSQL's source.sequence ---------------------------------------------------------------
+
+
+def _last_commit_parsed(sequence: Any) -> Any:
+    """The reference: Debezium's `sequence` read with the parser, its first item as an LSN."""
+    if sequence is None:
+        return None
+    try:
+        pair = orjson.loads(sequence) if isinstance(sequence, str) else None
+    except orjson.JSONDecodeError:
+        pair = None
+    if not isinstance(pair, list) or len(pair) != 2:
+        return "invalid"
+    first = pair[0]
+    if first is None:
+        return None
+    if type(first) is int and 0 <= first < 2**64:
+        return first
+    digits = type(first) is str and first.isascii() and first.isdigit() and len(first) < 21
+    return int(first) if digits and int(first) < 2**64 else "invalid"
+
+
+_SEQUENCE_PIECES = st.sampled_from(['["', '","', '"]', "[", "]", ",", "null", '"', " ", "١", "\\"])
+
+
+_SEQUENCE_ITEMS = st.text("0123456789", max_size=22) | st.lists(_SEQUENCE_PIECES).map("".join)
+
+
+@FUZZ
+@given(
+    first=st.none() | st.integers(min_value=0, max_value=2**70),
+    last=st.integers(min_value=0, max_value=2**70),
+    items=st.tuples(_SEQUENCE_ITEMS, _SEQUENCE_ITEMS),
+    pieces=st.lists(_SEQUENCE_PIECES | st.text("0123456789", max_size=22), max_size=7),
+)
+def test_the_sequence_read_without_the_parser_as_with_it(
+    first: int | None, last: int, items: tuple[str, str], pieces: list[str]
+) -> None:
+    head = "null" if first is None else f'"{first}"'
+    # As written, nearly as written (odd items in its quotes), and any text.
+    texts = (f'[{head},"{last}"]', '["{}","{}"]'.format(*items), "".join(pieces))
+    for text in texts:
+        try:
+            found: Any = _last_commit_lsn(text)
+        except Invalid:
+            found = "invalid"
+        assert found == _last_commit_parsed(text), text

@@ -360,6 +360,15 @@ def _sequence_pair(sequence: Any) -> list[Any] | None:
 
 def _last_commit_lsn(sequence: Any) -> int | None:
     """The first element of Debezium's `sequence`, or None when it (or it all) is null."""
+    if sequence.__class__ is str:
+        # Every streamed PostgreSQL change carries one: the text Debezium writes,
+        # '["<digits>","<digits>"]', is read without the parser (a third of the cost).
+        middle = sequence.find('","')
+        if 2 < middle < 23 and sequence.startswith('["') and sequence.endswith('"]'):
+            first = sequence[2:middle]
+            last = sequence[middle + 3 : -2]
+            if first.isascii() and first.isdigit() and last.isascii() and last.isdigit():
+                return _lsn_value(first, "sequence")
     pair = _sequence_pair(sequence)
     return None if pair is None or pair[0] is None else _lsn_value(pair[0], "sequence")
 
