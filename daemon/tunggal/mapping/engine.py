@@ -434,12 +434,18 @@ class TableMapper:
             raise self._where[column].missing_column(name, row) from None
         for target, fn in self._derived:
             values[target] = fn(row)
+        return self._upsert_of(values, event.source, event.position, event.commit_ts_us)
+
+    def _upsert_of(
+        self, values: dict[str, Any], source: str, position: int, commit_ts_us: int
+    ) -> Upsert:
+        """The Upsert of a mapped row (`values` is its own, and is completed here)."""
         key = self._key_of_values(values)
         if None in key or UNAVAILABLE in key:
             raise self._bad_key(key, "the new row")
         if self._soft_column is not None:
             values[self._soft_column] = None  # a row that comes back is live again
-        return Upsert(self._table, key, values, event.source, event.position, event.commit_ts_us)
+        return Upsert(self._table, key, values, source, position, commit_ts_us)
 
     def _key_of(self, row: Row, image: str) -> tuple[Any, ...]:
         """The key a row has; MappingError when it lacks a key column (a partial image)."""
@@ -460,9 +466,12 @@ class TableMapper:
         )
 
     def _delete_op(self, event: ChangeEvent, key: tuple[Any, ...]) -> Delete:
-        return Delete(
-            self._table, key, event.source, event.position, event.commit_ts_us, self._soft
-        )
+        return self._delete_of(key, event.source, event.position, event.commit_ts_us)
+
+    def _delete_of(
+        self, key: tuple[Any, ...], source: str, position: int, commit_ts_us: int
+    ) -> Delete:
+        return Delete(self._table, key, source, position, commit_ts_us, self._soft)
 
     def _passes(self, row: Row) -> bool:
         assert self._filter is not None
@@ -517,25 +526,15 @@ class TableMapper:
     def map_projected(self, event: ProjectedEvent) -> list[RowOp]:
         """What `map` gives for the same event decoded whole, from its rows already in this
         mapper's `projection` (tests/unit/test_pipeline_projected.py compares the two)."""
-        values = event.after
         old = None
         if event.op is Op.UPDATE and event.before is not None:
             old = self._key_of_values(event.before)
             if None in old or UNAVAILABLE in old:
                 old = None  # as `_update`: a partial before image is not this row's failure
-        key = self._key_of_values(values)
-        if None in key or UNAVAILABLE in key:
-            raise self._bad_key(key, "the new row")
-        if self._soft_column is not None:
-            values[self._soft_column] = None
-        upsert = Upsert(self._table, key, values, event.source, event.position, event.commit_ts_us)
-        if old is not None and old != key and self._delete != "ignore":
-            return [
-                Delete(
-                    self._table, old, event.source, event.position, event.commit_ts_us, self._soft
-                ),
-                upsert,
-            ]
+        source, position, commit_ts_us = event.source, event.position, event.commit_ts_us
+        upsert = self._upsert_of(event.after, source, position, commit_ts_us)
+        if old is not None and old != upsert.key and self._delete != "ignore":
+            return [self._delete_of(old, source, position, commit_ts_us), upsert]
         return [upsert]
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, TypeAlias
 
 import orjson
 
@@ -104,6 +104,8 @@ class Processed:
         return out
 
 
+# A projected table's mapper, and what `decode_projected` is given for it.
+_Plan: TypeAlias = tuple[TableMapper, tuple[Projection, Mapping[str, str] | None]]
 # Reads a source's snapshot epoch as committed in the target (None when it has none yet).
 EpochLookup = Callable[[str], int | None]
 # What a table's scan ending lets us conclude, by (request id, source, table): the watermark to
@@ -155,8 +157,9 @@ class Pipeline:
         # (`decode_projected`). `projected=False` keeps every event on the general path, which
         # the tests compare it with.
         self._projected = projected
-        # source -> source table -> its projected mapper and hints (None: not projected)
-        self._plans: dict[str, dict[str, tuple[TableMapper, Mapping[str, str] | None] | None]] = {}
+        # source -> source table -> its projected mapper, and what `decode_projected` is given
+        # for it: the projection and the table's hints (None: not projected)
+        self._plans: dict[str, dict[str, _Plan | None]] = {}
         self._lookup_epoch = epochs
         self._epochs: dict[str, int] = {}
         self._lookup_request = requests
@@ -199,9 +202,7 @@ class Pipeline:
 
         return lookup
 
-    def _plans_of(
-        self, source: str, hints: Hints
-    ) -> tuple[dict[str, tuple[TableMapper, Mapping[str, str] | None] | None], Projections]:
+    def _plans_of(self, source: str, hints: Hints) -> tuple[dict[str, _Plan | None], Projections]:
         """The source's projected tables as found so far, and the lookup `decode_projected`
         takes, which fills them in."""
         plans = self._plans.setdefault(source, {})
@@ -210,15 +211,16 @@ class Pipeline:
             if table in plans:
                 plan = plans[table]
             else:
-                mapper = self.mappings.projected_mapper(source, table)
-                plan = plans[table] = None if mapper is None else (mapper, hints(table))
-            if plan is None:
-                return None
-            projection = plan[0].projection
-            assert projection is not None  # projected_mapper gives only such mappers
-            return projection, plan[1]
+                plan = plans[table] = self._plan(source, table, hints)
+            return None if plan is None else plan[1]
 
         return plans, lookup
+
+    def _plan(self, source: str, table: str, hints: Hints) -> _Plan | None:
+        mapper = self.mappings.projected_mapper(source, table)
+        if mapper is None or mapper.projection is None:
+            return None
+        return mapper, (mapper.projection, hints(table))
 
     def process(
         self,
