@@ -94,6 +94,9 @@ _HOLDING = re.compile(r"; holding (.+)$")
 _ASSIGNED = re.compile(r": assigned (.+?) \(from target offsets")
 
 
+_STOPPED = re.compile(r"stopped: (\d+) events in (\d+) batches")
+
+
 def _held(line: str) -> re.Match[str] | None:
     return _HOLDING.search(line) or _ASSIGNED.search(line)
 
@@ -188,6 +191,10 @@ def bench_kafka(
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT count(*) FROM kegiatan").fetchone()
     assert rows is not None and rows[0] == final_rows, (rows, final_rows)
+    # Each daemon's last words on SIGTERM: "stopped: N events in M batches, ...".
+    stopped = [_STOPPED.search(log.read_text(errors="replace")) for log in logs]
+    batches = sum(int(m.group(2)) for m in stopped if m)
+    consumed = sum(int(m.group(1)) for m in stopped if m)
     return {
         "instances": instances,
         "events": events,
@@ -201,6 +208,10 @@ def bench_kafka(
         "cpu_s": sum(cpu),
         "produce_seconds": filled["seconds"],
         "partitions": PARTITIONS,
+        # The mean batch: under a backlog, a runner that hands over small batches waits on
+        # the writer for each of them.
+        "batches": batches,
+        "events_per_batch": consumed / batches if batches else 0.0,
     }
 
 
