@@ -69,6 +69,12 @@ def applied_rate(
         raise RuntimeError(f"only {applied} of {wanted} events applied; see {logs}")
     if closed is None:
         closed, closed_applied = done, wanted
+    if closed_applied <= first_applied or closed <= first:
+        # Too few events: the first commits held them all, and a rate over nothing is no rate.
+        raise RuntimeError(
+            f"all {wanted} events were applied before a steady window opened; "
+            "measure with more events (--events)"
+        )
     return Applied(
         closed_applied - first_applied, closed - first, wanted - started_applied, done - started
     )
