@@ -49,6 +49,10 @@ _UNNEST_ROWS = 5000
 # and one INSERT ... SELECT. psycopg dumps unnest()'s arrays in Python, element by element; COPY
 # formats rows in C. Below it, the extra CREATE/COPY round trips cost more than they save.
 _STAGE_ROWS = 200
+# The sink analyses tunggal_tombstones itself once this process has added this many tombstones
+# since the statistics it last read, and at least as many as those knew of (it doubled).
+_TOMBSTONES_ANALYSED_AFTER = 10_000
+_TOMBSTONES_GROWTH = 1.0
 
 # Postgres SQLSTATE classes that a retry can fix: connection exceptions, insufficient
 # resources, operator intervention (shutdown, failover), serialization failure and deadlock,
@@ -320,6 +324,11 @@ class PostgresSink:
         # Per merged table, the rules its rows were last recomputed with by this process.
         self._merge_applied: dict[str, str] = {}
         self._merges_prepared = False
+        # Tombstones this process wrote since it last analysed the table (or read that its
+        # statistics knew of `_tombstones_known` rows); those of the open transaction apart.
+        self._tombstones_added = 0
+        self._tombstones_in_transaction = 0
+        self._tombstones_known: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def introspect(self) -> dict[str, TableInfo]:
@@ -486,6 +495,8 @@ class PostgresSink:
     def _ended(self, committed: bool) -> None:
         if committed:
             self._temp_tables |= self._temp_created
+        else:
+            self._tombstones_in_transaction = 0
         self._temp_created.clear()
 
     def reset(self) -> None:
@@ -749,7 +760,57 @@ class PostgresSink:
                     raise
                 raise mapped from exc
             raise
+        self._analyse_tombstones(conn)
         return result
+
+    def _analyse_tombstones(self, conn: psycopg.Connection[Any]) -> None:
+        """ANALYZE tunggal_tombstones after the batches that doubled it.
+
+        The guarded upsert's `NOT EXISTS` on it is planned from its statistics. A mass delete in
+        a source adds tombstones faster than autovacuum analyses them (a minute at best, never
+        where it is off). Planned as if the table were still small, every batch's upsert then
+        hashes all of the table's tombstones: with a million unanalysed, 915 ms per 5,000 rows
+        against 50 ms analysed (a nested loop over its index). Between analyses PostgreSQL
+        scales the row counts it knows by the table's size, so what goes stale is the share
+        of each target table, and once per doubling keeps that within a factor of two: about
+        three ANALYZEs per tenfold growth, each a sample of at most 30,000 rows.
+        The batch is committed already: a failure here only leaves the statistics to
+        autovacuum, and so does a role that does not own the table (PostgreSQL skips it)."""
+        self._tombstones_added += self._tombstones_in_transaction
+        self._tombstones_in_transaction = 0
+        if self._tombstones_added < _TOMBSTONES_ANALYSED_AFTER:
+            return
+        try:
+            if self._tombstones_known is None:
+                self._tombstones_known = self._tombstone_statistics(conn)
+            if self._tombstones_added < _TOMBSTONES_GROWTH * self._tombstones_known:
+                return
+            started = time.perf_counter()
+            # Never waits long behind another ANALYZE of it (a second instance, autovacuum).
+            conn.execute("SET LOCAL lock_timeout = '2s'")
+            conn.execute("ANALYZE public.tunggal_tombstones")
+            self._tombstones_known = self._tombstone_statistics(conn)
+            log.debug(
+                "analysed tunggal_tombstones after %d new tombstones: %.0f rows, %.3fs",
+                self._tombstones_added,
+                self._tombstones_known,
+                time.perf_counter() - started,
+            )
+        except psycopg.Error as exc:
+            log.debug("could not analyse tunggal_tombstones: %s", exc)
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            self._tombstones_known = None  # read again after the next tenth
+        self._tombstones_added = 0
+
+    def _tombstone_statistics(self, conn: psycopg.Connection[Any]) -> float:
+        """The rows the statistics of tunggal_tombstones know of (0 before any ANALYZE)."""
+        row = conn.execute(
+            "SELECT greatest(reltuples, 0) FROM pg_class "
+            "WHERE oid = 'public.tunggal_tombstones'::regclass"
+        ).fetchone()
+        conn.commit()
+        return float(row[0]) if row is not None else 0.0
 
     def _position_tables(self) -> list[str]:
         """Where rows keep their source position: the target table, or its contributions."""
@@ -1256,6 +1317,7 @@ class PostgresSink:
                 [r.commit_ts_us for r in rows],
             ],
         )
+        self._tombstones_in_transaction += max(cur.rowcount, 0)
 
     def _truncate(self, cur: psycopg.Cursor[Any], op: Truncate, result: BatchResult) -> None:
         spec = self._spec(op.table)
