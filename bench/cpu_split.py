@@ -78,11 +78,11 @@ def main() -> int:
             config = load_config(case.work / "tunggal.yaml")
             mappings, _ = load_all(config)
             sink = open_sink(config, mappings)
-            sink.check_ready()
             # Batch by batch, each dropped once written, as `replay` holds them: kept all
             # at once, they would make the collector's passes walk them all.
             spent = dict.fromkeys(("decode+map", "collapse", "write (CPU)", "wall"), 0.0)
             try:
+                sink.check_ready()
                 for start in range(0, events, args.batch):
                     chunk = raws[start : start + args.batch]
                     cpu = time.thread_time()

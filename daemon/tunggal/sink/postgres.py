@@ -495,8 +495,8 @@ class PostgresSink:
     def _ended(self, committed: bool) -> None:
         if committed:
             self._temp_tables |= self._temp_created
-        else:
-            self._tombstones_in_transaction = 0
+            self._tombstones_added += self._tombstones_in_transaction
+        self._tombstones_in_transaction = 0
         self._temp_created.clear()
 
     def reset(self) -> None:
@@ -646,7 +646,9 @@ class PostgresSink:
                     ]
                     self._tombstones(cur, table, gone)
             conn.commit()
+            self._ended(committed=True)
         except BaseException as exc:
+            self._ended(committed=False)
             with contextlib.suppress(Exception):
                 conn.rollback()
             if isinstance(exc, Exception):
@@ -776,8 +778,6 @@ class PostgresSink:
         three ANALYZEs per tenfold growth, each a sample of at most 30,000 rows.
         The batch is committed already: a failure here only leaves the statistics to
         autovacuum, and so does a role that does not own the table (PostgreSQL skips it)."""
-        self._tombstones_added += self._tombstones_in_transaction
-        self._tombstones_in_transaction = 0
         if self._tombstones_added < _TOMBSTONES_ANALYSED_AFTER:
             return
         try:
@@ -800,7 +800,7 @@ class PostgresSink:
             log.debug("could not analyse tunggal_tombstones: %s", exc)
             with contextlib.suppress(Exception):
                 conn.rollback()
-            self._tombstones_known = None  # read again after the next tenth
+            self._tombstones_known = None  # read again before the next attempt
         self._tombstones_added = 0
 
     def _tombstone_statistics(self, conn: psycopg.Connection[Any]) -> float:
